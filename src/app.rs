@@ -1,0 +1,38 @@
+//! The state every part of a running server shares: configuration, the hub,
+//! the broker, the store and the token keys.
+
+use crate::auth::Tokens;
+use crate::broker::Broker;
+use crate::config::Config;
+use crate::hub::{Audience, Connection, Delivery, Hub, OutFrame};
+use crate::protocol::ServerMessage;
+use crate::store::MessageStore;
+use std::sync::Arc;
+
+/// Shared server state, passed to handlers as `&Arc<App>`.
+pub struct App {
+    pub config: Config,
+    pub hub: Arc<Hub>,
+    pub broker: Arc<dyn Broker>,
+    pub store: Arc<dyn MessageStore>,
+    pub tokens: Tokens,
+}
+
+impl App {
+    /// Encodes a frame and queues it for one connection.
+    pub fn send(
+        &self,
+        connection: &Connection,
+        message: &ServerMessage<'_>,
+        reference: Option<&str>,
+    ) -> Delivery {
+        self.hub
+            .send(connection, &OutFrame::from(message.encode(reference)))
+    }
+
+    /// Encodes a frame once and broadcasts it to an audience.
+    pub fn publish(&self, audience: Audience, message: &ServerMessage<'_>, except: Option<&str>) {
+        self.broker
+            .publish(audience, OutFrame::from(message.encode(None)), except);
+    }
+}

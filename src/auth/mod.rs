@@ -1,0 +1,168 @@
+//! Tokens: verifying the JWTs clients present, and minting them.
+//!
+//! Tokens are HS256 JWTs signed with the server's secret. The algorithm is
+//! pinned (a token that names another algorithm, `none` included, is refused),
+//! and `exp` and `sub` are required.
+
+use crate::hub::{Identity, Role};
+use crate::protocol::{Timestamp, User, UserKind};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Prefix of the ids the server gives guests; tokens cannot claim it.
+pub const GUEST_ID_PREFIX: &str = "guest:";
+
+/// Why a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("token has expired")]
+    Expired,
+    #[error("invalid token: {0}")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
+    #[error("invalid token: `sub` must be a non-empty user id not starting with `guest:`")]
+    BadSubject,
+    #[error("invalid token: unknown role `{0}`")]
+    UnknownRole(String),
+    #[error("invalid username or password")]
+    BadCredentials,
+}
+
+/// Claims roomcast reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Username; `sub` where absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Expiry, seconds since the Unix epoch.
+    pub exp: u64,
+    /// `user` (default), `assistant` or `admin`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+}
+
+/// Verifies and mints tokens with one secret.
+#[derive(Clone)]
+pub struct Tokens {
+    decoding: DecodingKey,
+    encoding: EncodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens { .. }")
+    }
+}
+
+impl Tokens {
+    pub fn new(secret: &str) -> Tokens {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        // An expired token is expired: no grace beyond `exp`.
+        validation.leeway = 0;
+        Tokens {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            encoding: EncodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Checks a token and returns who it names.
+    pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+            .map_err(|err| match err.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(err),
+            })?;
+        identity_from_claims(data.claims)
+    }
+
+    /// Signs a token for `sub` that expires `ttl_secs` from now.
+    pub fn mint(&self, sub: &str, name: Option<&str>, role: Option<&str>, ttl_secs: u64) -> String {
+        let now = u64::try_from(Timestamp::now().as_millis() / 1000).unwrap_or(0);
+        let claims = Claims {
+            sub: sub.to_owned(),
+            name: name.map(str::to_owned),
+            exp: now + ttl_secs,
+            role: role.map(str::to_owned),
+        };
+        // Encoding HS256 claims made of strings and integers cannot fail.
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .unwrap_or_default()
+    }
+}
+
+fn identity_from_claims(claims: Claims) -> Result<Identity, AuthError> {
+    if claims.sub.is_empty() || claims.sub.starts_with(GUEST_ID_PREFIX) {
+        return Err(AuthError::BadSubject);
+    }
+    let role = match claims.role.as_deref() {
+        None | Some("user") => Role::User,
+        Some("assistant") => Role::Assistant,
+        Some("admin") => Role::Admin,
+        Some(other) => return Err(AuthError::UnknownRole(other.to_owned())),
+    };
+    let kind = match role {
+        Role::Assistant => UserKind::Assistant,
+        Role::User | Role::Admin => UserKind::User,
+    };
+    let username = claims
+        .name
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| claims.sub.clone());
+    Ok(Identity {
+        user: User {
+            id: claims.sub.into(),
+            username: username.into(),
+            kind,
+        },
+        role,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_roles() {
+        let tokens = Tokens::new("secret-secret");
+        let identity = tokens
+            .verify(&tokens.mint("u1", Some("ann"), None, 60))
+            .expect("valid");
+        assert_eq!(&*identity.user.username, "ann");
+        assert_eq!(identity.user.kind, UserKind::User);
+        let bot = tokens
+            .verify(&tokens.mint("bot", None, Some("assistant"), 60))
+            .expect("valid");
+        assert_eq!(bot.user.kind, UserKind::Assistant);
+        assert_eq!(&*bot.user.username, "bot");
+    }
+
+    #[test]
+    fn refuses_other_keys_none_and_expired() {
+        let tokens = Tokens::new("secret-secret");
+        let other = Tokens::new("another-secret");
+        assert!(tokens.verify(&other.mint("u1", None, None, 60)).is_err());
+        // {"alg":"none"} header, valid claims, empty signature.
+        let unsigned =
+            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJ1MSIsImV4cCI6OTk5OTk5OTk5OX0.";
+        assert!(tokens.verify(unsigned).is_err());
+        let header = Header::new(Algorithm::HS256);
+        let expired = Claims {
+            sub: "u1".into(),
+            name: None,
+            exp: 1_000,
+            role: None,
+        };
+        let key = EncodingKey::from_secret(b"secret-secret");
+        let token = jsonwebtoken::encode(&header, &expired, &key).expect("encode");
+        assert!(matches!(tokens.verify(&token), Err(AuthError::Expired)));
+        assert!(matches!(
+            tokens.verify(&tokens.mint("guest:1", None, None, 60)),
+            Err(AuthError::BadSubject)
+        ));
+    }
+}

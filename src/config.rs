@@ -1,0 +1,374 @@
+//! Configuration: command-line flags, `ROOMCAST_*` environment variables and an
+//! optional TOML file, resolved into one [`Config`] with every default in one
+//! place.
+//!
+//! Precedence, highest first: flag, environment variable, config file, default.
+//! A config file that is named but cannot be read or parsed stops start-up; it
+//! never falls back silently. Unknown keys in the file are errors too, so a typo
+//! does not go unnoticed.
+
+use clap::Args;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Why a configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("invalid setting `{name}`: {reason}")]
+    Invalid { name: &'static str, reason: String },
+}
+
+/// Flags of `roomcast serve`. Every field is optional so that a value given
+/// nowhere can fall back to the config file and then to the default; the same
+/// struct is what the TOML file deserializes into.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeArgs {
+    /// TOML file with any of these settings (keys as the flags, with `_`).
+    #[arg(long, env = "ROOMCAST_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+
+    /// Address to listen on [default: 0.0.0.0:8080].
+    #[arg(long, env = "ROOMCAST_BIND")]
+    pub bind: Option<SocketAddr>,
+
+    /// Message store: `sqlite::memory:`, `sqlite://PATH`, a file path, or
+    /// `postgres://...` [default: sqlite file `roomcast.db` in the data dir].
+    #[arg(long, env = "ROOMCAST_DATABASE")]
+    pub database: Option<String>,
+
+    /// Directory for the default SQLite file and uploaded files [default: ./data].
+    #[arg(long, env = "ROOMCAST_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// HS256 secret that signs and verifies tokens [default: random per start].
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Key for the admin HTTP API [default: none, admin API disabled].
+    #[arg(long, env = "ROOMCAST_ADMIN_KEY", hide_env_values = true)]
+    pub admin_key: Option<String>,
+
+    /// Allow `POST /api/users` to create accounts.
+    #[arg(long, env = "ROOMCAST_OPEN_REGISTRATION")]
+    #[serde(default)]
+    pub open_registration: bool,
+
+    /// Allow guests to name themselves with `user_join` and chat.
+    #[arg(long, env = "ROOMCAST_GUEST_CHAT")]
+    #[serde(default)]
+    pub guest_chat: bool,
+
+    /// OpenAI-compatible API base URL for the assistant.
+    #[arg(long, env = "ROOMCAST_AI_BASE_URL")]
+    pub ai_base_url: Option<String>,
+
+    /// Model name sent to the AI API.
+    #[arg(long, env = "ROOMCAST_AI_MODEL")]
+    pub ai_model: Option<String>,
+
+    /// Interval of WebSocket pings, in ms [default: 30000].
+    #[arg(long, env = "ROOMCAST_HEARTBEAT_INTERVAL_MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+
+    /// Close a connection silent for this long with 4001, in ms [default: 90000].
+    #[arg(long, env = "ROOMCAST_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+
+    /// Largest frame accepted; larger ones close with 1009 [default: 65536].
+    #[arg(long, env = "ROOMCAST_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Longest chat message or AI prompt, in characters [default: 4000].
+    #[arg(long, env = "ROOMCAST_MAX_MESSAGE_CHARS")]
+    pub max_message_chars: Option<usize>,
+
+    /// Messages of `global` in the welcome frame [default: 50].
+    #[arg(long, env = "ROOMCAST_WELCOME_HISTORY")]
+    pub welcome_history: Option<usize>,
+
+    /// Messages in `room_joined.recent_messages` [default: 50].
+    #[arg(long, env = "ROOMCAST_ROOM_HISTORY")]
+    pub room_history: Option<usize>,
+
+    /// Most messages replayed by `room_join` with `since_id` [default: 1000].
+    #[arg(long, env = "ROOMCAST_MAX_RECOVERY")]
+    pub max_recovery: Option<usize>,
+
+    /// Most members listed in `room_joined` [default: 100].
+    #[arg(long, env = "ROOMCAST_MAX_MEMBERS_LISTED")]
+    pub max_members_listed: Option<usize>,
+
+    /// Frames queued for one connection before it is closed with 4002 as a
+    /// slow consumer [default: 1024].
+    #[arg(long, env = "ROOMCAST_OUTBOX_CAPACITY")]
+    pub outbox_capacity: Option<usize>,
+
+    /// Chat messages of one connection waiting for storage at once; more are
+    /// read only when earlier ones are stored [default: 64].
+    #[arg(long, env = "ROOMCAST_MAX_PENDING_WRITES")]
+    pub max_pending_writes: Option<usize>,
+}
+
+/// Where messages are stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseLocation {
+    SqliteMemory,
+    SqliteFile(PathBuf),
+    Postgres(String),
+}
+
+impl DatabaseLocation {
+    /// Reads `sqlite::memory:`, `sqlite://PATH`, `sqlite:PATH`,
+    /// `postgres://...`/`postgresql://...`, or a plain file path.
+    pub fn parse(text: &str) -> DatabaseLocation {
+        if text == "sqlite::memory:" || text == ":memory:" {
+            DatabaseLocation::SqliteMemory
+        } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            DatabaseLocation::Postgres(text.to_owned())
+        } else if let Some(path) = text.strip_prefix("sqlite://") {
+            DatabaseLocation::SqliteFile(PathBuf::from(path))
+        } else if let Some(path) = text.strip_prefix("sqlite:") {
+            DatabaseLocation::SqliteFile(PathBuf::from(path))
+        } else {
+            DatabaseLocation::SqliteFile(PathBuf::from(text))
+        }
+    }
+}
+
+/// The resolved configuration of a running server. See [`ServeArgs`] for what
+/// each setting means; defaults are in [`Config::resolve`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub bind: SocketAddr,
+    pub database: DatabaseLocation,
+    pub data_dir: PathBuf,
+    /// Secret for HS256 tokens; random per start when not configured.
+    pub jwt_secret: String,
+    /// Whether `jwt_secret` was configured (a random one cannot verify tokens
+    /// minted elsewhere, which start-up warns about).
+    pub jwt_secret_configured: bool,
+    pub admin_key: Option<String>,
+    pub open_registration: bool,
+    pub guest_chat: bool,
+    pub ai_base_url: Option<String>,
+    pub ai_model: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub idle_timeout: Duration,
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+    pub welcome_history: usize,
+    pub room_history: usize,
+    pub max_recovery: usize,
+    pub max_members_listed: usize,
+    pub outbox_capacity: usize,
+    pub max_pending_writes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::resolve(ServeArgs::default()).unwrap_or_else(|err| {
+            unreachable!("defaults are valid, but resolving them failed: {err}")
+        })
+    }
+}
+
+impl Config {
+    /// Loads the config file named by `--config` (if any), merges it under the
+    /// flags and environment, applies defaults and validates the result.
+    pub fn load(args: ServeArgs) -> Result<Config, ConfigError> {
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => ServeArgs::default(),
+        };
+        Config::resolve(merge(args, file))
+    }
+
+    /// Applies defaults to settings given nowhere and validates the result.
+    pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
+        let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let database = match &args.database {
+            Some(text) => DatabaseLocation::parse(text),
+            None => DatabaseLocation::SqliteFile(data_dir.join("roomcast.db")),
+        };
+        let jwt_secret_configured = args.jwt_secret.is_some();
+        let config = Config {
+            bind: args
+                .bind
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
+            database,
+            data_dir,
+            jwt_secret: args.jwt_secret.unwrap_or_else(random_secret),
+            jwt_secret_configured,
+            admin_key: args.admin_key.filter(|key| !key.is_empty()),
+            open_registration: args.open_registration,
+            guest_chat: args.guest_chat,
+            ai_base_url: args.ai_base_url,
+            ai_model: args.ai_model,
+            heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.unwrap_or(30_000)),
+            idle_timeout: Duration::from_millis(args.idle_timeout_ms.unwrap_or(90_000)),
+            max_frame_bytes: args.max_frame_bytes.unwrap_or(65_536),
+            max_message_chars: args.max_message_chars.unwrap_or(4000),
+            welcome_history: args.welcome_history.unwrap_or(50),
+            room_history: args.room_history.unwrap_or(50),
+            max_recovery: args.max_recovery.unwrap_or(1000),
+            max_members_listed: args.max_members_listed.unwrap_or(100),
+            outbox_capacity: args.outbox_capacity.unwrap_or(1024),
+            max_pending_writes: args.max_pending_writes.unwrap_or(64),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |name, reason: &str| ConfigError::Invalid {
+            name,
+            reason: reason.to_owned(),
+        };
+        if self.heartbeat_interval.is_zero() {
+            return Err(invalid("heartbeat_interval_ms", "must be at least 1"));
+        }
+        if self.idle_timeout.is_zero() {
+            return Err(invalid("idle_timeout_ms", "must be at least 1"));
+        }
+        if self.max_frame_bytes < 256 {
+            return Err(invalid("max_frame_bytes", "must be at least 256"));
+        }
+        if self.max_message_chars == 0 {
+            return Err(invalid("max_message_chars", "must be at least 1"));
+        }
+        if self.max_recovery == 0 {
+            return Err(invalid("max_recovery", "must be at least 1"));
+        }
+        if self.outbox_capacity < 16 {
+            return Err(invalid("outbox_capacity", "must be at least 16"));
+        }
+        if self.max_pending_writes == 0 {
+            return Err(invalid("max_pending_writes", "must be at least 1"));
+        }
+        if self.jwt_secret.len() < 8 {
+            return Err(invalid("jwt_secret", "must be at least 8 bytes"));
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| ConfigError::Parse {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Fills every setting not given on the command line or in the environment
+/// from the config file.
+fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
+    ServeArgs {
+        config: args.config,
+        bind: args.bind.or(file.bind),
+        database: args.database.or(file.database),
+        data_dir: args.data_dir.or(file.data_dir),
+        jwt_secret: args.jwt_secret.or(file.jwt_secret),
+        admin_key: args.admin_key.or(file.admin_key),
+        open_registration: args.open_registration || file.open_registration,
+        guest_chat: args.guest_chat || file.guest_chat,
+        ai_base_url: args.ai_base_url.or(file.ai_base_url),
+        ai_model: args.ai_model.or(file.ai_model),
+        heartbeat_interval_ms: args.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
+        idle_timeout_ms: args.idle_timeout_ms.or(file.idle_timeout_ms),
+        max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes),
+        max_message_chars: args.max_message_chars.or(file.max_message_chars),
+        welcome_history: args.welcome_history.or(file.welcome_history),
+        room_history: args.room_history.or(file.room_history),
+        max_recovery: args.max_recovery.or(file.max_recovery),
+        max_members_listed: args.max_members_listed.or(file.max_members_listed),
+        outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
+        max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
+    }
+}
+
+/// A secret nobody else knows, for a server started without `--jwt-secret`.
+fn random_secret() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    (0..4)
+        .map(|_| {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+            format!("{:016x}", hasher.finish())
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn database_urls() {
+        assert_eq!(
+            DatabaseLocation::parse("sqlite::memory:"),
+            DatabaseLocation::SqliteMemory
+        );
+        assert_eq!(
+            DatabaseLocation::parse("sqlite:///tmp/x.db"),
+            DatabaseLocation::SqliteFile("/tmp/x.db".into())
+        );
+        assert_eq!(
+            DatabaseLocation::parse("data/x.db"),
+            DatabaseLocation::SqliteFile("data/x.db".into())
+        );
+        assert!(matches!(
+            DatabaseLocation::parse("postgres://localhost/test"),
+            DatabaseLocation::Postgres(_)
+        ));
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_defaults_fill_the_rest() {
+        let file: ServeArgs =
+            toml::from_str("max_frame_bytes = 1000\nidle_timeout_ms = 5\nguest_chat = true")
+                .expect("valid toml");
+        let args = ServeArgs {
+            max_frame_bytes: Some(2000),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(merge(args, file)).expect("valid config");
+        assert_eq!(config.max_frame_bytes, 2000);
+        assert_eq!(config.idle_timeout, Duration::from_millis(5));
+        assert!(config.guest_chat);
+        assert_eq!(config.max_message_chars, 4000);
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_errors() {
+        assert!(toml::from_str::<ServeArgs>("max_frame_byte = 1").is_err());
+    }
+
+    #[test]
+    fn nonsense_values_are_refused() {
+        let args = ServeArgs {
+            heartbeat_interval_ms: Some(0),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(args).is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! `chat_message`: store the message, acknowledge it, broadcast it.
+//!
+//! The handler does not wait for the store: it hands the message over with a
+//! callback and returns, so a connection can have several messages in flight
+//! and they share one commit (the session bounds how many). The callback runs
+//! once the message is durable — only then is it acknowledged and broadcast —
+//! and callbacks run in commit order, so a room sees its messages in id order.
+
+use super::{HandlerError, report, require_joined, speaker};
+use crate::app::App;
+use crate::hub::Audience;
+use crate::protocol::{ChatMessage, GLOBAL_ROOM, ServerMessage, Timestamp};
+use crate::session::Session;
+use crate::store::NewMessage;
+use std::sync::Arc;
+
+pub fn send(
+    app: &Arc<App>,
+    session: &Session,
+    request: ChatMessage,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    let connection = session.connection.clone();
+    let user = speaker(&connection)?;
+    let room: Arc<str> = match request.room.as_deref() {
+        None | Some(GLOBAL_ROOM) => GLOBAL_ROOM.into(),
+        Some(room) => {
+            require_joined(&connection, room)?;
+            room.into()
+        }
+    };
+    let message = NewMessage {
+        room,
+        user,
+        content: request.content,
+        created_at: Timestamp::now(),
+        client_msg_id: request.client_msg_id,
+        reply_to: request.reply_to,
+        attachment: None,
+    };
+    let app = app.clone();
+    let reference = reference.map(str::to_owned);
+    let pending = session.pending_writes.clone();
+    pending.start();
+    app.store.clone().append(
+        message,
+        Box::new(move |result| {
+            match result {
+                Ok(appended) => {
+                    let message = &appended.message;
+                    app.send(
+                        &connection,
+                        &ServerMessage::MessageAck {
+                            message_id: message.id,
+                            room: &message.room,
+                            client_msg_id: message.client_msg_id.as_deref(),
+                        },
+                        reference.as_deref(),
+                    );
+                    // A retried send was broadcast the first time.
+                    if !appended.duplicate {
+                        let audience = if &*message.room == GLOBAL_ROOM {
+                            Audience::Everyone
+                        } else {
+                            Audience::Room(message.room.clone())
+                        };
+                        app.publish(audience, &ServerMessage::ChatMessage { message }, None);
+                    }
+                }
+                Err(err) => report(
+                    &app,
+                    &connection,
+                    &HandlerError::Store(err),
+                    reference.as_deref(),
+                ),
+            }
+            pending.finish();
+        }),
+    );
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! What each client message does. One file per message type (or per small
+//! family of them); [`dispatch`] is the routing table.
+//!
+//! A handler gets a validated message, the shared [`App`] and the
+//! connection's [`Session`], sends its direct reply and any broadcasts itself,
+//! and returns a [`HandlerError`] for anything the client should hear about as
+//! an `error` frame. The session turns that error into the frame, so no
+//! handler builds error frames by hand.
+
+mod ai;
+mod auth;
+mod chat;
+mod files;
+mod history;
+mod ping;
+mod presence;
+mod projects;
+mod rooms;
+mod typing;
+mod users;
+
+pub use auth::log_in;
+
+use crate::app::App;
+use crate::auth::AuthError;
+use crate::hub::{Audience, Connection, RoomDeparture};
+use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, User};
+use crate::session::Session;
+use crate::store::StoreError;
+use std::sync::Arc;
+
+/// A failure a client is told about with an `error` frame.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("{0}")]
+    NotAuthenticated(&'static str),
+    #[error("{0}")]
+    Validation(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("username `{0}` is already taken")]
+    UsernameTaken(String),
+    #[error("authentication failed: {0}")]
+    AuthFailed(#[source] AuthError),
+    #[error("{0}")]
+    FileTypeNotAllowed(&'static str),
+    #[error("{0}")]
+    AiUnavailable(&'static str),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl HandlerError {
+    /// The protocol error code: the one place where errors meet codes.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            HandlerError::NotAuthenticated(_) => ErrorCode::NotAuthenticated,
+            HandlerError::Validation(_) => ErrorCode::ValidationError,
+            HandlerError::Forbidden(_) => ErrorCode::Forbidden,
+            HandlerError::NotFound(_) => ErrorCode::NotFound,
+            HandlerError::UsernameTaken(_) => ErrorCode::UsernameTaken,
+            HandlerError::AuthFailed(_) => ErrorCode::AuthFailed,
+            HandlerError::FileTypeNotAllowed(_) => ErrorCode::FileTypeNotAllowed,
+            HandlerError::AiUnavailable(_) => ErrorCode::AiUnavailable,
+            HandlerError::Store(StoreError::ReplyToNotFound) => ErrorCode::NotFound,
+            HandlerError::Store(_) => ErrorCode::InternalError,
+        }
+    }
+
+    /// The text the client sees. Internal failures say only that they
+    /// happened; the details go to the log.
+    pub fn client_message(&self) -> String {
+        match self.code() {
+            ErrorCode::InternalError => {
+                tracing::error!(error = %self, "internal error while handling a frame");
+                "internal error".to_owned()
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// Runs the handler for one validated message.
+pub async fn dispatch(
+    app: &Arc<App>,
+    session: &mut Session,
+    message: ClientMessage,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    match message {
+        ClientMessage::Authentication(request) => {
+            auth::authenticate(app, session, request, reference).await
+        }
+        ClientMessage::ChatMessage(request) => chat::send(app, session, request, reference),
+        ClientMessage::UserTyping(request) => typing::typing(app, session, request),
+        ClientMessage::UserJoin(request) => users::join(app, session, request, reference),
+        ClientMessage::UserLeave => users::leave(app, session, reference),
+        ClientMessage::RoomJoin(request) => rooms::join(app, session, request, reference).await,
+        ClientMessage::RoomLeave(request) => rooms::leave(app, session, request, reference),
+        ClientMessage::History(request) => history::page(app, session, request, reference).await,
+        ClientMessage::Presence(request) => presence::state(app, session, request, reference),
+        ClientMessage::AiRequest(request) => ai::request(app, session, request),
+        ClientMessage::FileUploadRequest(request) => files::upload_request(app, session, request),
+        ClientMessage::ProjectUpdate(request) => {
+            projects::project_update(app, session, request, reference).await
+        }
+        ClientMessage::TicketUpdate(request) => {
+            projects::ticket_update(app, session, request, reference).await
+        }
+        ClientMessage::Ping => ping::ping(app, session, reference),
+    }
+}
+
+/// The connection's user; every handler past the authentication check has one.
+fn speaker(connection: &Connection) -> Result<User, HandlerError> {
+    connection
+        .user()
+        .ok_or(HandlerError::NotAuthenticated("authenticate first"))
+}
+
+/// Refuses to act in a room this connection has not joined.
+fn require_joined(connection: &Connection, room: &str) -> Result<(), HandlerError> {
+    if connection.in_room(room) {
+        Ok(())
+    } else {
+        Err(HandlerError::Forbidden(format!(
+            "join room `{room}` first (room_join)"
+        )))
+    }
+}
+
+/// Tells each room a user left (for good) that they are gone.
+pub fn announce_departures(app: &App, departures: &[RoomDeparture]) {
+    for departure in departures.iter().filter(|d| d.last_of_user) {
+        app.publish(
+            Audience::Room(departure.room.clone()),
+            &ServerMessage::Presence {
+                room: &departure.room,
+                event: crate::protocol::PresenceEvent::Leave,
+                user: &departure.user,
+            },
+            None,
+        );
+    }
+}
+
+/// Tells everyone that a user came online, except the connection that did.
+fn announce_online(app: &App, user: &User, except: &str) {
+    app.publish(
+        Audience::Everyone,
+        &ServerMessage::UserJoin { user },
+        Some(except),
+    );
+}
+
+/// Tells everyone that a user went offline, except `except`.
+pub fn announce_offline(app: &App, user: &User, except: Option<&str>) {
+    app.publish(
+        Audience::Everyone,
+        &ServerMessage::UserLeave { user },
+        except,
+    );
+}
+
+/// Sends an `error` frame and counts it.
+pub fn send_error(
+    app: &App,
+    connection: &Connection,
+    code: ErrorCode,
+    message: &str,
+    reference: Option<&str>,
+) {
+    app.hub.stats().count_error(code);
+    app.send(
+        connection,
+        &ServerMessage::Error {
+            error_code: code,
+            message,
+            retry_after_ms: None,
+        },
+        reference,
+    );
+}
+
+/// Sends the `error` frame for a handler failure.
+pub fn report(app: &App, connection: &Connection, error: &HandlerError, reference: Option<&str>) {
+    send_error(
+        app,
+        connection,
+        error.code(),
+        &error.client_message(),
+        reference,
+    );
+}

@@ -1,0 +1,88 @@
+//! `room_join` and `room_leave`.
+
+use super::{HandlerError, announce_departures, speaker};
+use crate::app::App;
+use crate::hub::Audience;
+use crate::protocol::{PresenceEvent, RoomJoin, RoomLeave, ServerMessage};
+use crate::session::Session;
+use crate::store::Page;
+
+pub async fn join(
+    app: &App,
+    session: &Session,
+    request: RoomJoin,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    let connection = &session.connection;
+    let user = speaker(connection)?;
+    let room = request.room;
+    app.store.ensure_room(&room).await?;
+    // Join before reading history, so that a message stored in between is
+    // broadcast to this connection rather than lost (it may arrive twice:
+    // clients de-duplicate by id).
+    let first_of_user = app.hub.join_room(connection, &room);
+    let (page, limit) = match request.since_id {
+        Some(since_id) => (Page::After(since_id), app.config.max_recovery),
+        None => (Page::Newest, app.config.room_history),
+    };
+    let recent = match app.store.history(&room, page, limit).await {
+        Ok(recent) => recent,
+        Err(err) => {
+            if first_of_user.is_some() {
+                let departure = app.hub.leave_room(connection, &room);
+                announce_departures(app, departure.as_slice());
+            }
+            return Err(err.into());
+        }
+    };
+    let (members, member_count) = app
+        .hub
+        .room_members(&room, 0, app.config.max_members_listed);
+    app.send(
+        connection,
+        &ServerMessage::RoomJoined {
+            room: &room,
+            members: &members,
+            member_count,
+            recent_messages: &recent.messages,
+            missed: request.since_id.is_some() && recent.has_more,
+        },
+        reference,
+    );
+    if first_of_user == Some(true) {
+        app.publish(
+            Audience::Room(room.as_str().into()),
+            &ServerMessage::Presence {
+                room: &room,
+                event: PresenceEvent::Join,
+                user: &user,
+            },
+            Some(&connection.id),
+        );
+    }
+    Ok(())
+}
+
+pub fn leave(
+    app: &App,
+    session: &Session,
+    request: RoomLeave,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    let connection = &session.connection;
+    let departure = app
+        .hub
+        .leave_room(connection, &request.room)
+        .ok_or_else(|| {
+            HandlerError::NotFound(format!("this connection is not in room `{}`", request.room))
+        })?;
+    app.send(
+        connection,
+        &ServerMessage::RoomLeft {
+            room: &request.room,
+        },
+        reference,
+    );
+    announce_departures(app, &[departure]);
+    Ok(())
+}

@@ -1,0 +1,292 @@
+//! One WebSocket connection as the hub sees it: identity, state, rooms,
+//! counters, and the bounded outbox its session drains.
+//!
+//! A `Connection` is shared (`Arc`) between its session task, which owns the
+//! socket, and everybody who sends to it. Sending never blocks: a frame goes
+//! into the outbox with `try_send`, and a full outbox closes the connection as
+//! a slow consumer instead of slowing the sender down.
+
+use crate::protocol::{CloseReason, Timestamp, User, UserKind};
+use axum::extract::ws::Utf8Bytes;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use tokio::sync::{Notify, mpsc};
+
+/// Lifecycle state of a connection (section 3 of the protocol).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ConnectionState {
+    Connected = 0,
+    Authenticated = 1,
+    Disconnected = 2,
+    Inactive = 3,
+}
+
+impl ConnectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionState::Connected => "CONNECTED",
+            ConnectionState::Authenticated => "AUTHENTICATED",
+            ConnectionState::Disconnected => "DISCONNECTED",
+            ConnectionState::Inactive => "INACTIVE",
+        }
+    }
+
+    fn from_u8(value: u8) -> ConnectionState {
+        match value {
+            1 => ConnectionState::Authenticated,
+            2 => ConnectionState::Disconnected,
+            3 => ConnectionState::Inactive,
+            _ => ConnectionState::Connected,
+        }
+    }
+}
+
+/// What a token lets its holder do beyond chatting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    User,
+    Assistant,
+    Admin,
+}
+
+/// Who is on a connection: the user object others see, and the role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub user: User,
+    pub role: Role,
+}
+
+/// What happened to a frame handed to [`Connection::deliver`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Delivery {
+    Queued,
+    /// The outbox was full: the connection is now closing with 4002.
+    Overflowed,
+    /// The connection is already closing or closed; the frame was dropped.
+    Closed,
+}
+
+/// A connection registered with the hub.
+pub struct Connection {
+    /// Unique across the deployment: node prefix plus a counter.
+    pub id: Arc<str>,
+    pub client_addr: SocketAddr,
+    pub user_agent: Option<String>,
+    pub connected_at: Timestamp,
+    /// Frames for the session task to write. Bounded: see [`Delivery::Overflowed`].
+    outbox: mpsc::Sender<Utf8Bytes>,
+    /// Close code requested by anyone (0 while open); the first request wins.
+    close_code: AtomicU16,
+    /// Wakes the session task when `close_code` is set.
+    close_signal: Notify,
+    state: AtomicU8,
+    /// Set by authentication or by a guest naming itself; read by every
+    /// handler that needs to know who is speaking.
+    identity: RwLock<Option<Identity>>,
+    /// Whether this connection is in the audience of global broadcasts
+    /// (authenticated, or a named guest).
+    announced: AtomicBool,
+    /// Rooms joined by this connection; the hub's room map is the other side.
+    rooms: Mutex<BTreeSet<Arc<str>>>,
+    last_activity_ms: AtomicI64,
+    /// Client frames received on this connection.
+    message_count: AtomicU64,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("id", &self.id)
+            .field("client_addr", &self.client_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Creates a connection and the receiving end of its outbox.
+    pub fn new(
+        id: Arc<str>,
+        client_addr: SocketAddr,
+        user_agent: Option<String>,
+        outbox_capacity: usize,
+    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
+        let (outbox, receiver) = mpsc::channel(outbox_capacity);
+        let now = Timestamp::now();
+        let connection = Connection {
+            id,
+            client_addr,
+            user_agent,
+            connected_at: now,
+            outbox,
+            close_code: AtomicU16::new(0),
+            close_signal: Notify::new(),
+            state: AtomicU8::new(ConnectionState::Connected as u8),
+            identity: RwLock::new(None),
+            announced: AtomicBool::new(false),
+            rooms: Mutex::new(BTreeSet::new()),
+            last_activity_ms: AtomicI64::new(now.as_millis()),
+            message_count: AtomicU64::new(0),
+        };
+        (Arc::new(connection), receiver)
+    }
+
+    /// Queues a frame without waiting. A full outbox closes the connection.
+    pub fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
+        if self.close_code.load(Ordering::Relaxed) != 0 {
+            return Delivery::Closed;
+        }
+        match self.outbox.try_send(frame.clone()) {
+            Ok(()) => Delivery::Queued,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                if self.close(CloseReason::SLOW_CONSUMER) {
+                    Delivery::Overflowed
+                } else {
+                    Delivery::Closed
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        }
+    }
+
+    /// Asks the session to close the socket with `reason`. Returns whether
+    /// this call was the one that started the close.
+    pub fn close(&self, reason: CloseReason) -> bool {
+        let started = self
+            .close_code
+            .compare_exchange(0, reason.code, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok();
+        if started {
+            self.close_signal.notify_one();
+        }
+        started
+    }
+
+    /// The close code requested so far, if any.
+    pub fn close_requested(&self) -> Option<u16> {
+        match self.close_code.load(Ordering::Acquire) {
+            0 => None,
+            code => Some(code),
+        }
+    }
+
+    /// Resolves once [`Connection::close`] has been called.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.close_signal.notified();
+            if self.close_requested().is_some() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn state(&self) -> ConnectionState {
+        ConnectionState::from_u8(self.state.load(Ordering::Relaxed))
+    }
+
+    pub fn set_state(&self, state: ConnectionState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn user(&self) -> Option<User> {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|identity| identity.user.clone())
+    }
+
+    /// The kind shown in statistics: the user's kind, or `guest` before login.
+    pub fn kind(&self) -> UserKind {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map_or(UserKind::Guest, |identity| identity.user.kind)
+    }
+
+    pub(super) fn set_identity(&self, identity: Option<Identity>) {
+        let announced = identity.is_some();
+        *self
+            .identity
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = identity;
+        self.announced.store(announced, Ordering::Release);
+    }
+
+    /// Whether the connection is authenticated or a named guest.
+    pub fn is_announced(&self) -> bool {
+        self.announced.load(Ordering::Acquire)
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.state() == ConnectionState::Authenticated
+    }
+
+    pub fn rooms(&self) -> Vec<Arc<str>> {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    pub fn room_count(&self) -> usize {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    pub fn in_room(&self, room: &str) -> bool {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .contains(room)
+    }
+
+    /// Records the room on this side; returns false if it was already there.
+    pub(super) fn add_room(&self, room: Arc<str>) -> bool {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(room)
+    }
+
+    pub(super) fn remove_room(&self, room: &str) -> bool {
+        self.rooms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(room)
+    }
+
+    /// Records that a frame (of any kind, pings and pongs included) arrived.
+    pub fn touch(&self) {
+        self.last_activity_ms
+            .store(Timestamp::now().as_millis(), Ordering::Relaxed);
+    }
+
+    /// Counts a client frame for `message_count`.
+    pub fn count_message(&self) {
+        self.message_count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn last_activity(&self) -> Timestamp {
+        Timestamp(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    pub fn message_count(&self) -> u64 {
+        self.message_count.load(Ordering::Relaxed)
+    }
+}

@@ -1,0 +1,556 @@
+//! The connection manager: which connections exist, who is on them, which
+//! rooms they are in, and how frames reach them.
+//!
+//! The hub is infrastructure only. It reports transitions (a user's first
+//! connection, a user's last connection in a room) and leaves it to the
+//! handlers to decide what to announce. Sends never wait: each connection has
+//! a bounded outbox, and a broadcast hands every recipient a clone of the same
+//! encoded bytes.
+//!
+//! Locking: connection and room maps are sharded `RwLock`s, so joins in one
+//! room do not stall broadcasts in another. Lock order is shard → room members;
+//! no lock is ever held across an `.await`.
+
+mod connection;
+mod room;
+mod stats;
+
+pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
+pub use stats::{HubStats, LATENCY_BUCKETS_US};
+
+use crate::protocol::{CloseReason, Frame, ServerType, User};
+use axum::extract::ws::Utf8Bytes;
+use room::Room;
+use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+const SHARDS: usize = 32;
+
+/// An encoded frame ready to be queued to any number of connections.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    pub kind: ServerType,
+    pub text: Utf8Bytes,
+}
+
+impl From<Frame> for OutFrame {
+    fn from(frame: Frame) -> Self {
+        OutFrame {
+            kind: frame.kind,
+            text: Utf8Bytes::from(frame.text),
+        }
+    }
+}
+
+/// Who a broadcast goes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Audience {
+    /// Every connection in the room.
+    Room(Arc<str>),
+    /// Every authenticated connection and named guest.
+    Everyone,
+}
+
+/// Transitions caused by a change of identity on one connection.
+#[derive(Debug, Default)]
+pub struct IdentityChange {
+    /// The previous user, when this was their last connection.
+    pub left: Option<User>,
+    /// The new user, when this is their first connection.
+    pub joined: Option<User>,
+}
+
+/// A guest asked for a display name that someone online already uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("username already in use")]
+pub struct NameTaken;
+
+/// A room this connection left, and whether it was the user's last connection there.
+#[derive(Debug)]
+pub struct RoomDeparture {
+    pub room: Arc<str>,
+    pub user: User,
+    pub last_of_user: bool,
+}
+
+/// Who is online: users with at least one announced connection.
+#[derive(Debug, Default)]
+struct Online {
+    users: HashMap<Arc<str>, (User, usize)>,
+    /// Lower-cased usernames in use, for guest name checks.
+    names: HashMap<String, Arc<str>>,
+}
+
+/// One shard of a [`Sharded`] map.
+type Shard<V> = RwLock<HashMap<Arc<str>, V>>;
+
+/// A map split into shards by key hash.
+#[derive(Debug)]
+struct Sharded<V> {
+    hasher: RandomState,
+    shards: Box<[Shard<V>]>,
+}
+
+impl<V> Sharded<V> {
+    fn new() -> Self {
+        Sharded {
+            hasher: RandomState::new(),
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn shard(&self, key: &str) -> &Shard<V> {
+        let index = (self.hasher.hash_one(key) as usize) % SHARDS;
+        &self.shards[index]
+    }
+
+    fn read(&self, key: &str) -> RwLockReadGuard<'_, HashMap<Arc<str>, V>> {
+        self.shard(key)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self, key: &str) -> RwLockWriteGuard<'_, HashMap<Arc<str>, V>> {
+        self.shard(key)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn values(&self) -> Vec<V>
+    where
+        V: Clone,
+    {
+        self.shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| shard.read().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+}
+
+/// The connection manager. One per server process.
+#[derive(Debug)]
+pub struct Hub {
+    /// Prefix of connection ids, random per process so ids stay unique
+    /// across nodes and restarts.
+    node_id: String,
+    next_connection: AtomicU64,
+    outbox_capacity: usize,
+    connections: Sharded<Arc<Connection>>,
+    rooms: Sharded<Arc<Room>>,
+    online: Mutex<Online>,
+    stats: HubStats,
+}
+
+impl Hub {
+    pub fn new(outbox_capacity: usize) -> Hub {
+        Hub {
+            node_id: node_id(),
+            next_connection: AtomicU64::new(1),
+            outbox_capacity,
+            connections: Sharded::new(),
+            rooms: Sharded::new(),
+            online: Mutex::new(Online::default()),
+            stats: HubStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Registers a new connection (state CONNECTED, no identity) and returns
+    /// it with the receiving end of its outbox.
+    pub fn register(
+        &self,
+        client_addr: SocketAddr,
+        user_agent: Option<String>,
+    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
+        let number = self.next_connection.fetch_add(1, Ordering::Relaxed);
+        let id: Arc<str> = format!("{}-{number}", self.node_id).into();
+        let (connection, outbox) =
+            Connection::new(id.clone(), client_addr, user_agent, self.outbox_capacity);
+        self.connections.write(&id).insert(id, connection.clone());
+        self.stats.connection_opened();
+        (connection, outbox)
+    }
+
+    /// Removes a closed connection: it leaves its rooms and the online list.
+    /// Returns the rooms it left and the user, if this was their last connection.
+    pub fn unregister(&self, connection: &Connection) -> (Vec<RoomDeparture>, Option<User>) {
+        let removed = self
+            .connections
+            .write(&connection.id)
+            .remove(&connection.id);
+        let departures = self.leave_all_rooms(connection);
+        let change = self.replace_identity(connection, None);
+        if removed.is_some() {
+            self.stats.connection_closed();
+        }
+        (departures, change.left)
+    }
+
+    pub fn get(&self, connection_id: &str) -> Option<Arc<Connection>> {
+        self.connections
+            .read(connection_id)
+            .get(connection_id)
+            .cloned()
+    }
+
+    /// Every registered connection, in no particular order.
+    pub fn connections(&self) -> Vec<Arc<Connection>> {
+        self.connections.values()
+    }
+
+    /// Sets who is on a connection, keeping the online list in step. The
+    /// caller must have taken the connection out of its rooms first if the
+    /// user changes, since room membership is kept per user.
+    pub fn set_identity(&self, connection: &Connection, identity: Identity) -> IdentityChange {
+        self.replace_identity(connection, Some(identity))
+    }
+
+    /// Like [`Hub::set_identity`] for a guest's display name: refused when
+    /// another online user has the same name, compared case-insensitively.
+    pub fn claim_guest_name(
+        &self,
+        connection: &Connection,
+        identity: Identity,
+    ) -> Result<IdentityChange, NameTaken> {
+        let mut online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        let wanted = identity.user.username.to_lowercase();
+        if let Some(owner) = online.names.get(&wanted)
+            && *owner != identity.user.id
+        {
+            return Err(NameTaken);
+        }
+        Ok(Self::swap_identity(&mut online, connection, Some(identity)))
+    }
+
+    /// Whether any online user uses this name, compared case-insensitively.
+    pub fn name_in_use(&self, username: &str) -> bool {
+        let online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        online.names.contains_key(&username.to_lowercase())
+    }
+
+    fn replace_identity(
+        &self,
+        connection: &Connection,
+        identity: Option<Identity>,
+    ) -> IdentityChange {
+        let mut online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        Self::swap_identity(&mut online, connection, identity)
+    }
+
+    fn swap_identity(
+        online: &mut Online,
+        connection: &Connection,
+        identity: Option<Identity>,
+    ) -> IdentityChange {
+        let previous = connection.user();
+        let next = identity.as_ref().map(|identity| identity.user.clone());
+        connection.set_identity(identity);
+        let mut change = IdentityChange::default();
+        if previous == next {
+            return change;
+        }
+        if let Some(user) = previous
+            && let Some((_, count)) = online.users.get_mut(&user.id)
+        {
+            *count -= 1;
+            if *count == 0 {
+                online.users.remove(&user.id);
+                let name = user.username.to_lowercase();
+                if online.names.get(&name) == Some(&user.id) {
+                    online.names.remove(&name);
+                }
+                change.left = Some(user);
+            }
+        }
+        if let Some(user) = next {
+            let entry = online
+                .users
+                .entry(user.id.clone())
+                .or_insert_with(|| (user.clone(), 0));
+            entry.1 += 1;
+            if entry.1 == 1 {
+                online
+                    .names
+                    .entry(user.username.to_lowercase())
+                    .or_insert_with(|| user.id.clone());
+                change.joined = Some(user);
+            }
+        }
+        change
+    }
+
+    /// Number of distinct users online.
+    pub fn online_users(&self) -> usize {
+        self.online
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .users
+            .len()
+    }
+
+    /// Adds the connection to a room, creating the room's live state if
+    /// needed. Returns `None` if it was already in the room, else whether
+    /// this is the user's first connection there.
+    pub fn join_room(&self, connection: &Arc<Connection>, room: &str) -> Option<bool> {
+        let user = connection.user()?;
+        let mut shard = self.rooms.write(room);
+        let name: Arc<str> = match shard.get_key_value(room) {
+            Some((name, _)) => name.clone(),
+            None => room.into(),
+        };
+        if !connection.add_room(name.clone()) {
+            return None;
+        }
+        let live = shard.entry(name).or_insert_with(|| Arc::new(Room::new()));
+        let first = live.write().add(connection.clone(), &user);
+        Some(first)
+    }
+
+    /// Takes the connection out of a room. Returns `None` if it was not in
+    /// it, else whether that was the user's last connection there.
+    pub fn leave_room(&self, connection: &Connection, room: &str) -> Option<RoomDeparture> {
+        let user = connection.user()?;
+        if !connection.remove_room(room) {
+            return None;
+        }
+        let mut shard = self.rooms.write(room);
+        let (name, live) = shard.get_key_value(room)?;
+        let name = name.clone();
+        let mut members = live.write();
+        let last_of_user = members.remove(&connection.id, &user);
+        let empty = members.is_empty();
+        drop(members);
+        if empty {
+            shard.remove(room);
+        }
+        Some(RoomDeparture {
+            room: name,
+            user,
+            last_of_user,
+        })
+    }
+
+    /// Takes the connection out of every room it is in.
+    pub fn leave_all_rooms(&self, connection: &Connection) -> Vec<RoomDeparture> {
+        connection
+            .rooms()
+            .iter()
+            .filter_map(|room| self.leave_room(connection, room))
+            .collect()
+    }
+
+    /// A page of the distinct users in a room, ordered by username, and the
+    /// total number of them.
+    pub fn room_members(&self, room: &str, offset: usize, limit: usize) -> (Vec<User>, usize) {
+        match self.live_room(room) {
+            Some(live) => {
+                let members = live.read();
+                (members.page(offset, limit), members.user_count())
+            }
+            None => (Vec::new(), 0),
+        }
+    }
+
+    /// Number of connections in a room.
+    pub fn room_connection_count(&self, room: &str) -> usize {
+        self.live_room(room)
+            .map_or(0, |live| live.read().connections.len())
+    }
+
+    /// Number of rooms with at least one connection.
+    pub fn room_count(&self) -> usize {
+        self.rooms.len()
+    }
+
+    fn live_room(&self, room: &str) -> Option<Arc<Room>> {
+        self.rooms.read(room).get(room).cloned()
+    }
+
+    /// Queues a frame for one connection.
+    pub fn send(&self, connection: &Connection, frame: &OutFrame) -> Delivery {
+        let delivery = connection.deliver(&frame.text);
+        self.count_delivery(frame.kind, delivery, 1);
+        delivery
+    }
+
+    /// Queues a frame for every connection of an audience on this node,
+    /// except `except`. Returns how many connections it was queued for.
+    pub fn broadcast(&self, audience: &Audience, frame: &OutFrame, except: Option<&str>) -> usize {
+        let started = Instant::now();
+        let mut queued = 0;
+        let mut overflowed = 0;
+        let mut deliver = |connection: &Connection| {
+            if except == Some(&*connection.id) {
+                return;
+            }
+            match connection.deliver(&frame.text) {
+                Delivery::Queued => queued += 1,
+                Delivery::Overflowed => overflowed += 1,
+                Delivery::Closed => {}
+            }
+        };
+        match audience {
+            Audience::Room(room) => {
+                if let Some(live) = self.live_room(room) {
+                    live.read().connections.iter().for_each(|c| deliver(c));
+                }
+            }
+            Audience::Everyone => {
+                for shard in self.connections.shards.iter() {
+                    let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
+                    shard
+                        .values()
+                        .filter(|c| c.is_announced())
+                        .for_each(|c| deliver(c));
+                }
+            }
+        }
+        self.stats.count_out(frame.kind, queued);
+        self.stats
+            .slow_consumer_disconnects
+            .fetch_add(overflowed, Ordering::Relaxed);
+        self.stats.observe_broadcast(started.elapsed());
+        queued as usize
+    }
+
+    fn count_delivery(&self, kind: ServerType, delivery: Delivery, frames: u64) {
+        match delivery {
+            Delivery::Queued => self.stats.count_out(kind, frames),
+            Delivery::Overflowed => {
+                self.stats
+                    .slow_consumer_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Delivery::Closed => {}
+        }
+    }
+
+    /// Asks every connection to close with `reason` (shutdown).
+    pub fn close_all(&self, reason: CloseReason) {
+        for connection in self.connections() {
+            connection.close(reason);
+        }
+    }
+}
+
+/// A short random id for this process.
+fn node_id() -> String {
+    let random = RandomState::new().hash_one(std::process::id());
+    format!("{:08x}", random as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::UserKind;
+
+    fn identity(id: &str, name: &str) -> Identity {
+        Identity {
+            user: User {
+                id: id.into(),
+                username: name.into(),
+                kind: UserKind::User,
+            },
+            role: Role::User,
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    #[test]
+    fn first_and_last_connection_of_a_user_are_reported() {
+        let hub = Hub::new(16);
+        let (a, _ra) = hub.register(addr(), None);
+        let (b, _rb) = hub.register(addr(), None);
+        assert!(hub.set_identity(&a, identity("u1", "ann")).joined.is_some());
+        assert!(hub.set_identity(&b, identity("u1", "ann")).joined.is_none());
+        assert_eq!(hub.join_room(&a, "r"), Some(true));
+        assert_eq!(hub.join_room(&b, "r"), Some(false));
+        assert_eq!(hub.join_room(&b, "r"), None);
+        assert_eq!(hub.room_members("r", 0, 10).1, 1);
+        assert_eq!(hub.room_connection_count("r"), 2);
+        let (left_rooms, left) = hub.unregister(&a);
+        assert!(!left_rooms[0].last_of_user);
+        assert!(left.is_none());
+        let (left_rooms, left) = hub.unregister(&b);
+        assert!(left_rooms[0].last_of_user);
+        assert!(left.is_some());
+        assert_eq!(hub.room_count(), 0);
+        assert_eq!(hub.stats().active(), 0);
+    }
+
+    #[test]
+    fn members_are_ordered_by_username_bytes() {
+        let hub = Hub::new(16);
+        let names = ["bob", "Zed", "alice", "Ann"];
+        let mut keep = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let (c, rx) = hub.register(addr(), None);
+            hub.set_identity(&c, identity(&format!("u{i}"), name));
+            hub.join_room(&c, "r");
+            keep.push((c, rx));
+        }
+        let (page, total) = hub.room_members("r", 1, 2);
+        let page: Vec<&str> = page.iter().map(|u| &*u.username).collect();
+        assert_eq!(page, ["Zed", "alice"]);
+        assert_eq!(total, 4);
+    }
+
+    #[test]
+    fn a_full_outbox_closes_only_that_connection() {
+        let hub = Hub::new(16);
+        let (slow, _slow_rx) = hub.register(addr(), None);
+        let (fast, mut fast_rx) = hub.register(addr(), None);
+        hub.set_identity(&slow, identity("u1", "slow"));
+        hub.set_identity(&fast, identity("u2", "fast"));
+        let frame = OutFrame {
+            kind: ServerType::ChatMessage,
+            text: Utf8Bytes::from_static("{}"),
+        };
+        for _ in 0..17 {
+            hub.broadcast(&Audience::Everyone, &frame, None);
+            while fast_rx.try_recv().is_ok() {}
+        }
+        assert_eq!(slow.close_requested(), Some(4002));
+        assert_eq!(fast.close_requested(), None);
+        assert_eq!(hub.stats().slow_consumer_disconnects(), 1);
+    }
+
+    #[test]
+    fn guest_names_are_unique_case_insensitively() {
+        let hub = Hub::new(16);
+        let (a, _ra) = hub.register(addr(), None);
+        let (b, _rb) = hub.register(addr(), None);
+        assert!(hub.claim_guest_name(&a, identity("g1", "Robin")).is_ok());
+        assert_eq!(
+            hub.claim_guest_name(&b, identity("g2", "robin")).err(),
+            Some(NameTaken)
+        );
+        assert!(hub.name_in_use("ROBIN"));
+    }
+}

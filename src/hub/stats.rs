@@ -1,0 +1,144 @@
+//! Counters the hub keeps for `GET /api/stats` and `GET /metrics`.
+//!
+//! All counters are relaxed atomics indexed by enum position, so counting on
+//! the hot path is one uncontended add and never takes a lock.
+
+use crate::protocol::{ErrorCode, MessageType, ServerType};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds, in microseconds, of the broadcast latency histogram buckets.
+pub const LATENCY_BUCKETS_US: [u64; 12] = [
+    5, 10, 25, 50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 50_000,
+];
+
+/// Process-wide counters.
+#[derive(Debug, Default)]
+pub struct HubStats {
+    pub(super) active: AtomicU64,
+    pub(super) peak: AtomicU64,
+    pub(super) total: AtomicU64,
+    pub(super) slow_consumer_disconnects: AtomicU64,
+    messages_in: [AtomicU64; MessageType::ALL.len()],
+    messages_out: [AtomicU64; ServerType::ALL.len()],
+    errors: [AtomicU64; ErrorCode::ALL.len()],
+    broadcast_latency: Histogram,
+}
+
+impl HubStats {
+    pub fn count_in(&self, kind: MessageType) {
+        self.messages_in[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn count_out(&self, kind: ServerType, frames: u64) {
+        self.messages_out[kind.index()].fetch_add(frames, Ordering::Relaxed);
+    }
+
+    pub fn count_error(&self, code: ErrorCode) {
+        self.errors[code.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn observe_broadcast(&self, elapsed: Duration) {
+        self.broadcast_latency.observe(elapsed);
+    }
+
+    pub(super) fn connection_opened(&self) {
+        let active = self.active.fetch_add(1, Ordering::Relaxed) + 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        self.peak.fetch_max(active, Ordering::Relaxed);
+    }
+
+    pub(super) fn connection_closed(&self) {
+        self.active.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn peak(&self) -> u64 {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    pub fn slow_consumer_disconnects(&self) -> u64 {
+        self.slow_consumer_disconnects.load(Ordering::Relaxed)
+    }
+
+    /// Count per client message type received, by type name.
+    pub fn messages_in(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        MessageType::ALL.into_iter().map(|kind| {
+            (
+                kind.as_str(),
+                self.messages_in[kind.index()].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Count per server frame type sent (one per recipient), by type name.
+    pub fn messages_out(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ServerType::ALL.into_iter().map(|kind| {
+            (
+                kind.as_str(),
+                self.messages_out[kind.index()].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    /// Count per error code sent, by code.
+    pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        ErrorCode::ALL.into_iter().map(|code| {
+            (
+                code.as_str(),
+                self.errors[code.index()].load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    pub fn broadcast_latency(&self) -> &Histogram {
+        &self.broadcast_latency
+    }
+}
+
+/// A fixed-bucket latency histogram in the shape Prometheus expects.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        if let Some(slot) = LATENCY_BUCKETS_US.iter().position(|&bound| micros <= bound) {
+            self.buckets[slot].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per upper bound (µs), as Prometheus `le` buckets.
+    pub fn cumulative(&self) -> Vec<(u64, u64)> {
+        let mut running = 0;
+        LATENCY_BUCKETS_US
+            .iter()
+            .zip(&self.buckets)
+            .map(|(&bound, count)| {
+                running += count.load(Ordering::Relaxed);
+                (bound, running)
+            })
+            .collect()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+}

@@ -1,0 +1,103 @@
+//! roomcast: a self-hosted WebSocket chat server.
+//!
+//! [`serve`] runs a server on a listener until a shutdown future resolves;
+//! `main.rs` is a thin command line around it, and the integration tests call
+//! it directly on `127.0.0.1:0`.
+//!
+//! # Layout
+//!
+//! - [`config`]: flags, `ROOMCAST_*` variables and the TOML file, with defaults.
+//! - [`protocol`]: client and server message types, error and close codes; no I/O.
+//! - [`hub`]: the connection manager — connections, users, rooms, fan-out, counters.
+//! - [`broker`]: how broadcasts reach every node's hub (in-process for one node).
+//! - [`session`]: the task per WebSocket — read, dispatch, write, heartbeat, close.
+//! - [`handlers`]: one file per client message type.
+//! - [`store`]: durable messages, rooms and events; SQLite with group commit.
+//! - [`auth`]: JWT verification and minting.
+//! - [`server`]: the HTTP router, the upgrade, the HTTP API and metrics.
+//! - [`app`]: the shared state handed to all of the above.
+
+pub mod app;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod handlers;
+pub mod hub;
+pub mod protocol;
+pub mod server;
+pub mod session;
+pub mod store;
+
+use app::App;
+use auth::Tokens;
+use broker::LocalBroker;
+use config::{Config, DatabaseLocation};
+use hub::Hub;
+use protocol::CloseReason;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use store::{MessageStore, SqliteStore, StoreError};
+use tokio::net::TcpListener;
+
+/// How long shutdown waits for sessions to finish their close handshakes.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot open the message store: {0}")]
+    Store(#[from] StoreError),
+    #[error("server I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Opens the message store the configuration names.
+pub fn open_store(config: &Config) -> Result<Arc<dyn MessageStore>, StoreError> {
+    match &config.database {
+        DatabaseLocation::SqliteMemory => Ok(Arc::new(SqliteStore::open(None)?)),
+        DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(Some(path))?)),
+        DatabaseLocation::Postgres(_) => Err(StoreError::Unsupported),
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` resolves, then stops
+/// accepting, closes every WebSocket with 1001, waits for the sessions to end
+/// and flushes the store.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let store = open_store(&config)?;
+    let hub = Arc::new(Hub::new(config.outbox_capacity));
+    let app = Arc::new(App {
+        tokens: Tokens::new(&config.jwt_secret),
+        broker: Arc::new(LocalBroker::new(hub.clone())),
+        hub: hub.clone(),
+        store: store.clone(),
+        config,
+    });
+    let router = server::router(app);
+    let closing_hub = hub.clone();
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: closing every connection with 1001");
+        closing_hub.close_all(CloseReason::SHUTTING_DOWN);
+    })
+    .await?;
+    // Upgraded connections are not tracked by the HTTP server; wait for the
+    // sessions themselves.
+    let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
+    while hub.stats().active() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    store.flush().await?;
+    tracing::info!("stopped");
+    Ok(())
+}

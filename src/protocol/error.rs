@@ -1,0 +1,137 @@
+//! Error codes (section 5 of the protocol) and WebSocket close codes (section 1).
+
+use serde::Serialize;
+
+/// The `error_code` of an `error` frame. An error never closes the connection
+/// by itself; the few cases that do close (five failed authentications) say so
+/// with a [`CloseReason`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    InvalidJson,
+    UnknownType,
+    ValidationError,
+    UnsupportedFrame,
+    NotAuthenticated,
+    AuthFailed,
+    Forbidden,
+    NotFound,
+    UsernameTaken,
+    RateLimited,
+    FileTooLarge,
+    FileTypeNotAllowed,
+    AiUnavailable,
+    AiTimeout,
+    InternalError,
+}
+
+impl ErrorCode {
+    /// Every code, in a fixed order; statistics index counters by position.
+    pub const ALL: [ErrorCode; 15] = [
+        ErrorCode::InvalidJson,
+        ErrorCode::UnknownType,
+        ErrorCode::ValidationError,
+        ErrorCode::UnsupportedFrame,
+        ErrorCode::NotAuthenticated,
+        ErrorCode::AuthFailed,
+        ErrorCode::Forbidden,
+        ErrorCode::NotFound,
+        ErrorCode::UsernameTaken,
+        ErrorCode::RateLimited,
+        ErrorCode::FileTooLarge,
+        ErrorCode::FileTypeNotAllowed,
+        ErrorCode::AiUnavailable,
+        ErrorCode::AiTimeout,
+        ErrorCode::InternalError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidJson => "invalid_json",
+            ErrorCode::UnknownType => "unknown_type",
+            ErrorCode::ValidationError => "validation_error",
+            ErrorCode::UnsupportedFrame => "unsupported_frame",
+            ErrorCode::NotAuthenticated => "not_authenticated",
+            ErrorCode::AuthFailed => "auth_failed",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::UsernameTaken => "username_taken",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::FileTooLarge => "file_too_large",
+            ErrorCode::FileTypeNotAllowed => "file_type_not_allowed",
+            ErrorCode::AiUnavailable => "ai_unavailable",
+            ErrorCode::AiTimeout => "ai_timeout",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why the server closes a WebSocket: the close code and a short reason text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: &'static str,
+}
+
+impl CloseReason {
+    pub const NORMAL: CloseReason = CloseReason {
+        code: 1000,
+        reason: "normal closure",
+    };
+    pub const SHUTTING_DOWN: CloseReason = CloseReason {
+        code: 1001,
+        reason: "server shutting down",
+    };
+    pub const POLICY: CloseReason = CloseReason {
+        code: 1008,
+        reason: "too many failed authentications",
+    };
+    pub const FRAME_TOO_BIG: CloseReason = CloseReason {
+        code: 1009,
+        reason: "frame too big",
+    };
+    pub const INTERNAL: CloseReason = CloseReason {
+        code: 1011,
+        reason: "internal error",
+    };
+    pub const IDLE: CloseReason = CloseReason {
+        code: 4001,
+        reason: "idle timeout",
+    };
+    pub const SLOW_CONSUMER: CloseReason = CloseReason {
+        code: 4002,
+        reason: "slow consumer",
+    };
+    pub const KICKED: CloseReason = CloseReason {
+        code: 4003,
+        reason: "kicked by an administrator",
+    };
+    pub const CONNECTION_LIMIT: CloseReason = CloseReason {
+        code: 4004,
+        reason: "connection limit reached",
+    };
+
+    const ALL: [CloseReason; 9] = [
+        CloseReason::NORMAL,
+        CloseReason::SHUTTING_DOWN,
+        CloseReason::POLICY,
+        CloseReason::FRAME_TOO_BIG,
+        CloseReason::INTERNAL,
+        CloseReason::IDLE,
+        CloseReason::SLOW_CONSUMER,
+        CloseReason::KICKED,
+        CloseReason::CONNECTION_LIMIT,
+    ];
+
+    /// The reason for a code the server uses; other codes close as "normal".
+    pub fn from_code(code: u16) -> CloseReason {
+        CloseReason::ALL
+            .into_iter()
+            .find(|reason| reason.code == code)
+            .unwrap_or(CloseReason::NORMAL)
+    }
+}

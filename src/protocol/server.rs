@@ -1,0 +1,291 @@
+//! Server → client frames.
+//!
+//! Every frame is one [`ServerMessage`] plus `timestamp` and, on a direct reply,
+//! the `ref` of the client frame it answers. [`ServerMessage::encode`] produces
+//! the text once; a broadcast shares that one text among all recipients.
+
+use super::{ErrorCode, Message, Timestamp, User};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+/// `server` object of the welcome frame.
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerInfo {
+    pub name: &'static str,
+    pub version: &'static str,
+}
+
+/// `limits` object of the welcome frame.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WelcomeLimits {
+    pub max_frame_bytes: usize,
+    pub max_message_chars: usize,
+}
+
+/// The payload of one server frame; `type` comes from the variant name.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage<'a> {
+    Welcome {
+        connection_id: &'a str,
+        server: ServerInfo,
+        heartbeat_interval_ms: u64,
+        authenticated: bool,
+        user: Option<&'a User>,
+        recent_messages: &'a [Message],
+        limits: WelcomeLimits,
+    },
+    AuthSuccess {
+        user: &'a User,
+        connection_id: &'a str,
+    },
+    ChatMessage {
+        message: &'a Message,
+    },
+    MessageAck {
+        message_id: i64,
+        room: &'a str,
+        client_msg_id: Option<&'a str>,
+    },
+    UserTyping {
+        room: &'a str,
+        user: &'a User,
+        is_typing: bool,
+    },
+    UserJoin {
+        user: &'a User,
+    },
+    UserLeave {
+        user: &'a User,
+    },
+    RoomJoined {
+        room: &'a str,
+        members: &'a [User],
+        member_count: usize,
+        recent_messages: &'a [Message],
+        missed: bool,
+    },
+    RoomLeft {
+        room: &'a str,
+    },
+    Presence {
+        room: &'a str,
+        event: PresenceEvent,
+        user: &'a User,
+    },
+    PresenceState {
+        room: &'a str,
+        members: &'a [User],
+        member_count: usize,
+    },
+    History {
+        room: &'a str,
+        messages: &'a [Message],
+        has_more: bool,
+    },
+    ProjectUpdated {
+        project_id: &'a str,
+        event_id: i64,
+    },
+    ProjectUpdate {
+        project_id: &'a str,
+        changes: &'a Map<String, Value>,
+        user: &'a User,
+        event_id: i64,
+    },
+    TicketUpdated {
+        ticket_id: &'a str,
+        event_id: i64,
+    },
+    TicketUpdate {
+        ticket_id: &'a str,
+        project_id: &'a str,
+        changes: &'a Map<String, Value>,
+        user: &'a User,
+        event_id: i64,
+    },
+    Pong {
+        server_time: Timestamp,
+    },
+    Error {
+        error_code: ErrorCode,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
+}
+
+/// `event` of a `presence` frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PresenceEvent {
+    Join,
+    Leave,
+}
+
+/// The `type` of a server frame, for counting frames out by type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServerType {
+    Welcome,
+    AuthSuccess,
+    ChatMessage,
+    MessageAck,
+    UserTyping,
+    UserJoin,
+    UserLeave,
+    RoomJoined,
+    RoomLeft,
+    Presence,
+    PresenceState,
+    History,
+    ProjectUpdated,
+    ProjectUpdate,
+    TicketUpdated,
+    TicketUpdate,
+    Pong,
+    Error,
+}
+
+impl ServerType {
+    /// Every type, in a fixed order; statistics index counters by position.
+    pub const ALL: [ServerType; 18] = [
+        ServerType::Welcome,
+        ServerType::AuthSuccess,
+        ServerType::ChatMessage,
+        ServerType::MessageAck,
+        ServerType::UserTyping,
+        ServerType::UserJoin,
+        ServerType::UserLeave,
+        ServerType::RoomJoined,
+        ServerType::RoomLeft,
+        ServerType::Presence,
+        ServerType::PresenceState,
+        ServerType::History,
+        ServerType::ProjectUpdated,
+        ServerType::ProjectUpdate,
+        ServerType::TicketUpdated,
+        ServerType::TicketUpdate,
+        ServerType::Pong,
+        ServerType::Error,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServerType::Welcome => "welcome",
+            ServerType::AuthSuccess => "auth_success",
+            ServerType::ChatMessage => "chat_message",
+            ServerType::MessageAck => "message_ack",
+            ServerType::UserTyping => "user_typing",
+            ServerType::UserJoin => "user_join",
+            ServerType::UserLeave => "user_leave",
+            ServerType::RoomJoined => "room_joined",
+            ServerType::RoomLeft => "room_left",
+            ServerType::Presence => "presence",
+            ServerType::PresenceState => "presence_state",
+            ServerType::History => "history",
+            ServerType::ProjectUpdated => "project_updated",
+            ServerType::ProjectUpdate => "project_update",
+            ServerType::TicketUpdated => "ticket_updated",
+            ServerType::TicketUpdate => "ticket_update",
+            ServerType::Pong => "pong",
+            ServerType::Error => "error",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One encoded server frame: its text and its type.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub kind: ServerType,
+    pub text: String,
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    #[serde(flatten)]
+    message: &'a ServerMessage<'a>,
+    timestamp: Timestamp,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    reference: Option<&'a str>,
+}
+
+impl ServerMessage<'_> {
+    pub fn kind(&self) -> ServerType {
+        match self {
+            ServerMessage::Welcome { .. } => ServerType::Welcome,
+            ServerMessage::AuthSuccess { .. } => ServerType::AuthSuccess,
+            ServerMessage::ChatMessage { .. } => ServerType::ChatMessage,
+            ServerMessage::MessageAck { .. } => ServerType::MessageAck,
+            ServerMessage::UserTyping { .. } => ServerType::UserTyping,
+            ServerMessage::UserJoin { .. } => ServerType::UserJoin,
+            ServerMessage::UserLeave { .. } => ServerType::UserLeave,
+            ServerMessage::RoomJoined { .. } => ServerType::RoomJoined,
+            ServerMessage::RoomLeft { .. } => ServerType::RoomLeft,
+            ServerMessage::Presence { .. } => ServerType::Presence,
+            ServerMessage::PresenceState { .. } => ServerType::PresenceState,
+            ServerMessage::History { .. } => ServerType::History,
+            ServerMessage::ProjectUpdated { .. } => ServerType::ProjectUpdated,
+            ServerMessage::ProjectUpdate { .. } => ServerType::ProjectUpdate,
+            ServerMessage::TicketUpdated { .. } => ServerType::TicketUpdated,
+            ServerMessage::TicketUpdate { .. } => ServerType::TicketUpdate,
+            ServerMessage::Pong { .. } => ServerType::Pong,
+            ServerMessage::Error { .. } => ServerType::Error,
+        }
+    }
+
+    /// Encodes the frame with the current time and the optional `ref`.
+    pub fn encode(&self, reference: Option<&str>) -> Frame {
+        let envelope = Envelope {
+            message: self,
+            timestamp: Timestamp::now(),
+            reference,
+        };
+        // Serializing these plain structs cannot fail: every map key is a
+        // string and no Serialize impl here returns an error.
+        let text = serde_json::to_string(&envelope)
+            .unwrap_or_else(|_| String::from(r#"{"type":"error","error_code":"internal_error"}"#));
+        Frame {
+            kind: self.kind(),
+            text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::UserKind;
+
+    #[test]
+    fn frames_carry_type_timestamp_and_ref() {
+        let user = User {
+            id: "u1".into(),
+            username: "alice".into(),
+            kind: UserKind::User,
+        };
+        let frame = ServerMessage::AuthSuccess {
+            user: &user,
+            connection_id: "c1",
+        }
+        .encode(Some("r7"));
+        let value: Value = serde_json::from_str(&frame.text).expect("valid JSON");
+        assert_eq!(value["type"], "auth_success");
+        assert_eq!(value["ref"], "r7");
+        assert_eq!(value["user"]["username"], "alice");
+        assert_eq!(value["user"]["kind"], "user");
+        assert_eq!(value["timestamp"].as_str().map(str::len), Some(24));
+        assert_eq!(frame.kind, ServerType::AuthSuccess);
+
+        let pong = ServerMessage::Pong {
+            server_time: Timestamp(0),
+        }
+        .encode(None);
+        let value: Value = serde_json::from_str(&pong.text).expect("valid JSON");
+        assert_eq!(value["server_time"], "1970-01-01T00:00:00.000Z");
+        assert!(value.get("ref").is_none());
+    }
+}

@@ -1,0 +1,58 @@
+//! `GET /ws`: checks an optional token, then upgrades to a WebSocket and
+//! hands the socket to a session.
+
+use super::ApiError;
+use crate::app::App;
+use crate::session;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Read buffer per connection. Small, since most frames are small; a large
+/// frame is read in several steps.
+const READ_BUFFER_BYTES: usize = 4096;
+
+#[derive(Debug, Deserialize)]
+pub struct UpgradeQuery {
+    token: Option<String>,
+}
+
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(client_addr): ConnectInfo<SocketAddr>,
+    Query(query): Query<UpgradeQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let token = bearer_token(&headers).or(query.token.as_deref());
+    let identity = match token.map(|token| app.tokens.verify(token)) {
+        None => None,
+        Some(Ok(identity)) => Some(identity),
+        Some(Err(err)) => return ApiError::unauthorized(err.to_string()).into_response(),
+    };
+    let user_agent = headers
+        .get(USER_AGENT)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| value.chars().take(256).collect());
+    let max_frame = app.config.max_frame_bytes;
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .max_message_size(max_frame)
+        .max_frame_size(max_frame)
+        .on_upgrade(move |socket| session::run(app, socket, client_addr, user_agent, identity))
+}
+
+/// The token of an `Authorization: Bearer ...` header.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
+}

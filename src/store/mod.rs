@@ -1,0 +1,141 @@
+//! Durable storage of messages, rooms and events, behind the [`MessageStore`]
+//! trait.
+//!
+//! The embedded default is SQLite ([`SqliteStore`]): one writer thread commits
+//! appends in batches (group commit), so many concurrent senders share one
+//! fsync. Schema migrations are embedded in the binary and applied at open.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use crate::protocol::{FileInfo, Message, Timestamp, User};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A boxed future, so that the trait can be used as `dyn MessageStore`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Called once an append is durably committed (or has failed).
+pub type CommitCallback = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// Why a storage operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `reply_to` names no stored message in the same room.
+    #[error("reply_to names no message in this room")]
+    ReplyToNotFound,
+    /// The database was written by a newer roomcast.
+    #[error(
+        "database schema version {found} is newer than this roomcast supports ({supported}); upgrade roomcast"
+    )]
+    SchemaTooNew { found: i64, supported: i64 },
+    #[error("PostgreSQL is not supported by this build yet: use SQLite")]
+    Unsupported,
+    /// The store's worker has stopped (the server is shutting down).
+    #[error("message store is closed")]
+    Closed,
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A batch commit failed; every message of the batch gets this error.
+    #[error("commit failed: {0}")]
+    Commit(#[source] Arc<rusqlite::Error>),
+    #[error("SQLite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A message to store; the store assigns `id`.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: Arc<str>,
+    pub user: User,
+    pub content: String,
+    pub created_at: Timestamp,
+    pub client_msg_id: Option<String>,
+    pub reply_to: Option<i64>,
+    pub attachment: Option<FileInfo>,
+}
+
+/// A committed append.
+#[derive(Debug, Clone)]
+pub struct Appended {
+    pub message: Message,
+    /// The same user had already stored this `client_msg_id` in this room;
+    /// `message` is that earlier message and nothing new was stored.
+    pub duplicate: bool,
+}
+
+/// Which page of a room's history to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Page {
+    /// The newest messages.
+    Newest,
+    /// The messages right before this id.
+    Before(i64),
+    /// The messages right after this id.
+    After(i64),
+}
+
+/// One page of history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    pub messages: Vec<Message>,
+    /// More messages exist in the direction of paging.
+    pub has_more: bool,
+}
+
+/// A room's stored record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomRecord {
+    pub name: String,
+    pub created_at: Timestamp,
+}
+
+/// A project or ticket event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    pub room: Arc<str>,
+    pub kind: &'static str,
+    pub payload: serde_json::Value,
+    pub user_id: Arc<str>,
+}
+
+/// Durable storage.
+///
+/// Contract:
+/// - `append` returns at once; `on_commit` runs once the message is durably
+///   committed (it survives a crash from then on), or with the error.
+/// - Callbacks run in commit order, so the callbacks of one room run in
+///   increasing id order; they must not block (queue frames, do not wait).
+/// - Ids are unique across the store and increase in commit order per room.
+/// - Reads issued after a callback has run see that message.
+pub trait MessageStore: Send + Sync + 'static {
+    fn append(&self, message: NewMessage, on_commit: CommitCallback);
+
+    /// A page of a room's messages, oldest first, at most `limit` of them.
+    fn history(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryPage, StoreError>>;
+
+    /// Returns the room's record, creating it if it does not exist.
+    fn ensure_room(&self, room: &str) -> BoxFuture<'_, Result<RoomRecord, StoreError>>;
+
+    /// The room's record, if the room exists.
+    fn room(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomRecord>, StoreError>>;
+
+    /// Stores a project or ticket event and returns its id.
+    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// Resolves when everything appended before the call is committed.
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}

@@ -1,0 +1,471 @@
+//! The embedded SQLite store.
+//!
+//! One thread owns the database connection and works through a queue of
+//! commands in order. Appends that are waiting in the queue when the thread
+//! gets to them are written in one transaction and made durable with one
+//! commit (group commit): under load, many messages share one fsync, and a
+//! lone message is committed at once. Reads are queued behind the writes that
+//! came before them, so a read never misses an acknowledged message.
+//!
+//! Files are opened in WAL mode with `synchronous = FULL`: a committed
+//! transaction survives power loss and `kill -9`.
+
+use super::{
+    Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage, Page,
+    RoomRecord, StoreError,
+};
+use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+/// Schema migrations, applied in order; the database's `user_version` says
+/// how many have run. Never edit a released migration: add the next one.
+const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+
+/// Most appends committed in one transaction.
+const MAX_BATCH: usize = 4096;
+
+const MESSAGE_COLUMNS: &str = "id, room, user_id, username, user_kind, content, created_at, \
+     client_msg_id, reply_to, attachment";
+
+type Job = Box<dyn FnOnce(&mut Connection) + Send>;
+
+enum Command {
+    Append(Box<NewMessage>, CommitCallback),
+    Run(Job),
+}
+
+/// Message store on an embedded SQLite database.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file, or an in-memory database
+    /// when `path` is `None`, applies migrations, and starts the writer thread.
+    pub fn open(path: Option<&Path>) -> Result<SqliteStore, StoreError> {
+        let mut connection = match path {
+            None => Connection::open_in_memory()?,
+            Some(path) => {
+                if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir).map_err(|source| StoreError::DataDir {
+                        path: dir.to_owned(),
+                        source,
+                    })?;
+                }
+                let connection = Connection::open(path)?;
+                connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| {
+                    row.get::<_, String>(0)
+                })?;
+                connection.pragma_update(None, "synchronous", "FULL")?;
+                connection
+            }
+        };
+        connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        migrate(&mut connection)?;
+        let (commands, queue) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("roomcast-sqlite".into())
+            .spawn(move || work(connection, queue))
+            .map_err(|source| StoreError::DataDir {
+                path: path.map(Path::to_owned).unwrap_or_default(),
+                source,
+            })?;
+        Ok(SqliteStore { commands })
+    }
+
+    /// Runs `job` on the writer thread after everything queued before it.
+    fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    ) -> BoxFuture<'static, Result<T, StoreError>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let queued = self.commands.send(Command::Run(Box::new(move |connection| {
+            // The caller may have stopped waiting (its connection closed);
+            // the work is done either way, so a dropped answer is fine.
+            let _ = reply.send(job(connection));
+        })));
+        Box::pin(async move {
+            queued.map_err(|_| StoreError::Closed)?;
+            answer.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
+
+impl MessageStore for SqliteStore {
+    fn append(&self, message: NewMessage, on_commit: CommitCallback) {
+        if let Err(mpsc::SendError(Command::Append(_, on_commit))) = self
+            .commands
+            .send(Command::Append(Box::new(message), on_commit))
+        {
+            on_commit(Err(StoreError::Closed));
+        }
+    }
+
+    fn history(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryPage, StoreError>> {
+        let room = room.to_owned();
+        self.run(move |connection| read_page(connection, &room, page, limit))
+    }
+
+    fn ensure_room(&self, room: &str) -> BoxFuture<'_, Result<RoomRecord, StoreError>> {
+        let room = room.to_owned();
+        self.run(move |connection| {
+            if let Some(record) = find_room(connection, &room)? {
+                return Ok(record);
+            }
+            let created_at = Timestamp::now();
+            connection
+                .prepare_cached("INSERT OR IGNORE INTO rooms (name, created_at) VALUES (?1, ?2)")?
+                .execute(params![room, created_at.as_millis()])?;
+            find_room(connection, &room)?.ok_or_else(|| StoreError::Corrupt("room vanished".into()))
+        })
+    }
+
+    fn room(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomRecord>, StoreError>> {
+        let room = room.to_owned();
+        self.run(move |connection| find_room(connection, &room))
+    }
+
+    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>> {
+        self.run(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO events (room, kind, payload, user_id, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![
+                    &*event.room,
+                    event.kind,
+                    event.payload.to_string(),
+                    &*event.user_id,
+                    Timestamp::now().as_millis()
+                ])?;
+            Ok(connection.last_insert_rowid())
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(|_| Ok(()))
+    }
+}
+
+/// The writer thread: runs until every `SqliteStore` handle is dropped.
+fn work(mut connection: Connection, queue: mpsc::Receiver<Command>) {
+    let mut batch: Vec<(Box<NewMessage>, CommitCallback)> = Vec::new();
+    while let Ok(first) = queue.recv() {
+        let mut next = Some(first);
+        while let Some(command) = next {
+            match command {
+                Command::Append(message, on_commit) => {
+                    batch.push((message, on_commit));
+                    if batch.len() >= MAX_BATCH {
+                        commit(&mut connection, &mut batch);
+                    }
+                }
+                Command::Run(job) => {
+                    // Earlier appends first, so the job sees them.
+                    commit(&mut connection, &mut batch);
+                    job(&mut connection);
+                }
+            }
+            next = queue.try_recv().ok();
+        }
+        commit(&mut connection, &mut batch);
+    }
+}
+
+/// Writes the batch in one transaction, then runs the callbacks in order.
+fn commit(connection: &mut Connection, batch: &mut Vec<(Box<NewMessage>, CommitCallback)>) {
+    if batch.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(batch);
+    match insert_all(connection, &batch) {
+        Ok(results) => {
+            for ((_, on_commit), result) in batch.into_iter().zip(results) {
+                on_commit(result);
+            }
+        }
+        Err(err) => {
+            tracing::error!(error = %err, messages = batch.len(), "commit of a message batch failed");
+            let err = Arc::new(err);
+            for (_, on_commit) in batch {
+                on_commit(Err(StoreError::Commit(err.clone())));
+            }
+        }
+    }
+}
+
+fn insert_all(
+    connection: &mut Connection,
+    batch: &[(Box<NewMessage>, CommitCallback)],
+) -> Result<Vec<Result<Appended, StoreError>>, rusqlite::Error> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let results = batch
+        .iter()
+        .map(|(message, _)| insert_one(&transaction, message))
+        .collect();
+    transaction.commit()?;
+    Ok(results)
+}
+
+fn insert_one(transaction: &Transaction<'_>, new: &NewMessage) -> Result<Appended, StoreError> {
+    if let Some(client_msg_id) = &new.client_msg_id {
+        let existing = transaction
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages \
+                 WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
+            ))?
+            .query_row(
+                params![&*new.room, &*new.user.id, client_msg_id],
+                message_from_row,
+            )
+            .optional()?;
+        if let Some(message) = existing {
+            return Ok(Appended {
+                message,
+                duplicate: true,
+            });
+        }
+    }
+    if let Some(reply_to) = new.reply_to {
+        let found = transaction
+            .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND room = ?2")?
+            .exists(params![reply_to, &*new.room])?;
+        if !found {
+            return Err(StoreError::ReplyToNotFound);
+        }
+    }
+    let attachment = new
+        .attachment
+        .as_ref()
+        .map(|file| serde_json::to_string(file).map_err(|err| StoreError::Corrupt(err.to_string())))
+        .transpose()?;
+    transaction
+        .prepare_cached(
+            "INSERT INTO messages (room, user_id, username, user_kind, content, created_at, \
+             client_msg_id, reply_to, attachment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            &*new.room,
+            &*new.user.id,
+            &*new.user.username,
+            new.user.kind.as_str(),
+            new.content,
+            new.created_at.as_millis(),
+            new.client_msg_id,
+            new.reply_to,
+            attachment
+        ])?;
+    Ok(Appended {
+        message: Message {
+            id: transaction.last_insert_rowid(),
+            room: new.room.clone(),
+            user: new.user.clone(),
+            content: new.content.clone(),
+            created_at: new.created_at,
+            client_msg_id: new.client_msg_id.clone(),
+            reply_to: new.reply_to,
+            attachment: new.attachment.clone(),
+        },
+        duplicate: false,
+    })
+}
+
+fn read_page(
+    connection: &mut Connection,
+    room: &str,
+    page: Page,
+    limit: usize,
+) -> Result<HistoryPage, StoreError> {
+    let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+    let (filter, order, bound) = match page {
+        Page::Newest => ("", "DESC", None),
+        Page::Before(id) => ("AND id < ?3", "DESC", Some(id)),
+        Page::After(id) => ("AND id > ?3", "ASC", Some(id)),
+    };
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 {filter} ORDER BY id {order} LIMIT ?2"
+    );
+    let mut statement = connection.prepare_cached(&sql)?;
+    let rows = match bound {
+        Some(id) => statement.query_map(params![room, fetch, id], message_from_row)?,
+        None => statement.query_map(params![room, fetch], message_from_row)?,
+    };
+    let mut messages = rows.collect::<Result<Vec<_>, _>>()?;
+    let has_more = messages.len() > limit;
+    messages.truncate(limit);
+    if order == "DESC" {
+        messages.reverse();
+    }
+    Ok(HistoryPage { messages, has_more })
+}
+
+fn find_room(connection: &Connection, room: &str) -> Result<Option<RoomRecord>, StoreError> {
+    Ok(connection
+        .prepare_cached("SELECT name, created_at FROM rooms WHERE name = ?1")?
+        .query_row(params![room], |row| {
+            Ok(RoomRecord {
+                name: row.get(0)?,
+                created_at: Timestamp(row.get(1)?),
+            })
+        })
+        .optional()?)
+}
+
+fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    let kind: String = row.get(4)?;
+    let kind = UserKind::parse(&kind).ok_or_else(|| corrupt(4, format!("unknown kind {kind}")))?;
+    let attachment: Option<String> = row.get(9)?;
+    let attachment = attachment
+        .map(|text| serde_json::from_str::<FileInfo>(&text))
+        .transpose()
+        .map_err(|err| corrupt(9, err.to_string()))?;
+    Ok(Message {
+        id: row.get(0)?,
+        room: row.get::<_, String>(1)?.into(),
+        user: User {
+            id: row.get::<_, String>(2)?.into(),
+            username: row.get::<_, String>(3)?.into(),
+            kind,
+        },
+        content: row.get(5)?,
+        created_at: Timestamp(row.get(6)?),
+        client_msg_id: row.get(7)?,
+        reply_to: row.get(8)?,
+        attachment,
+    })
+}
+
+fn corrupt(column: usize, detail: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(
+        column,
+        rusqlite::types::Type::Text,
+        Box::new(std::io::Error::other(detail)),
+    )
+}
+
+/// Brings the schema up to date, refusing a database from a newer roomcast.
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let supported = MIGRATIONS.len() as i64;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew { found, supported });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", index as i64 + 1)?;
+        transaction.commit()?;
+        tracing::info!(version = index + 1, "applied SQLite schema migration");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user() -> User {
+        User {
+            id: "u1".into(),
+            username: "ann".into(),
+            kind: UserKind::User,
+        }
+    }
+
+    fn new_message(room: &str, content: &str, client_msg_id: Option<&str>) -> NewMessage {
+        NewMessage {
+            room: room.into(),
+            user: user(),
+            content: content.into(),
+            created_at: Timestamp::now(),
+            client_msg_id: client_msg_id.map(str::to_owned),
+            reply_to: None,
+            attachment: None,
+        }
+    }
+
+    async fn append(store: &SqliteStore, message: NewMessage) -> Result<Appended, StoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append(
+            message,
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    #[tokio::test]
+    async fn appends_page_and_deduplicate() {
+        let store = SqliteStore::open(None).expect("open");
+        let mut ids = Vec::new();
+        for i in 0..5 {
+            let appended = append(&store, new_message("r", &format!("m{i}"), None))
+                .await
+                .expect("append");
+            ids.push(appended.message.id);
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        let newest = store.history("r", Page::Newest, 3).await.expect("page");
+        assert_eq!(newest.messages.len(), 3);
+        assert!(newest.has_more);
+        assert_eq!(newest.messages[0].content, "m2");
+        let after = store
+            .history("r", Page::After(ids[3]), 3)
+            .await
+            .expect("page");
+        assert_eq!(after.messages.len(), 1);
+        assert!(!after.has_more);
+
+        let first = append(&store, new_message("r", "x", Some("c1")))
+            .await
+            .expect("append");
+        let again = append(&store, new_message("r", "x", Some("c1")))
+            .await
+            .expect("append");
+        assert!(!first.duplicate);
+        assert!(again.duplicate);
+        assert_eq!(first.message.id, again.message.id);
+    }
+
+    #[tokio::test]
+    async fn reply_to_must_exist_in_the_room() {
+        let store = SqliteStore::open(None).expect("open");
+        let other = append(&store, new_message("a", "x", None))
+            .await
+            .expect("append");
+        let mut reply = new_message("b", "y", None);
+        reply.reply_to = Some(other.message.id);
+        assert!(matches!(
+            append(&store, reply).await,
+            Err(StoreError::ReplyToNotFound)
+        ));
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db.sqlite");
+        drop(SqliteStore::open(Some(&path)).expect("open"));
+        let connection = Connection::open(&path).expect("open raw");
+        connection
+            .pragma_update(None, "user_version", 99)
+            .expect("set version");
+        drop(connection);
+        assert!(matches!(
+            SqliteStore::open(Some(&path)),
+            Err(StoreError::SchemaTooNew { found: 99, .. })
+        ));
+    }
+}

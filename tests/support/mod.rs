@@ -1,0 +1,326 @@
+//! Shared helpers for the integration tests: a real roomcast server on
+//! `127.0.0.1:0`, real WebSocket clients, and a minimal HTTP client.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use roomcast::auth::Tokens;
+use roomcast::config::{Config, ServeArgs};
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "integration-test-secret";
+pub const ADMIN_KEY: &str = "integration-admin-key";
+
+/// How long a test waits for a frame it expects.
+const RECEIVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a test listens to conclude that no frame is coming.
+pub const SILENCE: Duration = Duration::from_millis(300);
+
+pub fn args() -> ServeArgs {
+    ServeArgs {
+        database: Some("sqlite::memory:".into()),
+        jwt_secret: Some(SECRET.into()),
+        admin_key: Some(ADMIN_KEY.into()),
+        ..ServeArgs::default()
+    }
+}
+
+/// A server running in this process on a real loopback socket.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), roomcast::ServeError>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        TestServer::with(args()).await
+    }
+
+    pub async fn with(args: ServeArgs) -> TestServer {
+        let config = Config::resolve(args).expect("valid test config");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(roomcast::serve(config, listener, async move {
+            let _ = stopped.await;
+        }));
+        TestServer {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!("ws://{}/ws{query}", self.addr)
+    }
+
+    pub fn token(&self, sub: &str) -> String {
+        Tokens::new(SECRET).mint(sub, None, None, 3600)
+    }
+
+    pub fn token_with(&self, sub: &str, name: Option<&str>, role: Option<&str>) -> String {
+        Tokens::new(SECRET).mint(sub, name, role, 3600)
+    }
+
+    /// Connects as user `sub` (token in the query) and reads the welcome.
+    pub async fn user(&self, sub: &str) -> Client {
+        Client::connect(&self.url(&format!("?token={}", self.token(sub)))).await
+    }
+
+    /// Connects without a token and reads the welcome.
+    pub async fn guest(&self) -> Client {
+        Client::connect(&self.url("")).await
+    }
+
+    /// Stops the server as SIGTERM would and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let result = (&mut self.task).await.expect("server task");
+        result.expect("server stopped cleanly");
+    }
+
+    pub async fn get(&self, path: &str, bearer: Option<&str>) -> (u16, String) {
+        http_get(self.addr, path, bearer).await
+    }
+
+    pub async fn get_json(&self, path: &str, bearer: Option<&str>) -> (u16, Value) {
+        let (status, body) = self.get(path, bearer).await;
+        let value = serde_json::from_str(&body).unwrap_or(Value::String(body));
+        (status, value)
+    }
+
+    pub async fn stats(&self) -> Value {
+        let (status, body) = self.get_json("/api/stats", Some(ADMIN_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+}
+
+impl TestServer {
+    /// Polls `/api/stats` until `ready` holds (the server finishes closing a
+    /// connection a moment after the client sees the close).
+    pub async fn stats_when(&self, ready: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + RECEIVE_TIMEOUT;
+        loop {
+            let stats = self.stats().await;
+            if ready(&stats) {
+                return stats;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "stats never got there: {stats}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET; returns status and body.
+pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    let auth = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A WebSocket client that speaks JSON.
+pub struct Client {
+    socket: Socket,
+    pub welcome: Value,
+}
+
+impl Client {
+    pub async fn connect(url: &str) -> Client {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("WebSocket upgrade");
+        let mut client = Client {
+            socket,
+            welcome: Value::Null,
+        };
+        client.welcome = client.recv().await;
+        assert_eq!(client.welcome["type"], "welcome", "{}", client.welcome);
+        client
+    }
+
+    /// Tries to upgrade; returns the HTTP status on refusal.
+    pub async fn try_connect(url: &str, bearer: Option<&str>) -> Result<Client, u16> {
+        let mut request = url.into_client_request().expect("request");
+        if let Some(token) = bearer {
+            request.headers_mut().insert(
+                "Authorization",
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => {
+                let mut client = Client {
+                    socket,
+                    welcome: Value::Null,
+                };
+                client.welcome = client.recv().await;
+                Ok(client)
+            }
+            Err(WsError::Http(response)) => Err(response.status().as_u16()),
+            Err(err) => panic!("upgrade failed: {err}"),
+        }
+    }
+
+    pub fn connection_id(&self) -> String {
+        self.welcome["connection_id"]
+            .as_str()
+            .expect("connection_id")
+            .to_owned()
+    }
+
+    pub async fn send(&mut self, frame: Value) {
+        self.send_text(&frame.to_string()).await;
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_binary(&mut self, bytes: &[u8]) {
+        self.socket
+            .send(Message::Binary(bytes.to_vec().into()))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame, as JSON. Fails the test after five seconds.
+    pub async fn recv(&mut self) -> Value {
+        match tokio::time::timeout(RECEIVE_TIMEOUT, self.next_text()).await {
+            Ok(Some(value)) => value,
+            Ok(None) => panic!("connection closed while a frame was expected"),
+            Err(_) => panic!("no frame within {RECEIVE_TIMEOUT:?}"),
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    pub async fn recv_type(&mut self, kind: &str) -> Value {
+        loop {
+            let frame = self.recv().await;
+            if frame["type"] == kind {
+                return frame;
+            }
+        }
+    }
+
+    /// Sends a frame and returns the next frame received.
+    pub async fn request(&mut self, frame: Value) -> Value {
+        self.send(frame).await;
+        self.recv().await
+    }
+
+    /// Asserts that no text frame arrives for a short while.
+    pub async fn expect_silence(&mut self) {
+        if let Ok(Some(frame)) = tokio::time::timeout(SILENCE, self.next_text()).await {
+            panic!("expected no frame, got {frame}");
+        }
+    }
+
+    /// Reads until the server closes; returns the close code.
+    pub async fn closed(&mut self) -> Option<u16> {
+        let wait = async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Close(frame))) => {
+                        // Keep reading so the library sends its answer to
+                        // the close, as a real client does.
+                        while let Some(Ok(_)) = self.socket.next().await {}
+                        return frame.map(|CloseFrame { code, .. }| u16::from(code));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("server did not close the connection")
+    }
+
+    /// Counts the WebSocket pings that arrive within `window`.
+    pub async fn pings_within(&mut self, window: Duration) -> usize {
+        let mut pings = 0;
+        let deadline = tokio::time::Instant::now() + window;
+        while let Ok(Some(Ok(message))) =
+            tokio::time::timeout_at(deadline, self.socket.next()).await
+        {
+            if matches!(message, Message::Ping(_)) {
+                pings += 1;
+            }
+        }
+        pings
+    }
+
+    /// Checks that the connection is alive: a ping is answered (other
+    /// frames before the pong are skipped).
+    pub async fn assert_alive(&mut self) {
+        self.send(serde_json::json!({"type": "ping", "ref": "alive?"}))
+            .await;
+        let pong = self.recv_type("pong").await;
+        assert_eq!(pong["ref"], "alive?");
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.socket.close(None).await;
+        // Drain until the server's answer so the close is complete.
+        while let Some(Ok(_)) = self.socket.next().await {}
+    }
+
+    async fn next_text(&mut self) -> Option<Value> {
+        loop {
+            match self.socket.next().await? {
+                Ok(Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).expect("server sent JSON"));
+                }
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// Joins `room` and returns the `room_joined` frame.
+pub async fn join(client: &mut Client, room: &str) -> Value {
+    let joined = client
+        .request(serde_json::json!({"type": "room_join", "room": room}))
+        .await;
+    assert_eq!(joined["type"], "room_joined", "{joined}");
+    joined
+}

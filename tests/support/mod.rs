@@ -316,11 +316,13 @@ impl Client {
     }
 }
 
-/// Joins `room` and returns the `room_joined` frame.
+/// Joins `room` and returns the `room_joined` frame (frames that were
+/// already on their way, such as `user_join`, are skipped).
 pub async fn join(client: &mut Client, room: &str) -> Value {
-    let joined = client
-        .request(serde_json::json!({"type": "room_join", "room": room}))
+    client
+        .send(serde_json::json!({"type": "room_join", "room": room}))
         .await;
+    let joined = client.recv_type("room_joined").await;
     assert_eq!(joined["type"], "room_joined", "{joined}");
     joined
 }

@@ -1,0 +1,255 @@
+//! Logging in (protocol sections 4 and 9.6–9.7): `authentication` by
+//! message, failed attempts, guests naming themselves with `user_join`, and
+//! `user_leave`.
+
+mod support;
+
+use roomcast::auth::Tokens;
+use serde_json::json;
+use support::{TestServer, args, join};
+
+#[tokio::test]
+async fn authenticating_by_message_announces_the_user() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut guest = server.guest().await;
+    let token = server.token_with("bob", Some("Bob"), None);
+    let success = guest
+        .request(json!({"type": "authentication", "token": token, "ref": "a"}))
+        .await;
+    assert_eq!(success["type"], "auth_success", "{success}");
+    assert_eq!(success["ref"], "a");
+    assert_eq!(success["user"], json!({"id": "bob", "username": "Bob", "kind": "user"}));
+    assert_eq!(success["connection_id"], guest.welcome["connection_id"]);
+    let announced = alice.recv().await;
+    assert_eq!(announced["type"], "user_join", "{announced}");
+    assert_eq!(announced["user"]["id"], "bob");
+    guest.expect_silence().await;
+
+    // Now authenticated, it may chat.
+    guest
+        .send(json!({"type": "chat_message", "content": "hello"}))
+        .await;
+    assert_eq!(guest.recv().await["type"], "message_ack");
+
+    // A second connection of bob is not announced again.
+    let _bob2 = server.user("bob").await;
+    alice.recv_type("chat_message").await;
+    alice.expect_silence().await;
+}
+
+#[tokio::test]
+async fn an_assistant_token_gives_kind_assistant() {
+    let server = TestServer::start().await;
+    let mut guest = server.guest().await;
+    let token = server.token_with("helper", None, Some("assistant"));
+    let success = guest
+        .request(json!({"type": "authentication", "token": token}))
+        .await;
+    assert_eq!(success["user"]["kind"], "assistant", "{success}");
+}
+
+#[tokio::test]
+async fn five_failed_authentications_in_a_row_close_with_1008() {
+    let server = TestServer::start().await;
+    let mut witness = server.user("witness").await;
+    let mut guest = server.guest().await;
+    let wrong_key = Tokens::new("some-other-secret").mint("alice", None, None, 60);
+    let attempts = [
+        json!({"type": "authentication", "token": "garbage"}),
+        json!({"type": "authentication", "token": wrong_key}),
+        json!({"type": "authentication", "username": "alice", "password": "nope"}),
+        json!({"type": "ping"}), // other frames do not reset the count
+        json!({"type": "authentication", "token": "garbage"}),
+    ];
+    for attempt in attempts {
+        let reply = guest.request(attempt.clone()).await;
+        if attempt["type"] == "ping" {
+            assert_eq!(reply["type"], "pong");
+        } else {
+            assert_eq!(reply["error_code"], "auth_failed", "{reply}");
+        }
+    }
+    guest
+        .send(json!({"type": "authentication", "token": "garbage", "ref": "fifth"}))
+        .await;
+    let fifth = guest.recv().await;
+    assert_eq!(fifth["error_code"], "auth_failed");
+    assert_eq!(fifth["ref"], "fifth");
+    assert_eq!(guest.closed().await, Some(1008));
+    witness.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_success_resets_the_failure_count() {
+    let server = TestServer::start().await;
+    let mut guest = server.guest().await;
+    for _ in 0..4 {
+        let reply = guest
+            .request(json!({"type": "authentication", "token": "garbage"}))
+            .await;
+        assert_eq!(reply["error_code"], "auth_failed");
+    }
+    let ok = guest
+        .request(json!({"type": "authentication", "token": server.token("alice")}))
+        .await;
+    assert_eq!(ok["type"], "auth_success");
+    for _ in 0..4 {
+        let reply = guest
+            .request(json!({"type": "authentication", "token": "garbage"}))
+            .await;
+        assert_eq!(reply["error_code"], "auth_failed");
+    }
+    guest.assert_alive().await;
+}
+
+#[tokio::test]
+async fn a_failed_reauthentication_keeps_the_login() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    join(&mut alice, "dev").await;
+    let expired = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        let claims = roomcast::auth::Claims {
+            sub: "mallory".into(),
+            name: None,
+            exp: 1_000,
+            role: None,
+        };
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(support::SECRET.as_bytes()),
+        )
+        .expect("encode")
+    };
+    let error = alice
+        .request(json!({"type": "authentication", "token": expired}))
+        .await;
+    assert_eq!(error["error_code"], "auth_failed", "{error}");
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "still me"}))
+        .await;
+    assert_eq!(alice.recv().await["type"], "message_ack");
+    let frame = alice.recv().await;
+    assert_eq!(frame["message"]["user"]["id"], "alice");
+}
+
+#[tokio::test]
+async fn tokens_without_sub_or_with_alg_none_are_refused() {
+    let server = TestServer::start().await;
+    let mut guest = server.guest().await;
+    // {"alg":"none"} . {"sub":"alice","exp":9999999999} . (no signature)
+    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+    let no_sub = {
+        use jsonwebtoken::{EncodingKey, Header, encode};
+        encode(
+            &Header::default(),
+            &json!({"exp": 9_999_999_999u64, "name": "alice"}),
+            &EncodingKey::from_secret(support::SECRET.as_bytes()),
+        )
+        .expect("encode")
+    };
+    for token in [unsigned.to_owned(), no_sub] {
+        let reply = guest
+            .request(json!({"type": "authentication", "token": token}))
+            .await;
+        assert_eq!(reply["error_code"], "auth_failed", "{reply}");
+    }
+}
+
+#[tokio::test]
+async fn guests_name_themselves_where_guest_chat_is_enabled() {
+    let mut settings = args();
+    settings.guest_chat = true;
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let mut guest = server.guest().await;
+    let mut other_guest = server.guest().await;
+
+    let named = guest
+        .request(json!({"type": "user_join", "username": "Visitor", "ref": "j"}))
+        .await;
+    assert_eq!(named["type"], "user_join", "{named}");
+    assert_eq!(named["ref"], "j");
+    assert_eq!(named["user"]["username"], "Visitor");
+    assert_eq!(named["user"]["kind"], "guest");
+    let announced = alice.recv().await;
+    assert_eq!(announced["type"], "user_join");
+    assert_eq!(announced["user"]["username"], "Visitor");
+
+    for taken in ["visitor", "alice", "ALICE", "system"] {
+        let error = other_guest
+            .request(json!({"type": "user_join", "username": taken}))
+            .await;
+        assert_eq!(error["error_code"], "username_taken", "{taken}: {error}");
+    }
+
+    // A named guest can join rooms and chat.
+    join(&mut guest, "lobby").await;
+    guest
+        .send(json!({"type": "chat_message", "room": "lobby", "content": "hi"}))
+        .await;
+    assert_eq!(guest.recv().await["type"], "message_ack");
+
+    // An authenticated connection may not use user_join.
+    let error = alice
+        .request(json!({"type": "user_join", "username": "someone"}))
+        .await;
+    let error = if error["type"] == "user_join" {
+        alice.recv().await
+    } else {
+        error
+    };
+    assert_eq!(error["error_code"], "forbidden", "{error}");
+}
+
+#[tokio::test]
+async fn without_guest_chat_user_join_needs_authentication() {
+    let server = TestServer::start().await;
+    let mut guest = server.guest().await;
+    let error = guest
+        .request(json!({"type": "user_join", "username": "Visitor"}))
+        .await;
+    assert_eq!(error["error_code"], "not_authenticated", "{error}");
+    let mut alice = server.user("alice").await;
+    let error = alice
+        .request(json!({"type": "user_join", "username": "Visitor"}))
+        .await;
+    assert_eq!(error["error_code"], "forbidden", "{error}");
+}
+
+#[tokio::test]
+async fn user_leave_leaves_every_room_but_keeps_the_connection() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    join(&mut alice, "a").await;
+    join(&mut alice, "b").await;
+    join(&mut bob, "a").await;
+    join(&mut bob, "b").await;
+    alice.assert_alive().await;
+
+    let left = bob.request(json!({"type": "user_leave", "ref": "bye"})).await;
+    assert_eq!(left["type"], "user_leave", "{left}");
+    assert_eq!(left["ref"], "bye");
+    assert_eq!(left["user"]["id"], "bob");
+    let mut rooms = Vec::new();
+    for _ in 0..2 {
+        let presence = alice.recv().await;
+        assert_eq!(presence["type"], "presence", "{presence}");
+        assert_eq!(presence["event"], "leave");
+        rooms.push(presence["room"].as_str().unwrap_or("").to_owned());
+    }
+    rooms.sort();
+    assert_eq!(rooms, ["a", "b"]);
+    let gone = alice.recv().await;
+    assert_eq!(gone["type"], "user_leave", "{gone}");
+    assert_eq!(gone["user"]["id"], "bob");
+
+    // Still open and authenticated.
+    bob.assert_alive().await;
+    bob.send(json!({"type": "chat_message", "content": "back"}))
+        .await;
+    assert_eq!(bob.recv().await["type"], "message_ack");
+}

@@ -1,0 +1,178 @@
+//! The HTTP API (protocol sections 6 and 7): statistics behind the admin key,
+//! room statistics, Prometheus metrics, and room history over HTTP.
+
+mod support;
+
+use serde_json::json;
+use support::{ADMIN_KEY, TestServer, join};
+
+#[tokio::test]
+async fn stats_need_the_admin_key() {
+    let server = TestServer::start().await;
+    for bearer in [None, Some("wrong-key"), Some("")] {
+        let (status, body) = server.get_json("/api/stats", bearer).await;
+        assert_eq!(status, 401, "{bearer:?}");
+        assert!(body.get("connections").is_none(), "no data without the key");
+        assert_eq!(body["error_code"], "auth_failed");
+    }
+    let user_token = server.token("alice");
+    let (status, _) = server.get_json("/api/stats", Some(&user_token)).await;
+    assert_eq!(status, 401, "a user token is not an admin key");
+    let admin_token = server.token_with("root", None, Some("admin"));
+    let (status, _) = server.get_json("/api/stats", Some(&admin_token)).await;
+    assert_eq!(status, 200, "an admin-role token is accepted");
+}
+
+#[tokio::test]
+async fn stats_describe_every_open_connection() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut guest = server.guest().await;
+    join(&mut alice, "dev").await;
+    join(&mut alice, "ops").await;
+    alice.send(json!({"type": "chat_message", "room": "dev", "content": "x"})).await;
+    alice.recv_type("chat_message").await;
+    guest.send_text("not json").await;
+    guest.recv().await;
+
+    let stats = server.stats().await;
+    assert_eq!(stats["active_connections"], 2);
+    assert_eq!(stats["peak_connections"], 2);
+    assert_eq!(stats["total_connections"], 2);
+    assert_eq!(stats["authenticated_users"], 1);
+    assert_eq!(stats["rooms"], 2);
+    assert_eq!(stats["messages_by_type"]["room_join"], 2);
+    assert_eq!(stats["messages_by_type"]["chat_message"], 1);
+    assert_eq!(stats["errors"]["invalid_json"], 1);
+    assert_eq!(stats["slow_consumer_disconnects"], 0);
+    let connections = stats["connections"].as_array().expect("connections");
+    assert_eq!(connections.len(), 2);
+    let entry = connections
+        .iter()
+        .find(|c| c["connection_id"] == alice.welcome["connection_id"])
+        .expect("alice listed");
+    assert_eq!(entry["state"], "AUTHENTICATED");
+    assert_eq!(entry["kind"], "user");
+    assert_eq!(entry["username"], "alice");
+    assert_eq!(entry["user_id"], "alice");
+    assert_eq!(entry["rooms"], 2);
+    assert_eq!(entry["message_count"], 3);
+    assert!(entry["client_addr"].as_str().unwrap_or("").starts_with("127.0.0.1:"));
+    assert_eq!(entry["connected_at"].as_str().map(str::len), Some(24));
+    assert_eq!(entry["last_activity"].as_str().map(str::len), Some(24));
+    assert!(entry.get("user_agent").is_some());
+    let guest_entry = connections
+        .iter()
+        .find(|c| c["connection_id"] == guest.welcome["connection_id"])
+        .expect("guest listed");
+    assert_eq!(guest_entry["state"], "CONNECTED");
+    assert_eq!(guest_entry["kind"], "guest");
+    assert!(guest_entry["username"].is_null());
+
+    guest.close().await;
+    let stats = server
+        .stats_when(|stats| stats["active_connections"] == 1)
+        .await;
+    assert_eq!(stats["connections"].as_array().map(Vec::len), Some(1));
+    assert_eq!(stats["total_connections"], 2);
+}
+
+#[tokio::test]
+async fn room_stats_list_users_and_connections() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    let mut alice2 = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    join(&mut alice, "dev").await;
+    join(&mut alice2, "dev").await;
+    join(&mut bob, "dev").await;
+    let (status, stats) = server.get_json("/api/rooms/dev/stats", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["room"], "dev");
+    assert_eq!(stats["connection_count"], 3);
+    assert_eq!(
+        stats["users"],
+        json!([
+            {"id": "alice", "username": "alice", "kind": "user"},
+            {"id": "bob", "username": "bob", "kind": "user"},
+        ])
+    );
+    assert_eq!(stats["created_at"].as_str().map(str::len), Some(24));
+
+    let (status, _) = server.get_json("/api/rooms/dev/stats", None).await;
+    assert_eq!(status, 401);
+    let (status, body) = server.get_json("/api/rooms/nosuchroom/stats", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error_code"], "not_found");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    alice.send(json!({"type": "chat_message", "content": "x"})).await;
+    alice.recv_type("chat_message").await;
+    alice.send_text("nope").await;
+    alice.recv().await;
+    let (status, text) = server.get("/metrics", None).await;
+    assert_eq!(status, 200);
+    for line in [
+        "roomcast_connections_active 1",
+        "roomcast_connections_total 1",
+        "roomcast_messages_in_total{type=\"chat_message\"} 1",
+        "roomcast_messages_out_total{type=\"chat_message\"} 1",
+        "roomcast_messages_out_total{type=\"message_ack\"} 1",
+        "roomcast_errors_total{code=\"invalid_json\"} 1",
+        "# TYPE roomcast_broadcast_duration_seconds histogram",
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+    }
+    // The login announcement and the chat message.
+    assert!(text.contains("roomcast_broadcast_duration_seconds_count 2"), "{text}");
+    assert!(text.contains("roomcast_broadcast_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+}
+
+#[tokio::test]
+async fn room_history_over_http() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    join(&mut alice, "dev").await;
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        alice
+            .send(json!({"type": "chat_message", "room": "dev", "content": format!("m{n}")}))
+            .await;
+        ids.push(alice.recv().await["message_id"].as_i64().expect("id"));
+        alice.recv_type("chat_message").await;
+    }
+    let token = server.token("bob");
+    let (status, page) = server
+        .get_json("/api/rooms/dev/messages?limit=2", Some(&token))
+        .await;
+    assert_eq!(status, 200, "{page}");
+    let contents: Vec<&str> = page["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(contents, ["m3", "m4"]);
+    assert_eq!(page["has_more"], true);
+
+    let path = format!("/api/rooms/dev/messages?after_id={}&limit=10", ids[2]);
+    let (_, page) = server.get_json(&path, Some(&token)).await;
+    assert_eq!(page["messages"].as_array().map(Vec::len), Some(2));
+    assert_eq!(page["has_more"], false);
+
+    let (status, _) = server.get_json("/api/rooms/dev/messages", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = server.get_json("/api/rooms/nowhere/messages", Some(&token)).await;
+    assert_eq!(status, 404);
+    for query in ["limit=0", "limit=abc", "before_id=-1", "before_id=3&after_id=1"] {
+        let (status, body) = server
+            .get_json(&format!("/api/rooms/dev/messages?{query}"), Some(&token))
+            .await;
+        assert_eq!(status, 400, "{query}");
+        assert_eq!(body["error_code"], "validation_error");
+    }
+}

@@ -115,7 +115,7 @@ pub struct ServeArgs {
     pub max_members_listed: Option<usize>,
 
     /// Frames queued for one connection before it is closed with 4002 as a
-    /// slow consumer [default: 1024].
+    /// slow consumer [default: 4096].
     #[arg(long, env = "ROOMCAST_OUTBOX_CAPACITY")]
     pub outbox_capacity: Option<usize>,
 
@@ -228,7 +228,7 @@ impl Config {
             room_history: args.room_history.unwrap_or(50),
             max_recovery: args.max_recovery.unwrap_or(1000),
             max_members_listed: args.max_members_listed.unwrap_or(100),
-            outbox_capacity: args.outbox_capacity.unwrap_or(1024),
+            outbox_capacity: args.outbox_capacity.unwrap_or(4096),
             max_pending_writes: args.max_pending_writes.unwrap_or(64),
         };
         config.validate()?;
@@ -260,6 +260,14 @@ impl Config {
         }
         if self.max_pending_writes == 0 {
             return Err(invalid("max_pending_writes", "must be at least 1"));
+        }
+        // Each pending write comes back as an acknowledgement and the
+        // sender's own copy; the outbox must hold a full window of them.
+        if self.outbox_capacity < 2 * self.max_pending_writes + 16 {
+            return Err(invalid(
+                "outbox_capacity",
+                "must be at least 2 × max_pending_writes + 16",
+            ));
         }
         if self.jwt_secret.len() < 8 {
             return Err(invalid("jwt_secret", "must be at least 8 bytes"));

@@ -24,8 +24,10 @@ use std::sync::mpsc;
 /// how many have run. Never edit a released migration: add the next one.
 const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
 
-/// Most appends committed in one transaction.
-const MAX_BATCH: usize = 4096;
+/// Most appends committed in one transaction. Each commit's callbacks queue
+/// their frames at once, so this also bounds the burst a busy room puts into
+/// a member's outbox (see `outbox_capacity`).
+const MAX_BATCH: usize = 1024;
 
 const MESSAGE_COLUMNS: &str = "id, room, user_id, username, user_kind, content, created_at, \
      client_msg_id, reply_to, attachment";

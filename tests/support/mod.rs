@@ -326,3 +326,21 @@ pub async fn join(client: &mut Client, room: &str) -> Value {
     assert_eq!(joined["type"], "room_joined", "{joined}");
     joined
 }
+
+/// Connects as `sub` with a tiny socket receive buffer and reads only the
+/// welcome: a client that will fall behind as soon as traffic flows.
+pub async fn slow_user(server: &TestServer, sub: &str) -> Client {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = socket.connect(server.addr).await.expect("connect");
+    let url = server.url(&format!("?token={}", server.token(sub)));
+    let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))
+        .await
+        .expect("upgrade");
+    let mut client = Client {
+        socket,
+        welcome: Value::Null,
+    };
+    client.welcome = client.recv().await;
+    client
+}

@@ -19,7 +19,10 @@ async fn authenticating_by_message_announces_the_user() {
         .await;
     assert_eq!(success["type"], "auth_success", "{success}");
     assert_eq!(success["ref"], "a");
-    assert_eq!(success["user"], json!({"id": "bob", "username": "Bob", "kind": "user"}));
+    assert_eq!(
+        success["user"],
+        json!({"id": "bob", "username": "Bob", "kind": "user"})
+    );
     assert_eq!(success["connection_id"], guest.welcome["connection_id"]);
     let announced = alice.recv().await;
     assert_eq!(announced["type"], "user_join", "{announced}");
@@ -140,7 +143,8 @@ async fn tokens_without_sub_or_with_alg_none_are_refused() {
     let server = TestServer::start().await;
     let mut guest = server.guest().await;
     // {"alg":"none"} . {"sub":"alice","exp":9999999999} . (no signature)
-    let unsigned = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
+    let unsigned =
+        "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJhbGljZSIsImV4cCI6OTk5OTk5OTk5OX0.";
     let no_sub = {
         use jsonwebtoken::{EncodingKey, Header, encode};
         encode(
@@ -230,7 +234,9 @@ async fn user_leave_leaves_every_room_but_keeps_the_connection() {
     join(&mut bob, "b").await;
     alice.assert_alive().await;
 
-    let left = bob.request(json!({"type": "user_leave", "ref": "bye"})).await;
+    let left = bob
+        .request(json!({"type": "user_leave", "ref": "bye"}))
+        .await;
     assert_eq!(left["type"], "user_leave", "{left}");
     assert_eq!(left["ref"], "bye");
     assert_eq!(left["user"]["id"], "bob");

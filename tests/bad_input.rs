@@ -20,7 +20,12 @@ async fn pair(server: &TestServer) -> (Client, Client) {
 
 /// Sends `text`, expects an error with `code`, and checks that the sender can
 /// still chat and the bystander saw only that chat message.
-async fn assert_rejected(sender: &mut Client, bystander: &mut Client, text: &str, code: &str) -> Value {
+async fn assert_rejected(
+    sender: &mut Client,
+    bystander: &mut Client,
+    text: &str,
+    code: &str,
+) -> Value {
     sender.send_text(text).await;
     let error = sender.recv().await;
     assert_eq!(error["type"], "error", "{text}: {error}");
@@ -42,7 +47,15 @@ async fn assert_rejected(sender: &mut Client, bystander: &mut Client, text: &str
 async fn frames_that_are_not_json_objects() {
     let server = TestServer::start().await;
     let (mut sender, mut bystander) = pair(&server).await;
-    for text in ["hello", "{\"type\":", "[1,2,3]", "\"chat_message\"", "42", "null", ""] {
+    for text in [
+        "hello",
+        "{\"type\":",
+        "[1,2,3]",
+        "\"chat_message\"",
+        "42",
+        "null",
+        "",
+    ] {
         assert_rejected(&mut sender, &mut bystander, text, "invalid_json").await;
     }
 }
@@ -81,30 +94,75 @@ async fn wrong_field_types_and_ranges_name_the_field() {
         (json!({"type": "chat_message", "content": 5}), "content"),
         (json!({"type": "chat_message", "content": ""}), "content"),
         (json!({"type": "chat_message", "content": long}), "content"),
-        (json!({"type": "chat_message", "content": "x", "room": "no spaces"}), "room"),
-        (json!({"type": "chat_message", "content": "x", "room": 12}), "room"),
-        (json!({"type": "chat_message", "content": "x", "client_msg_id": "c".repeat(65)}), "client_msg_id"),
-        (json!({"type": "chat_message", "content": "x", "reply_to": "one"}), "reply_to"),
-        (json!({"type": "chat_message", "content": "x", "reply_to": -1}), "reply_to"),
-        (json!({"type": "user_typing", "room": "dev", "is_typing": "yes"}), "is_typing"),
+        (
+            json!({"type": "chat_message", "content": "x", "room": "no spaces"}),
+            "room",
+        ),
+        (
+            json!({"type": "chat_message", "content": "x", "room": 12}),
+            "room",
+        ),
+        (
+            json!({"type": "chat_message", "content": "x", "client_msg_id": "c".repeat(65)}),
+            "client_msg_id",
+        ),
+        (
+            json!({"type": "chat_message", "content": "x", "reply_to": "one"}),
+            "reply_to",
+        ),
+        (
+            json!({"type": "chat_message", "content": "x", "reply_to": -1}),
+            "reply_to",
+        ),
+        (
+            json!({"type": "user_typing", "room": "dev", "is_typing": "yes"}),
+            "is_typing",
+        ),
         (json!({"type": "room_join"}), "room"),
         (json!({"type": "room_join", "room": "a/../../etc"}), "room"),
         (json!({"type": "room_join", "room": "x".repeat(65)}), "room"),
-        (json!({"type": "room_join", "room": "dev", "since_id": -5}), "since_id"),
+        (
+            json!({"type": "room_join", "room": "dev", "since_id": -5}),
+            "since_id",
+        ),
         (json!({"type": "room_leave", "room": ["dev"]}), "room"),
-        (json!({"type": "history", "room": "dev", "limit": 0}), "limit"),
-        (json!({"type": "history", "room": "dev", "limit": 201}), "limit"),
-        (json!({"type": "history", "room": "dev", "before_id": 5, "after_id": 1}), "after_id"),
-        (json!({"type": "presence", "room": "dev", "limit": 1001}), "limit"),
-        (json!({"type": "presence", "room": "dev", "offset": -1}), "offset"),
+        (
+            json!({"type": "history", "room": "dev", "limit": 0}),
+            "limit",
+        ),
+        (
+            json!({"type": "history", "room": "dev", "limit": 201}),
+            "limit",
+        ),
+        (
+            json!({"type": "history", "room": "dev", "before_id": 5, "after_id": 1}),
+            "after_id",
+        ),
+        (
+            json!({"type": "presence", "room": "dev", "limit": 1001}),
+            "limit",
+        ),
+        (
+            json!({"type": "presence", "room": "dev", "offset": -1}),
+            "offset",
+        ),
         (json!({"type": "authentication"}), "token"),
         (json!({"type": "ping", "ref": "r".repeat(65)}), "ref"),
         (json!({"type": "ping", "ref": 5}), "ref"),
     ];
     for (frame, field) in cases {
-        let error = assert_rejected(&mut sender, &mut bystander, &frame.to_string(), "validation_error").await;
+        let error = assert_rejected(
+            &mut sender,
+            &mut bystander,
+            &frame.to_string(),
+            "validation_error",
+        )
+        .await;
         let message = error["message"].as_str().unwrap_or("");
-        assert!(message.contains(field), "{frame}: message `{message}` does not name `{field}`");
+        assert!(
+            message.contains(field),
+            "{frame}: message `{message}` does not name `{field}`"
+        );
     }
 }
 
@@ -191,7 +249,9 @@ async fn an_oversize_frame_closes_only_that_connection_with_1009() {
     assert_eq!(presence["event"], "leave");
     bystander.assert_alive().await;
     // Nothing of the oversize frame was stored.
-    bystander.send(json!({"type": "history", "room": "dev"})).await;
+    bystander
+        .send(json!({"type": "history", "room": "dev"}))
+        .await;
     let history = bystander.recv_type("history").await;
     assert_eq!(history["messages"], json!([]));
 }
@@ -206,7 +266,12 @@ async fn a_large_frame_within_the_limit_is_fine() {
         .await;
     assert_eq!(sender.recv().await["type"], "message_ack");
     let seen = bystander.recv().await;
-    assert_eq!(seen["message"]["content"].as_str().map(|c| c.chars().count()), Some(4000));
+    assert_eq!(
+        seen["message"]["content"]
+            .as_str()
+            .map(|c| c.chars().count()),
+        Some(4000)
+    );
 }
 
 #[tokio::test]
@@ -245,7 +310,8 @@ async fn types_of_later_features_are_checked_in_order() {
     assert_rejected(
         &mut sender,
         &mut bystander,
-        &json!({"type": "ticket_update", "ticket_id": "t1", "project_id": "p1", "changes": []}).to_string(),
+        &json!({"type": "ticket_update", "ticket_id": "t1", "project_id": "p1", "changes": []})
+            .to_string(),
         "validation_error",
     )
     .await;
@@ -253,5 +319,8 @@ async fn types_of_later_features_are_checked_in_order() {
     let error = guest
         .request(json!({"type": "history", "room": "dev", "limit": 0}))
         .await;
-    assert_eq!(error["error_code"], "not_authenticated", "auth is checked before fields");
+    assert_eq!(
+        error["error_code"], "not_authenticated",
+        "auth is checked before fields"
+    );
 }

@@ -40,9 +40,15 @@ async fn a_room_message_reaches_every_member_and_nobody_else() {
         assert_eq!(message["id"], id);
         assert_eq!(message["room"], "dev");
         assert_eq!(message["content"], "hello dev");
-        assert_eq!(message["user"], json!({"id": "alice", "username": "alice", "kind": "user"}));
+        assert_eq!(
+            message["user"],
+            json!({"id": "alice", "username": "alice", "kind": "user"})
+        );
         assert_eq!(message["created_at"].as_str().map(str::len), Some(24));
-        assert!(frame.get("ref").is_none(), "broadcasts carry no ref: {frame}");
+        assert!(
+            frame.get("ref").is_none(),
+            "broadcasts carry no ref: {frame}"
+        );
     }
     carol.expect_silence().await;
 }
@@ -140,7 +146,8 @@ async fn a_retried_client_msg_id_is_stored_once_and_acknowledged_again() {
     join(&mut bob, "dev").await;
     alice.assert_alive().await;
 
-    let send = json!({"type": "chat_message", "room": "dev", "content": "once", "client_msg_id": "abc-1"});
+    let send =
+        json!({"type": "chat_message", "room": "dev", "content": "once", "client_msg_id": "abc-1"});
     alice.send(send.clone()).await;
     let first = alice.recv().await;
     assert_eq!(first["type"], "message_ack");
@@ -161,13 +168,19 @@ async fn a_retried_client_msg_id_is_stored_once_and_acknowledged_again() {
     bob.expect_silence().await;
 
     // The same id from another user is another message.
-    bob.send(json!({"type": "chat_message", "room": "dev", "content": "mine", "client_msg_id": "abc-1"}))
-        .await;
+    bob.send(
+        json!({"type": "chat_message", "room": "dev", "content": "mine", "client_msg_id": "abc-1"}),
+    )
+    .await;
     let other = bob.recv().await;
     assert_ne!(other["message_id"], first["message_id"]);
     alice.send(json!({"type": "history", "room": "dev"})).await;
     let history = alice.recv_type("history").await;
-    assert_eq!(history["messages"].as_array().map(Vec::len), Some(2), "{history}");
+    assert_eq!(
+        history["messages"].as_array().map(Vec::len),
+        Some(2),
+        "{history}"
+    );
 }
 
 #[tokio::test]
@@ -193,12 +206,16 @@ async fn reply_to_must_name_a_message_of_the_same_room() {
     assert_eq!(error["error_code"], "not_found", "{error}");
     assert_eq!(error["ref"], "r");
     let error = alice
-        .request(json!({"type": "chat_message", "room": "dev", "content": "re", "reply_to": 999_999}))
+        .request(
+            json!({"type": "chat_message", "room": "dev", "content": "re", "reply_to": 999_999}),
+        )
         .await;
     assert_eq!(error["error_code"], "not_found", "{error}");
 
     let ack = alice
-        .request(json!({"type": "chat_message", "room": "dev", "content": "re", "reply_to": dev_id}))
+        .request(
+            json!({"type": "chat_message", "room": "dev", "content": "re", "reply_to": dev_id}),
+        )
         .await;
     assert_eq!(ack["type"], "message_ack", "{ack}");
     let frame = alice.recv().await;
@@ -232,10 +249,16 @@ async fn a_burst_is_acknowledged_in_order_with_increasing_ids() {
         }
     }
     assert_eq!(acks.len(), COUNT);
-    let refs: Vec<String> = acks.iter().map(|a| a["ref"].as_str().unwrap_or("").to_owned()).collect();
+    let refs: Vec<String> = acks
+        .iter()
+        .map(|a| a["ref"].as_str().unwrap_or("").to_owned())
+        .collect();
     let expected: Vec<String> = (0..COUNT).map(|n| n.to_string()).collect();
     assert_eq!(refs, expected);
-    let ids: Vec<i64> = acks.iter().filter_map(|a| a["message_id"].as_i64()).collect();
+    let ids: Vec<i64> = acks
+        .iter()
+        .filter_map(|a| a["message_id"].as_i64())
+        .collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids not increasing");
 
     let received: Vec<Value> = {
@@ -245,7 +268,10 @@ async fn a_burst_is_acknowledged_in_order_with_increasing_ids() {
         }
         frames
     };
-    let delivered: Vec<i64> = received.iter().filter_map(|f| f["message"]["id"].as_i64()).collect();
+    let delivered: Vec<i64> = received
+        .iter()
+        .filter_map(|f| f["message"]["id"].as_i64())
+        .collect();
     assert_eq!(delivered, ids, "members receive the messages in id order");
 }
 

@@ -30,7 +30,9 @@ async fn stats_describe_every_open_connection() {
     let mut guest = server.guest().await;
     join(&mut alice, "dev").await;
     join(&mut alice, "ops").await;
-    alice.send(json!({"type": "chat_message", "room": "dev", "content": "x"})).await;
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "x"}))
+        .await;
     alice.recv_type("chat_message").await;
     guest.send_text("not json").await;
     guest.recv().await;
@@ -57,7 +59,12 @@ async fn stats_describe_every_open_connection() {
     assert_eq!(entry["user_id"], "alice");
     assert_eq!(entry["rooms"], 2);
     assert_eq!(entry["message_count"], 3);
-    assert!(entry["client_addr"].as_str().unwrap_or("").starts_with("127.0.0.1:"));
+    assert!(
+        entry["client_addr"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("127.0.0.1:")
+    );
     assert_eq!(entry["connected_at"].as_str().map(str::len), Some(24));
     assert_eq!(entry["last_activity"].as_str().map(str::len), Some(24));
     assert!(entry.get("user_agent").is_some());
@@ -86,7 +93,9 @@ async fn room_stats_list_users_and_connections() {
     join(&mut alice, "dev").await;
     join(&mut alice2, "dev").await;
     join(&mut bob, "dev").await;
-    let (status, stats) = server.get_json("/api/rooms/dev/stats", Some(ADMIN_KEY)).await;
+    let (status, stats) = server
+        .get_json("/api/rooms/dev/stats", Some(ADMIN_KEY))
+        .await;
     assert_eq!(status, 200, "{stats}");
     assert_eq!(stats["room"], "dev");
     assert_eq!(stats["connection_count"], 3);
@@ -101,7 +110,9 @@ async fn room_stats_list_users_and_connections() {
 
     let (status, _) = server.get_json("/api/rooms/dev/stats", None).await;
     assert_eq!(status, 401);
-    let (status, body) = server.get_json("/api/rooms/nosuchroom/stats", Some(ADMIN_KEY)).await;
+    let (status, body) = server
+        .get_json("/api/rooms/nosuchroom/stats", Some(ADMIN_KEY))
+        .await;
     assert_eq!(status, 404);
     assert_eq!(body["error_code"], "not_found");
 }
@@ -110,7 +121,9 @@ async fn room_stats_list_users_and_connections() {
 async fn metrics_are_prometheus_text() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
-    alice.send(json!({"type": "chat_message", "content": "x"})).await;
+    alice
+        .send(json!({"type": "chat_message", "content": "x"}))
+        .await;
     alice.recv_type("chat_message").await;
     alice.send_text("nope").await;
     alice.recv().await;
@@ -125,11 +138,20 @@ async fn metrics_are_prometheus_text() {
         "roomcast_errors_total{code=\"invalid_json\"} 1",
         "# TYPE roomcast_broadcast_duration_seconds histogram",
     ] {
-        assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
     }
     // The login announcement and the chat message.
-    assert!(text.contains("roomcast_broadcast_duration_seconds_count 2"), "{text}");
-    assert!(text.contains("roomcast_broadcast_duration_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+    assert!(
+        text.contains("roomcast_broadcast_duration_seconds_count 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("roomcast_broadcast_duration_seconds_bucket{le=\"+Inf\"} 2"),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -166,9 +188,16 @@ async fn room_history_over_http() {
 
     let (status, _) = server.get_json("/api/rooms/dev/messages", None).await;
     assert_eq!(status, 401);
-    let (status, _) = server.get_json("/api/rooms/nowhere/messages", Some(&token)).await;
+    let (status, _) = server
+        .get_json("/api/rooms/nowhere/messages", Some(&token))
+        .await;
     assert_eq!(status, 404);
-    for query in ["limit=0", "limit=abc", "before_id=-1", "before_id=3&after_id=1"] {
+    for query in [
+        "limit=0",
+        "limit=abc",
+        "before_id=-1",
+        "before_id=3&after_id=1",
+    ] {
         let (status, body) = server
             .get_json(&format!("/api/rooms/dev/messages?{query}"), Some(&token))
             .await;

@@ -15,7 +15,10 @@ async fn joining_lists_members_and_tells_the_room_once_per_user() {
     let joined = join(&mut alice, "dev").await;
     assert_eq!(joined["room"], "dev");
     assert_eq!(joined["member_count"], 1);
-    assert_eq!(joined["members"], json!([{"id": "alice", "username": "alice", "kind": "user"}]));
+    assert_eq!(
+        joined["members"],
+        json!([{"id": "alice", "username": "alice", "kind": "user"}])
+    );
     assert_eq!(joined["missed"], false);
     assert_eq!(joined["recent_messages"], json!([]));
     outsider.assert_alive().await;
@@ -96,7 +99,10 @@ async fn members_are_capped_but_counted_in_full() {
         .iter()
         .filter_map(|m| m["username"].as_str())
         .collect();
-    assert_eq!(names, ["user100", "user101", "user102", "user103", "user104", "zzz"]);
+    assert_eq!(
+        names,
+        ["user100", "user101", "user102", "user103", "user104", "zzz"]
+    );
 }
 
 #[tokio::test]
@@ -221,7 +227,9 @@ async fn typing_reaches_the_rooms_other_connections() {
     for client in [&mut alice, &mut alice2, &mut bob, &mut carol] {
         client.assert_alive().await;
     }
-    alice.send(json!({"type": "user_typing", "room": "dev"})).await;
+    alice
+        .send(json!({"type": "user_typing", "room": "dev"}))
+        .await;
     for client in [&mut alice2, &mut bob] {
         let typing = client.recv().await;
         assert_eq!(typing["type"], "user_typing", "{typing}");

@@ -7,6 +7,7 @@
 //! never falls back silently. Unknown keys in the file are errors too, so a typo
 //! does not go unnoticed.
 
+use crate::store::Retention;
 use clap::Args;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -123,6 +124,18 @@ pub struct ServeArgs {
     /// read only when earlier ones are stored [default: 64].
     #[arg(long, env = "ROOMCAST_MAX_PENDING_WRITES")]
     pub max_pending_writes: Option<usize>,
+
+    /// Keep at most this many of the newest messages per room [default: all].
+    #[arg(long, env = "ROOMCAST_RETENTION_MAX_MESSAGES")]
+    pub retention_max_messages: Option<u64>,
+
+    /// Delete messages older than this: `90s`, `15m`, `12h`, `30d` [default: never].
+    #[arg(long, env = "ROOMCAST_RETENTION_MAX_AGE")]
+    pub retention_max_age: Option<String>,
+
+    /// How often retention runs, in ms [default: 60000].
+    #[arg(long, env = "ROOMCAST_RETENTION_INTERVAL_MS")]
+    pub retention_interval_ms: Option<u64>,
 }
 
 /// Where messages are stored.
@@ -178,6 +191,8 @@ pub struct Config {
     pub max_members_listed: usize,
     pub outbox_capacity: usize,
     pub max_pending_writes: usize,
+    pub retention: Retention,
+    pub retention_interval: Duration,
 }
 
 impl Default for Config {
@@ -230,6 +245,19 @@ impl Config {
             max_members_listed: args.max_members_listed.unwrap_or(100),
             outbox_capacity: args.outbox_capacity.unwrap_or(4096),
             max_pending_writes: args.max_pending_writes.unwrap_or(64),
+            retention: Retention {
+                max_messages_per_room: args.retention_max_messages,
+                max_age: args
+                    .retention_max_age
+                    .as_deref()
+                    .map(parse_duration)
+                    .transpose()
+                    .map_err(|reason| ConfigError::Invalid {
+                        name: "retention_max_age",
+                        reason,
+                    })?,
+            },
+            retention_interval: Duration::from_millis(args.retention_interval_ms.unwrap_or(60_000)),
         };
         config.validate()?;
         Ok(config)
@@ -268,6 +296,12 @@ impl Config {
                 "outbox_capacity",
                 "must be at least 2 × max_pending_writes + 16",
             ));
+        }
+        if self.retention.max_messages_per_room == Some(0) {
+            return Err(invalid("retention_max_messages", "must be at least 1"));
+        }
+        if self.retention_interval.is_zero() {
+            return Err(invalid("retention_interval_ms", "must be at least 1"));
         }
         if self.jwt_secret.len() < 8 {
             return Err(invalid("jwt_secret", "must be at least 8 bytes"));
@@ -311,7 +345,31 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         max_members_listed: args.max_members_listed.or(file.max_members_listed),
         outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
         max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
+        retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),
+        retention_max_age: args.retention_max_age.or(file.retention_max_age),
+        retention_interval_ms: args.retention_interval_ms.or(file.retention_interval_ms),
     }
+}
+
+/// Reads a duration such as `90s`, `15m`, `12h` or `30d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.len().saturating_sub(1);
+    let (number, unit) = text.split_at(split);
+    let seconds_per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{text}` needs a unit: s, m, h or d (e.g. 30d)")),
+    };
+    let count: u64 = number
+        .parse()
+        .map_err(|_| format!("`{text}` is not a whole number followed by s, m, h or d"))?;
+    if count == 0 {
+        return Err("must be longer than zero".into());
+    }
+    Ok(Duration::from_secs(count.saturating_mul(seconds_per_unit)))
 }
 
 /// A secret nobody else knows, for a server started without `--jwt-secret`.
@@ -364,6 +422,16 @@ mod tests {
         assert_eq!(config.idle_timeout, Duration::from_millis(5));
         assert!(config.guest_chat);
         assert_eq!(config.max_message_chars, 4000);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert!(parse_duration("30").is_err());
+        assert!(parse_duration("0h").is_err());
+        assert!(parse_duration("-1d").is_err());
+        assert!(parse_duration("").is_err());
     }
 
     #[test]

@@ -38,7 +38,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use store::{MessageStore, SqliteStore, StoreError};
+use store::{MessageStore, PostgresStore, SqliteStore, StoreError};
 use tokio::net::TcpListener;
 
 /// How long shutdown waits for sessions to finish their close handshakes.
@@ -54,11 +54,11 @@ pub enum ServeError {
 }
 
 /// Opens the message store the configuration names.
-pub fn open_store(config: &Config) -> Result<Arc<dyn MessageStore>, StoreError> {
+pub async fn open_store(config: &Config) -> Result<Arc<dyn MessageStore>, StoreError> {
     match &config.database {
         DatabaseLocation::SqliteMemory => Ok(Arc::new(SqliteStore::open(None)?)),
         DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(Some(path))?)),
-        DatabaseLocation::Postgres(_) => Err(StoreError::Unsupported),
+        DatabaseLocation::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
     }
 }
 
@@ -70,7 +70,12 @@ pub async fn serve(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
+    let retention = tokio::spawn(store::enforce_retention(
+        store.clone(),
+        config.retention,
+        config.retention_interval,
+    ));
     let hub = Arc::new(Hub::new(config.outbox_capacity));
     let app = Arc::new(App {
         tokens: Tokens::new(&config.jwt_secret),
@@ -97,6 +102,7 @@ pub async fn serve(
     while hub.stats().active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    retention.abort();
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())

@@ -3,10 +3,16 @@
 //!
 //! The embedded default is SQLite ([`SqliteStore`]): one writer thread commits
 //! appends in batches (group commit), so many concurrent senders share one
-//! fsync. Schema migrations are embedded in the binary and applied at open.
+//! fsync. [`PostgresStore`] does the same against PostgreSQL, for bigger
+//! installations and several nodes. Schema migrations are embedded in the
+//! binary and applied at open; a database from a newer roomcast is refused.
 
+mod postgres;
+mod retention;
 mod sqlite;
 
+pub use postgres::PostgresStore;
+pub use retention::{Retention, enforce_retention};
 pub use sqlite::SqliteStore;
 
 use crate::protocol::{FileInfo, Message, Timestamp, User};
@@ -31,8 +37,6 @@ pub enum StoreError {
         "database schema version {found} is newer than this roomcast supports ({supported}); upgrade roomcast"
     )]
     SchemaTooNew { found: i64, supported: i64 },
-    #[error("PostgreSQL is not supported by this build yet: use SQLite")]
-    Unsupported,
     /// The store's worker has stopped (the server is shutting down).
     #[error("message store is closed")]
     Closed,
@@ -44,7 +48,9 @@ pub enum StoreError {
     },
     /// A batch commit failed; every message of the batch gets this error.
     #[error("commit failed: {0}")]
-    Commit(#[source] Arc<rusqlite::Error>),
+    Commit(#[source] Arc<dyn std::error::Error + Send + Sync>),
+    #[error("PostgreSQL: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
@@ -132,6 +138,10 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// The room's record, if the room exists.
     fn room(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomRecord>, StoreError>>;
+
+    /// Deletes at most `chunk` messages that `retention` no longer keeps,
+    /// and returns how many it deleted. Small chunks keep writes flowing.
+    fn prune(&self, retention: Retention, chunk: usize) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Stores a project or ticket event and returns its id.
     fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>>;

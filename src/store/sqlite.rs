@@ -12,7 +12,7 @@
 
 use super::{
     Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage, Page,
-    RoomRecord, StoreError,
+    Retention, RoomRecord, StoreError,
 };
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
@@ -22,7 +22,10 @@ use std::sync::mpsc;
 
 /// Schema migrations, applied in order; the database's `user_version` says
 /// how many have run. Never edit a released migration: add the next one.
-const MIGRATIONS: &[&str] = &[include_str!("migrations/sqlite/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/sqlite/0001_init.sql"),
+    include_str!("migrations/sqlite/0002_retention.sql"),
+];
 
 /// Most appends committed in one transaction. Each commit's callbacks queue
 /// their frames at once, so this also bounds the burst a busy room puts into
@@ -154,6 +157,37 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn prune(&self, retention: Retention, chunk: usize) -> BoxFuture<'_, Result<u64, StoreError>> {
+        self.run(move |connection| {
+            let chunk = i64::try_from(chunk).unwrap_or(i64::MAX);
+            let mut deleted = 0;
+            if let Some(cutoff) = retention.cutoff() {
+                deleted += connection
+                    .prepare_cached(
+                        "DELETE FROM messages WHERE id IN \
+                         (SELECT id FROM messages WHERE created_at < ?1 ORDER BY created_at LIMIT ?2)",
+                    )?
+                    .execute(params![cutoff.as_millis(), chunk])?;
+            }
+            if let Some(keep) = retention.max_messages_per_room {
+                let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+                let rooms: Vec<String> = connection
+                    .prepare_cached("SELECT DISTINCT room FROM messages")?
+                    .query_map([], |row| row.get(0))?
+                    .collect::<Result<_, _>>()?;
+                let mut delete = connection.prepare_cached(
+                    "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
+                     WHERE room = ?1 AND id < (SELECT id FROM messages WHERE room = ?1 \
+                     ORDER BY id DESC LIMIT 1 OFFSET ?2) ORDER BY id LIMIT ?3)",
+                )?;
+                for room in rooms {
+                    deleted += delete.execute(params![room, (keep - 1).max(0), chunk])?;
+                }
+            }
+            Ok(deleted as u64)
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.run(|_| Ok(()))
     }
@@ -198,7 +232,7 @@ fn commit(connection: &mut Connection, batch: &mut Vec<(Box<NewMessage>, CommitC
         }
         Err(err) => {
             tracing::error!(error = %err, messages = batch.len(), "commit of a message batch failed");
-            let err = Arc::new(err);
+            let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
             for (_, on_commit) in batch {
                 on_commit(Err(StoreError::Commit(err.clone())));
             }

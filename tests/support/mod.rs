@@ -344,3 +344,65 @@ pub async fn slow_user(server: &TestServer, sub: &str) -> Client {
     client.welcome = client.recv().await;
     client
 }
+
+/// A throw-away PostgreSQL schema for one test, dropped when it goes away.
+pub struct PgSchema {
+    pub url: String,
+    base: String,
+    name: String,
+}
+
+impl PgSchema {
+    /// Creates a fresh schema on `ROOMCAST_TEST_POSTGRES_URL`, or returns
+    /// `None` (and says so) when the variable is not set.
+    pub async fn create(test: &str) -> Option<PgSchema> {
+        let Ok(base) = std::env::var("ROOMCAST_TEST_POSTGRES_URL") else {
+            eprintln!("skipped {test} on PostgreSQL: ROOMCAST_TEST_POSTGRES_URL is not set");
+            return None;
+        };
+        let name = format!(
+            "rc_test_{}_{}",
+            std::process::id(),
+            NEXT_SCHEMA.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
+        let (client, connection) = tokio_postgres::connect(&base, tokio_postgres::NoTls)
+            .await
+            .expect("connect to ROOMCAST_TEST_POSTGRES_URL");
+        tokio::spawn(connection);
+        client
+            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))
+            .await
+            .expect("create schema");
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-csearch_path%3D{name}");
+        Some(PgSchema { url, base, name })
+    }
+}
+
+static NEXT_SCHEMA: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+impl Drop for PgSchema {
+    fn drop(&mut self) {
+        // Best effort, on a thread of its own: Drop cannot await.
+        let base = self.base.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(runtime) = runtime {
+                runtime.block_on(async move {
+                    if let Ok((client, connection)) =
+                        tokio_postgres::connect(&base, tokio_postgres::NoTls).await
+                    {
+                        tokio::spawn(connection);
+                        let _ = client
+                            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                            .await;
+                    }
+                });
+            }
+        })
+        .join();
+    }
+}

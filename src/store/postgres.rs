@@ -1,0 +1,601 @@
+//! The PostgreSQL store, for installations that outgrow one SQLite file or
+//! run several roomcast nodes against one database.
+//!
+//! One writer task per process commits appends in batches, like the SQLite
+//! store. Each batch locks the rows of the rooms it writes to (in name order,
+//! so two batches never deadlock) before it draws ids from the `message_ids`
+//! sequence. Two nodes writing to the same room therefore take turns, and a
+//! message that becomes visible later always has a higher id than every
+//! message of that room already visible: a client recovering with `since_id`
+//! cannot skip one.
+//!
+//! Reads run on a second connection, concurrently with the writer.
+
+use super::{
+    Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage, Page,
+    Retention, RoomRecord, StoreError,
+};
+use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{Client, NoTls, Row};
+
+/// Schema migrations, applied in order inside one transaction; the table
+/// `roomcast_schema` records the version. Never edit a released migration.
+const MIGRATIONS: &[&str] = &[
+    include_str!("migrations/postgres/0001_init.sql"),
+    include_str!("migrations/postgres/0002_retention.sql"),
+];
+
+/// Key of the advisory lock that serializes migrations of concurrent starts.
+const MIGRATION_LOCK: i64 = 0x726f_6f6d_6361_7374;
+
+/// Most appends committed in one transaction (see the SQLite store).
+const MAX_BATCH: usize = 1024;
+
+const MESSAGE_COLUMNS: &str = "id, room, user_id, username, user_kind, content, created_at, \
+     client_msg_id, reply_to, attachment";
+
+enum Command {
+    Append(Box<NewMessage>, CommitCallback),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Message store on PostgreSQL.
+pub struct PostgresStore {
+    commands: mpsc::UnboundedSender<Command>,
+    reader: Connection,
+}
+
+impl std::fmt::Debug for PostgresStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PostgresStore { .. }")
+    }
+}
+
+/// A client that reconnects when its connection has dropped.
+struct Connection {
+    config: tokio_postgres::Config,
+    client: Mutex<Arc<Client>>,
+}
+
+impl Connection {
+    async fn open(config: tokio_postgres::Config) -> Result<Connection, StoreError> {
+        let client = connect(&config).await?;
+        Ok(Connection {
+            config,
+            client: Mutex::new(Arc::new(client)),
+        })
+    }
+
+    /// The current client, reconnecting first if the connection was lost.
+    async fn client(&self) -> Result<Arc<Client>, StoreError> {
+        let current = self
+            .client
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let fresh = Arc::new(connect(&self.config).await?);
+        *self.client.lock().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+        Ok(fresh)
+    }
+}
+
+async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::warn!(error = %err, "PostgreSQL connection ended");
+        }
+    });
+    Ok(client)
+}
+
+impl PostgresStore {
+    /// Connects, applies migrations, and starts the writer task.
+    pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        let config: tokio_postgres::Config = url.parse()?;
+        let mut setup = connect(&config).await?;
+        migrate(&mut setup).await?;
+        drop(setup);
+        let writer = connect(&config).await?;
+        let reader = Connection::open(config.clone()).await?;
+        let (commands, queue) = mpsc::unbounded_channel();
+        tokio::spawn(write_loop(config, writer, queue));
+        Ok(PostgresStore { commands, reader })
+    }
+}
+
+impl MessageStore for PostgresStore {
+    fn append(&self, message: NewMessage, on_commit: CommitCallback) {
+        if let Err(mpsc::error::SendError(Command::Append(_, on_commit))) =
+            self.commands.send(Command::Append(Box::new(message), on_commit))
+        {
+            on_commit(Err(StoreError::Closed));
+        }
+    }
+
+    fn history(
+        &self,
+        room: &str,
+        page: Page,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<HistoryPage, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+            let (rows, descending) = match page {
+                Page::Newest => (
+                    client
+                        .query(
+                            &format!(
+                                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 \
+                                 ORDER BY id DESC LIMIT $2"
+                            ),
+                            &[&room, &fetch],
+                        )
+                        .await?,
+                    true,
+                ),
+                Page::Before(id) => (
+                    client
+                        .query(
+                            &format!(
+                                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND id < $3 \
+                                 ORDER BY id DESC LIMIT $2"
+                            ),
+                            &[&room, &fetch, &id],
+                        )
+                        .await?,
+                    true,
+                ),
+                Page::After(id) => (
+                    client
+                        .query(
+                            &format!(
+                                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND id > $3 \
+                                 ORDER BY id ASC LIMIT $2"
+                            ),
+                            &[&room, &fetch, &id],
+                        )
+                        .await?,
+                    false,
+                ),
+            };
+            let mut messages = rows
+                .iter()
+                .map(message_from_row)
+                .collect::<Result<Vec<_>, _>>()?;
+            let has_more = messages.len() > limit;
+            messages.truncate(limit);
+            if descending {
+                messages.reverse();
+            }
+            Ok(HistoryPage { messages, has_more })
+        })
+    }
+
+    fn ensure_room(&self, room: &str) -> BoxFuture<'_, Result<RoomRecord, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "INSERT INTO rooms (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+                    &[&room, &Timestamp::now().as_millis()],
+                )
+                .await?;
+            find_room(&client, &room)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("room vanished".into()))
+        })
+    }
+
+    fn room(&self, room: &str) -> BoxFuture<'_, Result<Option<RoomRecord>, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            find_room(&client, &room).await
+        })
+    }
+
+    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let row = client
+                .query_one(
+                    "INSERT INTO events (room, kind, payload, user_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    &[
+                        &&*event.room,
+                        &event.kind,
+                        &event.payload.to_string(),
+                        &&*event.user_id,
+                        &Timestamp::now().as_millis(),
+                    ],
+                )
+                .await?;
+            Ok(row.try_get(0)?)
+        })
+    }
+
+    fn prune(&self, retention: Retention, chunk: usize) -> BoxFuture<'_, Result<u64, StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let chunk = i64::try_from(chunk).unwrap_or(i64::MAX);
+            let mut deleted = 0;
+            if let Some(cutoff) = retention.cutoff() {
+                deleted += client
+                    .execute(
+                        "DELETE FROM messages WHERE id IN \
+                         (SELECT id FROM messages WHERE created_at < $1 ORDER BY created_at LIMIT $2)",
+                        &[&cutoff.as_millis(), &chunk],
+                    )
+                    .await?;
+            }
+            if let Some(keep) = retention.max_messages_per_room {
+                let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+                for row in client.query("SELECT name FROM rooms", &[]).await? {
+                    let room: String = row.try_get(0)?;
+                    deleted += client
+                        .execute(
+                            "DELETE FROM messages WHERE id IN (SELECT id FROM messages \
+                             WHERE room = $1 AND id < (SELECT id FROM messages WHERE room = $1 \
+                             ORDER BY id DESC LIMIT 1 OFFSET $2) ORDER BY id LIMIT $3)",
+                            &[&room, &(keep - 1).max(0), &chunk],
+                        )
+                        .await?;
+                }
+            }
+            Ok(deleted)
+        })
+    }
+
+    fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+        let (done, flushed) = oneshot::channel();
+        let queued = self.commands.send(Command::Flush(done));
+        Box::pin(async move {
+            queued.map_err(|_| StoreError::Closed)?;
+            flushed.await.map_err(|_| StoreError::Closed)
+        })
+    }
+}
+
+/// The writer task: commits queued appends in batches until the store is dropped.
+async fn write_loop(
+    config: tokio_postgres::Config,
+    mut client: Client,
+    mut queue: mpsc::UnboundedReceiver<Command>,
+) {
+    // Messages and their callbacks side by side: the messages are borrowed
+    // across the commit's awaits, the callbacks (not `Sync`) are not.
+    let mut batch: Vec<Box<NewMessage>> = Vec::new();
+    let mut callbacks: Vec<CommitCallback> = Vec::new();
+    let mut flushes = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut next = Some(first);
+        while let Some(command) = next {
+            match command {
+                Command::Append(message, on_commit) => {
+                    batch.push(message);
+                    callbacks.push(on_commit);
+                }
+                Command::Flush(done) => flushes.push(done),
+            }
+            next = if batch.len() < MAX_BATCH {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+        }
+        if !batch.is_empty() {
+            if client.is_closed() {
+                match connect(&config).await {
+                    Ok(fresh) => client = fresh,
+                    Err(err) => tracing::error!(error = %err, "cannot reconnect to PostgreSQL"),
+                }
+            }
+            let outcome = commit(&mut client, &batch).await;
+            batch.clear();
+            match outcome {
+                Ok(results) => {
+                    for (on_commit, result) in callbacks.drain(..).zip(results) {
+                        on_commit(result);
+                    }
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, messages = callbacks.len(), "commit of a message batch failed");
+                    let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
+                    for on_commit in callbacks.drain(..) {
+                        on_commit(Err(StoreError::Commit(err.clone())));
+                    }
+                }
+            }
+        }
+        for done in flushes.drain(..) {
+            // The caller may have stopped waiting; the flush is done anyway.
+            let _ = done.send(());
+        }
+    }
+}
+
+/// What to do with one message of a batch.
+enum Plan {
+    Insert(usize),
+    Duplicate(Message),
+    DuplicateInBatch(usize),
+    ReplyToNotFound,
+}
+
+/// Writes one batch in one transaction and returns each message's outcome.
+async fn commit(
+    client: &mut Client,
+    batch: &[Box<NewMessage>],
+) -> Result<Vec<Result<Appended, StoreError>>, tokio_postgres::Error> {
+    let transaction = client.transaction().await?;
+    let mut rooms: Vec<&str> = batch.iter().map(|m| &*m.room).collect();
+    rooms.sort_unstable();
+    rooms.dedup();
+    transaction
+        .execute(
+            "INSERT INTO rooms (name, created_at) SELECT name, $2 FROM UNNEST($1::text[]) AS name \
+             ORDER BY name ON CONFLICT (name) DO NOTHING",
+            &[&rooms, &Timestamp::now().as_millis()],
+        )
+        .await?;
+    transaction
+        .query(
+            "SELECT name FROM rooms WHERE name = ANY($1) ORDER BY name FOR UPDATE",
+            &[&rooms],
+        )
+        .await?;
+
+    // Earlier sends of the same client_msg_id.
+    let keyed: Vec<&NewMessage> = batch
+        .iter()
+        .map(|m| &**m)
+        .filter(|m| m.client_msg_id.is_some())
+        .collect();
+    let mut stored: HashMap<(String, String, String), Message> = HashMap::new();
+    if !keyed.is_empty() {
+        let key_rooms: Vec<&str> = keyed.iter().map(|m| &*m.room).collect();
+        let key_users: Vec<&str> = keyed.iter().map(|m| &*m.user.id).collect();
+        let key_ids: Vec<&str> = keyed
+            .iter()
+            .filter_map(|m| m.client_msg_id.as_deref())
+            .collect();
+        let rows = transaction
+            .query(
+                &format!(
+                    "SELECT {MESSAGE_COLUMNS} FROM messages WHERE (room, user_id, client_msg_id) IN \
+                     (SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[]))"
+                ),
+                &[&key_rooms, &key_users, &key_ids],
+            )
+            .await?;
+        for row in &rows {
+            if let Ok(message) = message_from_row(row) {
+                let key = (
+                    message.room.to_string(),
+                    message.user.id.to_string(),
+                    message.client_msg_id.clone().unwrap_or_default(),
+                );
+                stored.insert(key, message);
+            }
+        }
+    }
+
+    // Messages that replies point to.
+    let reply_ids: Vec<i64> = batch.iter().filter_map(|m| m.reply_to).collect();
+    let mut replyable: HashSet<(i64, String)> = HashSet::new();
+    if !reply_ids.is_empty() {
+        for row in transaction
+            .query("SELECT id, room FROM messages WHERE id = ANY($1)", &[&reply_ids])
+            .await?
+        {
+            replyable.insert((row.try_get(0)?, row.try_get(1)?));
+        }
+    }
+
+    let mut plans = Vec::with_capacity(batch.len());
+    let mut first_in_batch: HashMap<(&str, &str, &str), usize> = HashMap::new();
+    let mut inserts = 0;
+    for (index, message) in batch.iter().enumerate() {
+        if let Some(client_msg_id) = message.client_msg_id.as_deref() {
+            let key = (
+                message.room.to_string(),
+                message.user.id.to_string(),
+                client_msg_id.to_owned(),
+            );
+            if let Some(existing) = stored.get(&key) {
+                plans.push(Plan::Duplicate(existing.clone()));
+                continue;
+            }
+            let batch_key = (&*message.room, &*message.user.id, client_msg_id);
+            if let Some(&earlier) = first_in_batch.get(&batch_key) {
+                plans.push(Plan::DuplicateInBatch(earlier));
+                continue;
+            }
+            first_in_batch.insert(batch_key, index);
+        }
+        if let Some(reply_to) = message.reply_to
+            && !replyable.contains(&(reply_to, message.room.to_string()))
+        {
+            plans.push(Plan::ReplyToNotFound);
+            continue;
+        }
+        plans.push(Plan::Insert(inserts));
+        inserts += 1;
+    }
+
+    // Ids drawn while the rooms are locked, in batch order.
+    let mut ids: Vec<i64> = Vec::with_capacity(inserts);
+    if inserts > 0 {
+        for row in transaction
+            .query(
+                "SELECT nextval('message_ids') FROM generate_series(1, $1::int8)",
+                &[&(inserts as i64)],
+            )
+            .await?
+        {
+            ids.push(row.try_get(0)?);
+        }
+        ids.sort_unstable();
+        let inserted: Vec<&NewMessage> = batch
+            .iter()
+            .zip(&plans)
+            .filter(|(_, plan)| matches!(plan, Plan::Insert(_)))
+            .map(|(m, _)| &**m)
+            .collect();
+        let column = |f: fn(&NewMessage) -> String| inserted.iter().map(|m| f(m)).collect::<Vec<_>>();
+        let attachments: Vec<Option<String>> = inserted
+            .iter()
+            .map(|m| {
+                m.attachment
+                    .as_ref()
+                    .and_then(|file| serde_json::to_string(file).ok())
+            })
+            .collect();
+        transaction
+            .execute(
+                "INSERT INTO messages (id, room, user_id, username, user_kind, content, created_at, \
+                 client_msg_id, reply_to, attachment) SELECT * FROM UNNEST($1::int8[], $2::text[], \
+                 $3::text[], $4::text[], $5::text[], $6::text[], $7::int8[], $8::text[], $9::int8[], \
+                 $10::text[])",
+                &[
+                    &ids,
+                    &column(|m| m.room.to_string()),
+                    &column(|m| m.user.id.to_string()),
+                    &column(|m| m.user.username.to_string()),
+                    &column(|m| m.user.kind.as_str().to_owned()),
+                    &column(|m| m.content.clone()),
+                    &inserted
+                        .iter()
+                        .map(|m| m.created_at.as_millis())
+                        .collect::<Vec<_>>(),
+                    &inserted
+                        .iter()
+                        .map(|m| m.client_msg_id.clone())
+                        .collect::<Vec<_>>(),
+                    &inserted.iter().map(|m| m.reply_to).collect::<Vec<_>>(),
+                    &attachments,
+                ],
+            )
+            .await?;
+    }
+    transaction.commit().await?;
+
+    let mut results: Vec<Result<Appended, StoreError>> = Vec::with_capacity(batch.len());
+    for (new, plan) in batch.iter().zip(plans) {
+        let result = match plan {
+            Plan::Insert(slot) => Ok(Appended {
+                message: stored_message(ids[slot], new),
+                duplicate: false,
+            }),
+            Plan::Duplicate(message) => Ok(Appended {
+                message,
+                duplicate: true,
+            }),
+            Plan::DuplicateInBatch(earlier) => match &results[earlier] {
+                Ok(first) => Ok(Appended {
+                    message: first.message.clone(),
+                    duplicate: true,
+                }),
+                Err(_) => Err(StoreError::ReplyToNotFound),
+            },
+            Plan::ReplyToNotFound => Err(StoreError::ReplyToNotFound),
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+fn stored_message(id: i64, new: &NewMessage) -> Message {
+    Message {
+        id,
+        room: new.room.clone(),
+        user: new.user.clone(),
+        content: new.content.clone(),
+        created_at: new.created_at,
+        client_msg_id: new.client_msg_id.clone(),
+        reply_to: new.reply_to,
+        attachment: new.attachment.clone(),
+    }
+}
+
+async fn find_room(client: &Client, room: &str) -> Result<Option<RoomRecord>, StoreError> {
+    let row = client
+        .query_opt("SELECT name, created_at FROM rooms WHERE name = $1", &[&room])
+        .await?;
+    row.map(|row| {
+        Ok(RoomRecord {
+            name: row.try_get(0)?,
+            created_at: Timestamp(row.try_get(1)?),
+        })
+    })
+    .transpose()
+}
+
+fn message_from_row(row: &Row) -> Result<Message, StoreError> {
+    let kind: String = row.try_get(4)?;
+    let kind =
+        UserKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind}")))?;
+    let attachment: Option<String> = row.try_get(9)?;
+    let attachment = attachment
+        .map(|text| serde_json::from_str::<FileInfo>(&text))
+        .transpose()
+        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+    Ok(Message {
+        id: row.try_get(0)?,
+        room: row.try_get::<_, String>(1)?.into(),
+        user: User {
+            id: row.try_get::<_, String>(2)?.into(),
+            username: row.try_get::<_, String>(3)?.into(),
+            kind,
+        },
+        content: row.try_get(5)?,
+        created_at: Timestamp(row.try_get(6)?),
+        client_msg_id: row.try_get(7)?,
+        reply_to: row.try_get(8)?,
+        attachment,
+    })
+}
+
+/// Brings the schema up to date, refusing a database from a newer roomcast.
+async fn migrate(client: &mut Client) -> Result<(), StoreError> {
+    let transaction = client.transaction().await?;
+    transaction
+        .execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    transaction
+        .batch_execute("CREATE TABLE IF NOT EXISTS roomcast_schema (version INT NOT NULL)")
+        .await?;
+    let found: i32 = transaction
+        .query_one("SELECT COALESCE(MAX(version), 0) FROM roomcast_schema", &[])
+        .await?
+        .try_get(0)?;
+    let supported = MIGRATIONS.len() as i32;
+    if found > supported {
+        return Err(StoreError::SchemaTooNew {
+            found: i64::from(found),
+            supported: i64::from(supported),
+        });
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
+        transaction.batch_execute(sql).await?;
+        transaction
+            .execute(
+                "INSERT INTO roomcast_schema (version) VALUES ($1)",
+                &[&(index as i32 + 1)],
+            )
+            .await?;
+        tracing::info!(version = index + 1, "applied PostgreSQL schema migration");
+    }
+    transaction.commit().await?;
+    Ok(())
+}

@@ -2,6 +2,8 @@
 //! `127.0.0.1:0`, real WebSocket clients, and a minimal HTTP client.
 #![allow(dead_code)]
 
+pub mod process;
+
 use futures_util::{SinkExt, StreamExt};
 use roomcast::auth::Tokens;
 use roomcast::config::{Config, ServeArgs};

@@ -41,7 +41,11 @@ async fn stream_until_killed(
         )
     };
     socket
-        .send(Message::Text(json!({"type": "room_join", "room": room}).to_string().into()))
+        .send(Message::Text(
+            json!({"type": "room_join", "room": room})
+                .to_string()
+                .into(),
+        ))
         .await
         .expect("join");
     let mut next = start;
@@ -56,12 +60,17 @@ async fn stream_until_killed(
             in_flight += 1;
         }
         let frame = match tokio::time::timeout(Duration::from_secs(10), socket.next()).await {
-            Ok(Some(Ok(Message::Text(text)))) => serde_json::from_str::<Value>(&text).expect("JSON"),
+            Ok(Some(Ok(Message::Text(text)))) => {
+                serde_json::from_str::<Value>(&text).expect("JSON")
+            }
             Ok(Some(Ok(_))) => continue,
             _ => return acked,
         };
         if frame["type"] == "message_ack" {
-            let n: u64 = frame["ref"].as_str().and_then(|r| r.parse().ok()).expect("ref");
+            let n: u64 = frame["ref"]
+                .as_str()
+                .and_then(|r| r.parse().ok())
+                .expect("ref");
             acked.insert(n, frame["message_id"].as_i64().expect("id"));
             in_flight -= 1;
             if acked.len() == kill_after && !killed {
@@ -99,7 +108,10 @@ async fn survive_kill_9(flags: &[&str]) {
         let mut server = Process::start(flags, &[]);
         server.ready().await;
         let acked = stream_until_killed(&mut server, "durable", next, kill_after).await;
-        assert!(acked.len() >= kill_after, "the server acknowledged messages before dying");
+        assert!(
+            acked.len() >= kill_after,
+            "the server acknowledged messages before dying"
+        );
         next = acked.keys().max().copied().unwrap_or(next) + WINDOW as u64 + 1;
         all_acked.extend(acked);
     }
@@ -109,10 +121,16 @@ async fn survive_kill_9(flags: &[&str]) {
     let mut reader = server.user("reader").await;
     join(&mut reader, "durable").await;
     let stored = read_room(&mut reader, "durable").await;
-    assert!(stored.windows(2).all(|w| w[0].0 < w[1].0), "ids strictly increase");
+    assert!(
+        stored.windows(2).all(|w| w[0].0 < w[1].0),
+        "ids strictly increase"
+    );
     let mut by_content: HashMap<&str, i64> = HashMap::new();
     for (id, content) in &stored {
-        assert!(by_content.insert(content, *id).is_none(), "`{content}` stored twice");
+        assert!(
+            by_content.insert(content, *id).is_none(),
+            "`{content}` stored twice"
+        );
     }
     for (n, id) in &all_acked {
         assert_eq!(
@@ -168,7 +186,11 @@ async fn two_nodes_on_one_postgres_never_show_ids_out_of_order() {
                     .await;
                 sent += 1;
             }
-            acked.push(client.recv_type("message_ack").await["message_id"].as_i64().expect("id"));
+            acked.push(
+                client.recv_type("message_ack").await["message_id"]
+                    .as_i64()
+                    .expect("id"),
+            );
         }
         acked
     };
@@ -196,7 +218,11 @@ async fn two_nodes_on_one_postgres_never_show_ids_out_of_order() {
         // Once the writers are done, one more pass picks up the tail.
         let done = writers.as_ref().is_some_and(|w| w.is_finished());
         if done {
-            let (a, b) = writers.take().expect("writers").await.expect("writer tasks");
+            let (a, b) = writers
+                .take()
+                .expect("writers")
+                .await
+                .expect("writer tasks");
             acked_total = a.into_iter().chain(b).collect();
         }
         loop {
@@ -223,8 +249,15 @@ async fn two_nodes_on_one_postgres_never_show_ids_out_of_order() {
         .collect();
     assert_eq!(everything.len() as u64, 6 * PER_WRITER);
     let skipped: Vec<&i64> = everything.iter().filter(|id| !seen.contains(id)).collect();
-    assert!(skipped.is_empty(), "the recovering reader skipped {skipped:?}");
-    assert_eq!(seen.len(), everything.len(), "the recovering reader saw a message twice");
+    assert!(
+        skipped.is_empty(),
+        "the recovering reader skipped {skipped:?}"
+    );
+    assert_eq!(
+        seen.len(),
+        everything.len(),
+        "the recovering reader saw a message twice"
+    );
     acked_total.sort_unstable();
     assert_eq!(acked_total, everything);
 }

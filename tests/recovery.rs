@@ -47,7 +47,11 @@ async fn send_all(client: &mut support::Client, room: &str, count: usize) -> Vec
         client
             .send(json!({"type": "chat_message", "room": room, "content": format!("m{n}")}))
             .await;
-        ids.push(client.recv_type("message_ack").await["message_id"].as_i64().expect("id"));
+        ids.push(
+            client.recv_type("message_ack").await["message_id"]
+                .as_i64()
+                .expect("id"),
+        );
     }
     ids
 }
@@ -62,7 +66,9 @@ async fn check_recovery(server: TestServer) {
     // bob saw these, then drops.
     let mut last_seen = 0;
     while last_seen < first[1] {
-        last_seen = bob.recv_type("chat_message").await["message"]["id"].as_i64().expect("id");
+        last_seen = bob.recv_type("chat_message").await["message"]["id"]
+            .as_i64()
+            .expect("id");
     }
     bob.close().await;
     let missed = send_all(&mut alice, "dev", 12).await;
@@ -105,7 +111,11 @@ async fn check_history(server: TestServer) {
     let page = alice
         .request(json!({"type": "history", "room": "dev", "limit": 4, "ref": "h"}))
         .await;
-    let page = if page["type"] == "history" { page } else { alice.recv_type("history").await };
+    let page = if page["type"] == "history" {
+        page
+    } else {
+        alice.recv_type("history").await
+    };
     assert_eq!(page["ref"], "h");
     assert_eq!(page["room"], "dev");
     assert_eq!(ids(&page["messages"]), sent[2..]);
@@ -145,7 +155,10 @@ async fn check_history(server: TestServer) {
         .await;
     assert_eq!(error["error_code"], "forbidden", "{error}");
     let (status, body) = server
-        .get_json("/api/rooms/nonexistent/messages", Some(&server.token("mallory")))
+        .get_json(
+            "/api/rooms/nonexistent/messages",
+            Some(&server.token("mallory")),
+        )
         .await;
     assert_eq!(status, 404, "{body}");
 }
@@ -168,7 +181,10 @@ async fn retention_runs_in_the_background() {
         if ids(&page["messages"]) == sent[5..] {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "retention never ran: {page}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "retention never ran: {page}"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }

@@ -72,7 +72,10 @@ fn message(room: &str, author: &str, content: &str) -> NewMessage {
 }
 
 /// Hands a message to the store and returns a receiver for the outcome.
-fn submit(store: &dyn MessageStore, new: NewMessage) -> oneshot::Receiver<Result<Appended, StoreError>> {
+fn submit(
+    store: &dyn MessageStore,
+    new: NewMessage,
+) -> oneshot::Receiver<Result<Appended, StoreError>> {
     let (tx, rx) = oneshot::channel();
     store.append(
         new,
@@ -93,40 +96,83 @@ async fn fill(store: &dyn MessageStore, room: &str, count: usize) -> Vec<i64> {
         .collect();
     let mut ids = Vec::new();
     for receiver in pending {
-        ids.push(receiver.await.expect("callback").expect("stored").message.id);
+        ids.push(
+            receiver
+                .await
+                .expect("callback")
+                .expect("stored")
+                .message
+                .id,
+        );
     }
     ids
 }
 
-on_every_backend!(pages_are_oldest_first_with_exact_has_more, check_pages_are_oldest_first_with_exact_has_more);
+on_every_backend!(
+    pages_are_oldest_first_with_exact_has_more,
+    check_pages_are_oldest_first_with_exact_has_more
+);
 async fn check_pages_are_oldest_first_with_exact_has_more(store: Arc<dyn MessageStore>) {
     let ids = fill(&*store, "r", 7).await;
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
 
     let newest = store.history("r", Page::Newest, 3).await.expect("page");
-    assert_eq!(newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[4..7]);
+    assert_eq!(
+        newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[4..7]
+    );
     assert!(newest.has_more);
     let all = store.history("r", Page::Newest, 7).await.expect("page");
     assert_eq!(all.messages.len(), 7);
     assert!(!all.has_more, "exactly the whole room: nothing more");
 
-    let before = store.history("r", Page::Before(ids[4]), 3).await.expect("page");
-    assert_eq!(before.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[1..4]);
+    let before = store
+        .history("r", Page::Before(ids[4]), 3)
+        .await
+        .expect("page");
+    assert_eq!(
+        before.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[1..4]
+    );
     assert!(before.has_more);
-    let first = store.history("r", Page::Before(ids[3]), 3).await.expect("page");
-    assert_eq!(first.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[0..3]);
+    let first = store
+        .history("r", Page::Before(ids[3]), 3)
+        .await
+        .expect("page");
+    assert_eq!(
+        first.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[0..3]
+    );
     assert!(!first.has_more);
 
-    let after = store.history("r", Page::After(ids[1]), 5).await.expect("page");
-    assert_eq!(after.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[2..7]);
+    let after = store
+        .history("r", Page::After(ids[1]), 5)
+        .await
+        .expect("page");
+    assert_eq!(
+        after.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[2..7]
+    );
     assert!(!after.has_more);
-    let after = store.history("r", Page::After(ids[0]), 2).await.expect("page");
+    let after = store
+        .history("r", Page::After(ids[0]), 2)
+        .await
+        .expect("page");
     assert!(after.has_more);
-    let none = store.history("r", Page::After(ids[6]), 5).await.expect("page");
+    let none = store
+        .history("r", Page::After(ids[6]), 5)
+        .await
+        .expect("page");
     assert!(none.messages.is_empty() && !none.has_more);
-    let huge = store.history("r", Page::Before(i64::MAX), 200).await.expect("page");
+    let huge = store
+        .history("r", Page::Before(i64::MAX), 200)
+        .await
+        .expect("page");
     assert_eq!(huge.messages.len(), 7);
-    let empty = store.history("elsewhere", Page::Newest, 50).await.expect("page");
+    let empty = store
+        .history("elsewhere", Page::Newest, 50)
+        .await
+        .expect("page");
     assert!(empty.messages.is_empty() && !empty.has_more);
 
     let stored = &all.messages[0];
@@ -135,7 +181,10 @@ async fn check_pages_are_oldest_first_with_exact_has_more(store: Arc<dyn Message
     assert_eq!(stored.user, user("ann"));
 }
 
-on_every_backend!(ids_are_unique_across_rooms, check_ids_are_unique_across_rooms);
+on_every_backend!(
+    ids_are_unique_across_rooms,
+    check_ids_are_unique_across_rooms
+);
 async fn check_ids_are_unique_across_rooms(store: Arc<dyn MessageStore>) {
     let a = fill(&*store, "a", 20).await;
     let b = fill(&*store, "b", 20).await;
@@ -145,26 +194,39 @@ async fn check_ids_are_unique_across_rooms(store: Arc<dyn MessageStore>) {
     assert_eq!(all.len(), 40);
 }
 
-on_every_backend!(client_msg_id_deduplicates_per_user_and_room, check_client_msg_id_deduplicates_per_user_and_room);
+on_every_backend!(
+    client_msg_id_deduplicates_per_user_and_room,
+    check_client_msg_id_deduplicates_per_user_and_room
+);
 async fn check_client_msg_id_deduplicates_per_user_and_room(store: Arc<dyn MessageStore>) {
     let with_id = |room: &str, author: &str, id: &str| {
         let mut new = message(room, author, "hello");
         new.client_msg_id = Some(id.into());
         new
     };
-    let first = append(&*store, with_id("r", "ann", "c1")).await.expect("stored");
+    let first = append(&*store, with_id("r", "ann", "c1"))
+        .await
+        .expect("stored");
     assert!(!first.duplicate);
-    let again = append(&*store, with_id("r", "ann", "c1")).await.expect("stored");
+    let again = append(&*store, with_id("r", "ann", "c1"))
+        .await
+        .expect("stored");
     assert!(again.duplicate);
     assert_eq!(again.message.id, first.message.id);
     assert_eq!(again.message.client_msg_id.as_deref(), Some("c1"));
-    let other_user = append(&*store, with_id("r", "bob", "c1")).await.expect("stored");
-    let other_room = append(&*store, with_id("s", "ann", "c1")).await.expect("stored");
+    let other_user = append(&*store, with_id("r", "bob", "c1"))
+        .await
+        .expect("stored");
+    let other_room = append(&*store, with_id("s", "ann", "c1"))
+        .await
+        .expect("stored");
     assert!(!other_user.duplicate && !other_room.duplicate);
     assert_ne!(other_user.message.id, first.message.id);
 
     // Several retries in flight at once (one batch) are one message.
-    let pending: Vec<_> = (0..10).map(|_| submit(&*store, with_id("r", "ann", "c2"))).collect();
+    let pending: Vec<_> = (0..10)
+        .map(|_| submit(&*store, with_id("r", "ann", "c2")))
+        .collect();
     let mut ids = Vec::new();
     let mut fresh = 0;
     for receiver in pending {
@@ -178,19 +240,30 @@ async fn check_client_msg_id_deduplicates_per_user_and_room(store: Arc<dyn Messa
     assert_eq!(page.messages.len(), 3);
 }
 
-on_every_backend!(reply_to_must_exist_in_the_same_room, check_reply_to_must_exist_in_the_same_room);
+on_every_backend!(
+    reply_to_must_exist_in_the_same_room,
+    check_reply_to_must_exist_in_the_same_room
+);
 async fn check_reply_to_must_exist_in_the_same_room(store: Arc<dyn MessageStore>) {
-    let target = append(&*store, message("r", "ann", "q")).await.expect("stored");
+    let target = append(&*store, message("r", "ann", "q"))
+        .await
+        .expect("stored");
     let mut reply = message("r", "bob", "a");
     reply.reply_to = Some(target.message.id);
     let stored = append(&*store, reply).await.expect("stored");
     assert_eq!(stored.message.reply_to, Some(target.message.id));
     let mut elsewhere = message("s", "bob", "a");
     elsewhere.reply_to = Some(target.message.id);
-    assert!(matches!(append(&*store, elsewhere).await, Err(StoreError::ReplyToNotFound)));
+    assert!(matches!(
+        append(&*store, elsewhere).await,
+        Err(StoreError::ReplyToNotFound)
+    ));
     let mut missing = message("r", "bob", "a");
     missing.reply_to = Some(i64::MAX);
-    assert!(matches!(append(&*store, missing).await, Err(StoreError::ReplyToNotFound)));
+    assert!(matches!(
+        append(&*store, missing).await,
+        Err(StoreError::ReplyToNotFound)
+    ));
     // A failed message does not take the batch down with it.
     let page = store.history("r", Page::Newest, 50).await.expect("page");
     assert_eq!(page.messages.len(), 2);
@@ -219,7 +292,10 @@ async fn check_events_are_numbered(store: Arc<dyn MessageStore>) {
     assert!(second > first);
 }
 
-on_every_backend!(retention_keeps_the_newest_per_room, check_retention_keeps_the_newest_per_room);
+on_every_backend!(
+    retention_keeps_the_newest_per_room,
+    check_retention_keeps_the_newest_per_room
+);
 async fn check_retention_keeps_the_newest_per_room(store: Arc<dyn MessageStore>) {
     let ids = fill(&*store, "busy", 30).await;
     fill(&*store, "quiet", 3).await;
@@ -236,20 +312,39 @@ async fn check_retention_keeps_the_newest_per_room(store: Arc<dyn MessageStore>)
         }
     }
     assert_eq!(deleted, 20);
-    let page = store.history("busy", Page::Newest, 200).await.expect("page");
-    assert_eq!(page.messages.iter().map(|m| m.id).collect::<Vec<_>>(), ids[20..]);
-    assert_eq!(store.history("quiet", Page::Newest, 200).await.expect("page").messages.len(), 3);
+    let page = store
+        .history("busy", Page::Newest, 200)
+        .await
+        .expect("page");
+    assert_eq!(
+        page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[20..]
+    );
+    assert_eq!(
+        store
+            .history("quiet", Page::Newest, 200)
+            .await
+            .expect("page")
+            .messages
+            .len(),
+        3
+    );
     // New messages keep coming after retention.
     let newer = fill(&*store, "busy", 1).await;
     assert!(newer[0] > ids[29]);
 }
 
-on_every_backend!(retention_drops_messages_past_their_age, check_retention_drops_messages_past_their_age);
+on_every_backend!(
+    retention_drops_messages_past_their_age,
+    check_retention_drops_messages_past_their_age
+);
 async fn check_retention_drops_messages_past_their_age(store: Arc<dyn MessageStore>) {
     let mut old = message("r", "ann", "old");
     old.created_at = Timestamp(Timestamp::now().as_millis() - 3_600_000);
     append(&*store, old).await.expect("stored");
-    append(&*store, message("r", "ann", "new")).await.expect("stored");
+    append(&*store, message("r", "ann", "new"))
+        .await
+        .expect("stored");
     let policy = Retention {
         max_messages_per_room: None,
         max_age: Some(Duration::from_secs(60)),
@@ -260,11 +355,19 @@ async fn check_retention_drops_messages_past_their_age(store: Arc<dyn MessageSto
     assert_eq!(page.messages[0].content, "new");
 }
 
-on_every_backend!(flush_waits_for_earlier_appends, check_flush_waits_for_earlier_appends);
+on_every_backend!(
+    flush_waits_for_earlier_appends,
+    check_flush_waits_for_earlier_appends
+);
 async fn check_flush_waits_for_earlier_appends(store: Arc<dyn MessageStore>) {
-    let pending: Vec<_> = (0..50).map(|n| submit(&*store, message("r", "ann", &n.to_string()))).collect();
+    let pending: Vec<_> = (0..50)
+        .map(|n| submit(&*store, message("r", "ann", &n.to_string())))
+        .collect();
     store.flush().await.expect("flush");
     for mut receiver in pending {
-        assert!(receiver.try_recv().is_ok(), "every append committed before flush returned");
+        assert!(
+            receiver.try_recv().is_ok(),
+            "every append committed before flush returned"
+        );
     }
 }

@@ -7,13 +7,20 @@
 //! installations and several nodes. Schema migrations are embedded in the
 //! binary and applied at open; a database from a newer roomcast is refused.
 
+/// The columns of a stored message, in the order the row readers expect.
+macro_rules! message_columns {
+    () => {
+        "id, room, user_id, username, user_kind, content, created_at, client_msg_id, reply_to, attachment"
+    };
+}
+
 mod postgres;
 mod retention;
 mod sqlite;
 
-pub use postgres::PostgresStore;
+pub use postgres::{HISTORY_QUERIES as POSTGRES_HISTORY_QUERIES, PostgresStore};
 pub use retention::{Retention, enforce_retention};
-pub use sqlite::SqliteStore;
+pub use sqlite::{HISTORY_QUERIES as SQLITE_HISTORY_QUERIES, SqliteStore};
 
 use crate::protocol::{FileInfo, Message, Timestamp, User};
 use std::future::Future;

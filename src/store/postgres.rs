@@ -34,8 +34,28 @@ const MIGRATION_LOCK: i64 = 0x726f_6f6d_6361_7374;
 /// Most appends committed in one transaction (see the SQLite store).
 const MAX_BATCH: usize = 1024;
 
-const MESSAGE_COLUMNS: &str = "id, room, user_id, username, user_kind, content, created_at, \
-     client_msg_id, reply_to, attachment";
+const MESSAGE_COLUMNS: &str = message_columns!();
+
+/// History pages: the newest, before an id, after an id. Parameters: room,
+/// limit, id. Each is a range scan of the `(room, id)` index; a test checks
+/// the query plans.
+pub const HISTORY_QUERIES: [&str; 3] = [
+    concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE room = $1 ORDER BY id DESC LIMIT $2"
+    ),
+    concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE room = $1 AND id < $3 ORDER BY id DESC LIMIT $2"
+    ),
+    concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE room = $1 AND id > $3 ORDER BY id ASC LIMIT $2"
+    ),
+];
 
 enum Command {
     Append(Box<NewMessage>, CommitCallback),
@@ -112,8 +132,9 @@ impl PostgresStore {
 
 impl MessageStore for PostgresStore {
     fn append(&self, message: NewMessage, on_commit: CommitCallback) {
-        if let Err(mpsc::error::SendError(Command::Append(_, on_commit))) =
-            self.commands.send(Command::Append(Box::new(message), on_commit))
+        if let Err(mpsc::error::SendError(Command::Append(_, on_commit))) = self
+            .commands
+            .send(Command::Append(Box::new(message), on_commit))
         {
             on_commit(Err(StoreError::Closed));
         }
@@ -129,44 +150,13 @@ impl MessageStore for PostgresStore {
         Box::pin(async move {
             let client = self.reader.client().await?;
             let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-            let (rows, descending) = match page {
-                Page::Newest => (
-                    client
-                        .query(
-                            &format!(
-                                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 \
-                                 ORDER BY id DESC LIMIT $2"
-                            ),
-                            &[&room, &fetch],
-                        )
-                        .await?,
-                    true,
-                ),
-                Page::Before(id) => (
-                    client
-                        .query(
-                            &format!(
-                                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND id < $3 \
-                                 ORDER BY id DESC LIMIT $2"
-                            ),
-                            &[&room, &fetch, &id],
-                        )
-                        .await?,
-                    true,
-                ),
-                Page::After(id) => (
-                    client
-                        .query(
-                            &format!(
-                                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = $1 AND id > $3 \
-                                 ORDER BY id ASC LIMIT $2"
-                            ),
-                            &[&room, &fetch, &id],
-                        )
-                        .await?,
-                    false,
-                ),
+            let [newest, before, after] = HISTORY_QUERIES;
+            let rows = match page {
+                Page::Newest => client.query(newest, &[&room, &fetch]).await?,
+                Page::Before(id) => client.query(before, &[&room, &fetch, &id]).await?,
+                Page::After(id) => client.query(after, &[&room, &fetch, &id]).await?,
             };
+            let descending = !matches!(page, Page::After(_));
             let mut messages = rows
                 .iter()
                 .map(message_from_row)
@@ -395,7 +385,10 @@ async fn commit(
     let mut replyable: HashSet<(i64, String)> = HashSet::new();
     if !reply_ids.is_empty() {
         for row in transaction
-            .query("SELECT id, room FROM messages WHERE id = ANY($1)", &[&reply_ids])
+            .query(
+                "SELECT id, room FROM messages WHERE id = ANY($1)",
+                &[&reply_ids],
+            )
             .await?
         {
             replyable.insert((row.try_get(0)?, row.try_get(1)?));
@@ -452,7 +445,8 @@ async fn commit(
             .filter(|(_, plan)| matches!(plan, Plan::Insert(_)))
             .map(|(m, _)| &**m)
             .collect();
-        let column = |f: fn(&NewMessage) -> String| inserted.iter().map(|m| f(m)).collect::<Vec<_>>();
+        let column =
+            |f: fn(&NewMessage) -> String| inserted.iter().map(|m| f(m)).collect::<Vec<_>>();
         let attachments: Vec<Option<String>> = inserted
             .iter()
             .map(|m| {
@@ -530,7 +524,10 @@ fn stored_message(id: i64, new: &NewMessage) -> Message {
 
 async fn find_room(client: &Client, room: &str) -> Result<Option<RoomRecord>, StoreError> {
     let row = client
-        .query_opt("SELECT name, created_at FROM rooms WHERE name = $1", &[&room])
+        .query_opt(
+            "SELECT name, created_at FROM rooms WHERE name = $1",
+            &[&room],
+        )
         .await?;
     row.map(|row| {
         Ok(RoomRecord {
@@ -543,8 +540,8 @@ async fn find_room(client: &Client, room: &str) -> Result<Option<RoomRecord>, St
 
 fn message_from_row(row: &Row) -> Result<Message, StoreError> {
     let kind: String = row.try_get(4)?;
-    let kind =
-        UserKind::parse(&kind).ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind}")))?;
+    let kind = UserKind::parse(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind}")))?;
     let attachment: Option<String> = row.try_get(9)?;
     let attachment = attachment
         .map(|text| serde_json::from_str::<FileInfo>(&text))

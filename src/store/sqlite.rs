@@ -32,8 +32,28 @@ const MIGRATIONS: &[&str] = &[
 /// a member's outbox (see `outbox_capacity`).
 const MAX_BATCH: usize = 1024;
 
-const MESSAGE_COLUMNS: &str = "id, room, user_id, username, user_kind, content, created_at, \
-     client_msg_id, reply_to, attachment";
+const MESSAGE_COLUMNS: &str = message_columns!();
+
+/// History pages: the newest, before an id, after an id. Parameters: room,
+/// limit, id. Each is a range scan of the `(room, id)` index; a test checks
+/// the query plans.
+pub const HISTORY_QUERIES: [&str; 3] = [
+    concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE room = ?1 ORDER BY id DESC LIMIT ?2"
+    ),
+    concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE room = ?1 AND id < ?3 ORDER BY id DESC LIMIT ?2"
+    ),
+    concat!(
+        "SELECT ",
+        message_columns!(),
+        " FROM messages WHERE room = ?1 AND id > ?3 ORDER BY id ASC LIMIT ?2"
+    ),
+];
 
 type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 
@@ -61,14 +81,18 @@ impl SqliteStore {
                         source,
                     })?;
                 }
-                let connection = Connection::open(path)?;
-                connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| {
-                    row.get::<_, String>(0)
-                })?;
-                connection.pragma_update(None, "synchronous", "FULL")?;
-                connection
+                Connection::open(path)?
             }
         };
+        // Refuse a newer schema before anything (even the journal mode) is
+        // written to the file.
+        schema_version(&connection)?;
+        if path.is_some() {
+            connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| {
+                row.get::<_, String>(0)
+            })?;
+            connection.pragma_update(None, "synchronous", "FULL")?;
+        }
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         migrate(&mut connection)?;
         let (commands, queue) = mpsc::channel();
@@ -324,15 +348,13 @@ fn read_page(
     limit: usize,
 ) -> Result<HistoryPage, StoreError> {
     let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
-    let (filter, order, bound) = match page {
-        Page::Newest => ("", "DESC", None),
-        Page::Before(id) => ("AND id < ?3", "DESC", Some(id)),
-        Page::After(id) => ("AND id > ?3", "ASC", Some(id)),
+    let [newest, before, after] = HISTORY_QUERIES;
+    let (sql, bound) = match page {
+        Page::Newest => (newest, None),
+        Page::Before(id) => (before, Some(id)),
+        Page::After(id) => (after, Some(id)),
     };
-    let sql = format!(
-        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE room = ?1 {filter} ORDER BY id {order} LIMIT ?2"
-    );
-    let mut statement = connection.prepare_cached(&sql)?;
+    let mut statement = connection.prepare_cached(sql)?;
     let rows = match bound {
         Some(id) => statement.query_map(params![room, fetch, id], message_from_row)?,
         None => statement.query_map(params![room, fetch], message_from_row)?,
@@ -340,7 +362,7 @@ fn read_page(
     let mut messages = rows.collect::<Result<Vec<_>, _>>()?;
     let has_more = messages.len() > limit;
     messages.truncate(limit);
-    if order == "DESC" {
+    if !matches!(page, Page::After(_)) {
         messages.reverse();
     }
     Ok(HistoryPage { messages, has_more })
@@ -390,13 +412,19 @@ fn corrupt(column: usize, detail: String) -> rusqlite::Error {
     )
 }
 
-/// Brings the schema up to date, refusing a database from a newer roomcast.
-fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+/// The schema version of the database, refusing one from a newer roomcast.
+fn schema_version(connection: &Connection) -> Result<i64, StoreError> {
     let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
     let supported = MIGRATIONS.len() as i64;
     if found > supported {
         return Err(StoreError::SchemaTooNew { found, supported });
     }
+    Ok(found)
+}
+
+/// Brings the schema up to date.
+fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
+    let found = schema_version(connection)?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
         let transaction = connection.transaction()?;
         transaction.execute_batch(sql)?;

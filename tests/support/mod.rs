@@ -372,7 +372,9 @@ impl PgSchema {
             .expect("connect to ROOMCAST_TEST_POSTGRES_URL");
         tokio::spawn(connection);
         client
-            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"))
+            .batch_execute(&format!(
+                "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+            ))
             .await
             .expect("create schema");
         let separator = if base.contains('?') { '&' } else { '?' };

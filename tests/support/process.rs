@@ -97,7 +97,6 @@ impl Process {
     }
 }
 
-
 impl Process {
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill_hard(&mut self) {

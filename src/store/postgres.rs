@@ -317,7 +317,7 @@ async fn write_loop(
 /// What to do with one message of a batch.
 enum Plan {
     Insert(usize),
-    Duplicate(Message),
+    Duplicate(Box<Message>),
     DuplicateInBatch(usize),
     ReplyToNotFound,
 }
@@ -406,7 +406,7 @@ async fn commit(
                 client_msg_id.to_owned(),
             );
             if let Some(existing) = stored.get(&key) {
-                plans.push(Plan::Duplicate(existing.clone()));
+                plans.push(Plan::Duplicate(Box::new(existing.clone())));
                 continue;
             }
             let batch_key = (&*message.room, &*message.user.id, client_msg_id);
@@ -492,7 +492,7 @@ async fn commit(
                 duplicate: false,
             }),
             Plan::Duplicate(message) => Ok(Appended {
-                message,
+                message: *message,
                 duplicate: true,
             }),
             Plan::DuplicateInBatch(earlier) => match &results[earlier] {

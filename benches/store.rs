@@ -144,7 +144,9 @@ async fn scoped_url(base: &str, schema: &str) -> String {
         .expect("connect");
     tokio::spawn(connection);
     client
-        .batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"))
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
         .await
         .expect("schema");
     let separator = if base.contains('?') { '&' } else { '?' };

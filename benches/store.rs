@@ -122,7 +122,7 @@ async fn read_pages(store: &Arc<dyn MessageStore>, pages: u64, rooms: u64, messa
                 }
                 let room = format!("room-{}", n % rooms);
                 // Alternate the newest page with pages deep in the history.
-                let page = if n % 2 == 0 {
+                let page = if n.is_multiple_of(2) {
                     Page::Newest
                 } else {
                     Page::Before(((n * 7919) % messages.max(1)) as i64 + 1)

@@ -47,7 +47,7 @@ async fn an_older_sqlite_database_is_upgraded() {
     let version: i64 = connection
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let indexed: i64 = connection
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE name = 'messages_created_at'",
@@ -142,7 +142,7 @@ async fn an_older_postgres_schema_is_upgraded_and_a_newer_one_refused() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
 
     client
         .batch_execute("INSERT INTO roomcast_schema VALUES (9)")

@@ -62,6 +62,9 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A unique name (username, room) is already taken.
+    #[error("already exists")]
+    Conflict,
 }
 
 /// A message to store; the store assigns `id`.
@@ -109,6 +112,31 @@ pub struct HistoryPage {
 pub struct RoomRecord {
     pub name: String,
     pub created_at: Timestamp,
+    /// Only users on the member list (and the owner) may join.
+    pub private: bool,
+    /// The user who created the room with `POST /api/rooms`; rooms created
+    /// by a first join have none.
+    pub owner_id: Option<String>,
+}
+
+/// A room to create explicitly.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewRoom {
+    pub name: String,
+    pub private: bool,
+    pub owner_id: String,
+}
+
+/// An account stored by the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub id: String,
+    pub username: String,
+    /// Argon2id hash in PHC string format; never leaves the server.
+    pub password_hash: String,
+    /// `user`, `assistant` or `admin`.
+    pub role: String,
+    pub created_at: Timestamp,
 }
 
 /// A project or ticket event to record.
@@ -152,6 +180,31 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Stores a project or ticket event and returns its id.
     fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>>;
+
+    /// Creates a room explicitly; `Conflict` if it exists.
+    fn create_room(&self, room: NewRoom) -> BoxFuture<'_, Result<RoomRecord, StoreError>>;
+
+    /// Adds (`member: true`) or removes a user from a room's member list.
+    /// Returns whether anything changed.
+    fn set_member(
+        &self,
+        room: &str,
+        user_id: &str,
+        member: bool,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Whether the user is on the room's member list.
+    fn is_member(&self, room: &str, user_id: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Stores a new account; `Conflict` if the username is taken (compared
+    /// case-insensitively).
+    fn create_account(&self, account: Account) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The account with this username, compared case-insensitively.
+    fn find_account(&self, username: &str) -> BoxFuture<'_, Result<Option<Account>, StoreError>>;
+
+    /// Every account, by username.
+    fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>>;
 
     /// Resolves when everything appended before the call is committed.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -12,8 +12,8 @@
 //! Reads run on a second connection, concurrently with the writer.
 
 use super::{
-    Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage, Page,
-    Retention, RoomRecord, StoreError,
+    Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
+    NewRoom, Page, Retention, RoomRecord, StoreError,
 };
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use std::collections::{HashMap, HashSet};
@@ -26,6 +26,7 @@ use tokio_postgres::{Client, NoTls, Row};
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_retention.sql"),
+    include_str!("migrations/postgres/0003_accounts.sql"),
 ];
 
 /// Key of the advisory lock that serializes migrations of concurrent starts.
@@ -243,6 +244,122 @@ impl MessageStore for PostgresStore {
                 }
             }
             Ok(deleted)
+        })
+    }
+
+    fn create_room(&self, room: NewRoom) -> BoxFuture<'_, Result<RoomRecord, StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO rooms (name, created_at, is_private, owner_id) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (name) DO NOTHING",
+                    &[&room.name, &Timestamp::now().as_millis(), &room.private, &room.owner_id],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            find_room(&client, &room.name)
+                .await?
+                .ok_or_else(|| StoreError::Corrupt("room vanished".into()))
+        })
+    }
+
+    fn set_member(
+        &self,
+        room: &str,
+        user_id: &str,
+        member: bool,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (room, user_id) = (room.to_owned(), user_id.to_owned());
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let changed = if member {
+                client
+                    .execute(
+                        "INSERT INTO room_members (room, user_id, added_at) VALUES ($1, $2, $3) \
+                         ON CONFLICT DO NOTHING",
+                        &[&room, &user_id, &Timestamp::now().as_millis()],
+                    )
+                    .await?
+            } else {
+                client
+                    .execute(
+                        "DELETE FROM room_members WHERE room = $1 AND user_id = $2",
+                        &[&room, &user_id],
+                    )
+                    .await?
+            };
+            Ok(changed > 0)
+        })
+    }
+
+    fn is_member(&self, room: &str, user_id: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (room, user_id) = (room.to_owned(), user_id.to_owned());
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let row = client
+                .query_opt(
+                    "SELECT 1 FROM room_members WHERE room = $1 AND user_id = $2",
+                    &[&room, &user_id],
+                )
+                .await?;
+            Ok(row.is_some())
+        })
+    }
+
+    fn create_account(&self, account: Account) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let inserted = client
+                .execute(
+                    "INSERT INTO users (id, username, username_key, password_hash, role, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &account.id,
+                        &account.username,
+                        &account.username.to_lowercase(),
+                        &account.password_hash,
+                        &account.role,
+                        &account.created_at.as_millis(),
+                    ],
+                )
+                .await?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            Ok(())
+        })
+    }
+
+    fn find_account(&self, username: &str) -> BoxFuture<'_, Result<Option<Account>, StoreError>> {
+        let key = username.to_lowercase();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .query_opt(
+                    "SELECT id, username, password_hash, role, created_at FROM users WHERE username_key = $1",
+                    &[&key],
+                )
+                .await?
+                .map(|row| account_from_row(&row))
+                .transpose()
+        })
+    }
+
+    fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .query(
+                    "SELECT id, username, password_hash, role, created_at FROM users ORDER BY username_key",
+                    &[],
+                )
+                .await?
+                .iter()
+                .map(account_from_row)
+                .collect()
         })
     }
 
@@ -525,7 +642,7 @@ fn stored_message(id: i64, new: &NewMessage) -> Message {
 async fn find_room(client: &Client, room: &str) -> Result<Option<RoomRecord>, StoreError> {
     let row = client
         .query_opt(
-            "SELECT name, created_at FROM rooms WHERE name = $1",
+            "SELECT name, created_at, is_private, owner_id FROM rooms WHERE name = $1",
             &[&room],
         )
         .await?;
@@ -533,9 +650,21 @@ async fn find_room(client: &Client, room: &str) -> Result<Option<RoomRecord>, St
         Ok(RoomRecord {
             name: row.try_get(0)?,
             created_at: Timestamp(row.try_get(1)?),
+            private: row.try_get(2)?,
+            owner_id: row.try_get(3)?,
         })
     })
     .transpose()
+}
+
+fn account_from_row(row: &Row) -> Result<Account, StoreError> {
+    Ok(Account {
+        id: row.try_get(0)?,
+        username: row.try_get(1)?,
+        password_hash: row.try_get(2)?,
+        role: row.try_get(3)?,
+        created_at: Timestamp(row.try_get(4)?),
+    })
 }
 
 fn message_from_row(row: &Row) -> Result<Message, StoreError> {

@@ -11,8 +11,8 @@
 //! transaction survives power loss and `kill -9`.
 
 use super::{
-    Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage, Page,
-    Retention, RoomRecord, StoreError,
+    Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
+    NewRoom, Page, Retention, RoomRecord, StoreError,
 };
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
@@ -25,6 +25,7 @@ use std::sync::mpsc;
 const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_retention.sql"),
+    include_str!("migrations/sqlite/0003_accounts.sql"),
 ];
 
 /// Most appends committed in one transaction. Each commit's callbacks queue
@@ -212,6 +213,104 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn create_room(&self, room: NewRoom) -> BoxFuture<'_, Result<RoomRecord, StoreError>> {
+        self.run(move |connection| {
+            let inserted = connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO rooms (name, created_at, is_private, owner_id) \
+                     VALUES (?1, ?2, ?3, ?4)",
+                )?
+                .execute(params![
+                    room.name,
+                    Timestamp::now().as_millis(),
+                    room.private,
+                    room.owner_id
+                ])?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            find_room(connection, &room.name)?
+                .ok_or_else(|| StoreError::Corrupt("room vanished".into()))
+        })
+    }
+
+    fn set_member(
+        &self,
+        room: &str,
+        user_id: &str,
+        member: bool,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (room, user_id) = (room.to_owned(), user_id.to_owned());
+        self.run(move |connection| {
+            let changed = if member {
+                connection
+                    .prepare_cached(
+                        "INSERT OR IGNORE INTO room_members (room, user_id, added_at) VALUES (?1, ?2, ?3)",
+                    )?
+                    .execute(params![room, user_id, Timestamp::now().as_millis()])?
+            } else {
+                connection
+                    .prepare_cached("DELETE FROM room_members WHERE room = ?1 AND user_id = ?2")?
+                    .execute(params![room, user_id])?
+            };
+            Ok(changed > 0)
+        })
+    }
+
+    fn is_member(&self, room: &str, user_id: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let (room, user_id) = (room.to_owned(), user_id.to_owned());
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached("SELECT 1 FROM room_members WHERE room = ?1 AND user_id = ?2")?
+                .exists(params![room, user_id])?)
+        })
+    }
+
+    fn create_account(&self, account: Account) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(move |connection| {
+            let inserted = connection
+                .prepare_cached(
+                    "INSERT OR IGNORE INTO users (id, username, username_key, password_hash, role, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                )?
+                .execute(params![
+                    account.id,
+                    account.username,
+                    account.username.to_lowercase(),
+                    account.password_hash,
+                    account.role,
+                    account.created_at.as_millis()
+                ])?;
+            if inserted == 0 {
+                return Err(StoreError::Conflict);
+            }
+            Ok(())
+        })
+    }
+
+    fn find_account(&self, username: &str) -> BoxFuture<'_, Result<Option<Account>, StoreError>> {
+        let key = username.to_lowercase();
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT id, username, password_hash, role, created_at FROM users WHERE username_key = ?1",
+                )?
+                .query_row(params![key], account_from_row)
+                .optional()?)
+        })
+    }
+
+    fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>> {
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT id, username, password_hash, role, created_at FROM users ORDER BY username_key",
+                )?
+                .query_map([], account_from_row)?
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.run(|_| Ok(()))
     }
@@ -370,14 +469,26 @@ fn read_page(
 
 fn find_room(connection: &Connection, room: &str) -> Result<Option<RoomRecord>, StoreError> {
     Ok(connection
-        .prepare_cached("SELECT name, created_at FROM rooms WHERE name = ?1")?
+        .prepare_cached("SELECT name, created_at, is_private, owner_id FROM rooms WHERE name = ?1")?
         .query_row(params![room], |row| {
             Ok(RoomRecord {
                 name: row.get(0)?,
                 created_at: Timestamp(row.get(1)?),
+                private: row.get(2)?,
+                owner_id: row.get(3)?,
             })
         })
         .optional()?)
+}
+
+fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        id: row.get(0)?,
+        username: row.get(1)?,
+        password_hash: row.get(2)?,
+        role: row.get(3)?,
+        created_at: Timestamp(row.get(4)?),
+    })
 }
 
 fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {

@@ -385,12 +385,40 @@ impl PgSchema {
 
 static NEXT_SCHEMA: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
+/// Drops the schemas of test processes that are no longer running (a test
+/// that failed or was killed leaves its schema behind).
+async fn drop_abandoned_schemas(client: &tokio_postgres::Client) {
+    let Ok(rows) = client
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'rc_test_%'",
+            &[],
+        )
+        .await
+    else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).unwrap_or("");
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '2s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                ))
+                .await;
+        }
+    }
+}
+
 impl Drop for PgSchema {
     fn drop(&mut self) {
-        // Best effort, on a thread of its own: Drop cannot await.
+        // Best effort, on a thread of its own: Drop cannot await, and must not
+        // wait either — the test's runtime may still hold connections to the
+        // schema that only close once it runs again. Schemas whose cleanup
+        // does not finish are dropped by a later run.
         let base = self.base.clone();
         let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build();
@@ -401,12 +429,13 @@ impl Drop for PgSchema {
                     {
                         tokio::spawn(connection);
                         let _ = client
-                            .batch_execute(&format!("DROP SCHEMA IF EXISTS {name} CASCADE"))
+                            .batch_execute(&format!(
+                                "SET lock_timeout = '10s'; DROP SCHEMA IF EXISTS {name} CASCADE"
+                            ))
                             .await;
                     }
                 });
             }
-        })
-        .join();
+        });
     }
 }

@@ -151,7 +151,7 @@ async fn an_older_postgres_schema_is_upgraded_and_a_newer_one_refused() {
     match PostgresStore::open(&schema.url).await {
         Err(StoreError::SchemaTooNew {
             found: 9,
-            supported: 2,
+            supported: 3,
         }) => {}
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }

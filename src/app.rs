@@ -1,7 +1,7 @@
 //! The state every part of a running server shares: configuration, the hub,
 //! the broker, the store and the token keys.
 
-use crate::auth::Tokens;
+use crate::auth::{Accounts, Tokens};
 use crate::broker::Broker;
 use crate::config::Config;
 use crate::hub::{Audience, Connection, Delivery, Hub, OutFrame};
@@ -16,6 +16,7 @@ pub struct App {
     pub broker: Arc<dyn Broker>,
     pub store: Arc<dyn MessageStore>,
     pub tokens: Tokens,
+    pub accounts: Accounts,
 }
 
 impl App {

@@ -136,6 +136,71 @@ pub struct ServeArgs {
     /// How often retention runs, in ms [default: 60000].
     #[arg(long, env = "ROOMCAST_RETENTION_INTERVAL_MS")]
     pub retention_interval_ms: Option<u64>,
+
+    /// Lifetime of tokens issued by `POST /api/login` [default: 24h].
+    #[arg(long, env = "ROOMCAST_TOKEN_TTL")]
+    pub token_ttl: Option<String>,
+
+    /// After a connection's token expires, how long it has to send a new one
+    /// before it is closed with 1008, in ms [default: 30000].
+    #[arg(long, env = "ROOMCAST_TOKEN_GRACE_MS")]
+    pub token_grace_ms: Option<u64>,
+
+    /// PEM public key (RSA or EC) that verifies RS256/ES256 tokens minted by
+    /// another backend.
+    #[arg(long, env = "ROOMCAST_JWT_PUBLIC_KEY")]
+    pub jwt_public_key: Option<PathBuf>,
+
+    /// Rooms must be created with `POST /api/rooms`; joining an unknown room
+    /// is `not_found` instead of creating it.
+    #[arg(long, env = "ROOMCAST_NO_ROOM_AUTO_CREATE")]
+    #[serde(default)]
+    pub no_room_auto_create: bool,
+
+    /// Frames per second one connection may send (ping excepted); 0 = no
+    /// limit [default: 100].
+    #[arg(long, env = "ROOMCAST_RATE_LIMIT_MESSAGES")]
+    pub rate_limit_messages: Option<u32>,
+
+    /// Frames a connection may send at once above the rate [default: 200].
+    #[arg(long, env = "ROOMCAST_RATE_LIMIT_BURST")]
+    pub rate_limit_burst: Option<u32>,
+
+    /// Open connections per user; more are closed with 4004; 0 = no limit
+    /// [default: 32].
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_USER")]
+    pub max_connections_per_user: Option<usize>,
+
+    /// Open connections per client IP; more are closed with 4004; 0 = no
+    /// limit [default: 1000].
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_IP")]
+    pub max_connections_per_ip: Option<usize>,
+
+    /// Rooms one connection may be in at once [default: 100].
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION")]
+    pub max_rooms_per_connection: Option<usize>,
+
+    /// Failed logins allowed per client IP per minute; more wait
+    /// (`rate_limited`, HTTP 429) [default: 10].
+    #[arg(long, env = "ROOMCAST_LOGIN_ATTEMPTS_PER_MINUTE")]
+    pub login_attempts_per_minute: Option<u32>,
+
+    /// Largest HTTP request body for the JSON API [default: 65536].
+    #[arg(long, env = "ROOMCAST_MAX_HTTP_BODY_BYTES")]
+    pub max_http_body_bytes: Option<usize>,
+
+    /// Comma-separated browser origins allowed to open WebSockets (e.g.
+    /// `https://chat.example.com`); others are closed with 1008 [default: any].
+    #[arg(long, env = "ROOMCAST_ALLOWED_ORIGINS", value_delimiter = ',')]
+    pub allowed_origins: Option<Vec<String>>,
+
+    /// PEM certificate chain: serve HTTPS and WSS directly (with --tls-key).
+    #[arg(long, env = "ROOMCAST_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "ROOMCAST_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// Where messages are stored.
@@ -193,6 +258,21 @@ pub struct Config {
     pub max_pending_writes: usize,
     pub retention: Retention,
     pub retention_interval: Duration,
+    pub token_ttl: Duration,
+    pub token_grace: Duration,
+    pub jwt_public_key: Option<PathBuf>,
+    pub room_auto_create: bool,
+    /// Frames per second per connection; `None` = no limit.
+    pub rate_limit: Option<(u32, u32)>,
+    pub max_connections_per_user: Option<usize>,
+    pub max_connections_per_ip: Option<usize>,
+    pub max_rooms_per_connection: usize,
+    pub login_attempts_per_minute: u32,
+    pub max_http_body_bytes: usize,
+    /// Allowed `Origin` values; empty = any.
+    pub allowed_origins: Vec<String>,
+    /// Certificate and key files, for TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for Config {
@@ -258,6 +338,44 @@ impl Config {
                     })?,
             },
             retention_interval: Duration::from_millis(args.retention_interval_ms.unwrap_or(60_000)),
+            token_ttl: match args.token_ttl.as_deref() {
+                Some(text) => parse_duration(text).map_err(|reason| ConfigError::Invalid {
+                    name: "token_ttl",
+                    reason,
+                })?,
+                None => Duration::from_secs(86_400),
+            },
+            token_grace: Duration::from_millis(args.token_grace_ms.unwrap_or(30_000)),
+            jwt_public_key: args.jwt_public_key,
+            room_auto_create: !args.no_room_auto_create,
+            rate_limit: match args.rate_limit_messages.unwrap_or(100) {
+                0 => None,
+                rate => Some((rate, args.rate_limit_burst.unwrap_or(200).max(1))),
+            },
+            max_connections_per_user: Some(args.max_connections_per_user.unwrap_or(32))
+                .filter(|n| *n > 0),
+            max_connections_per_ip: Some(args.max_connections_per_ip.unwrap_or(1000))
+                .filter(|n| *n > 0),
+            max_rooms_per_connection: args.max_rooms_per_connection.unwrap_or(100),
+            login_attempts_per_minute: args.login_attempts_per_minute.unwrap_or(10),
+            max_http_body_bytes: args.max_http_body_bytes.unwrap_or(65_536),
+            allowed_origins: args
+                .allowed_origins
+                .unwrap_or_default()
+                .into_iter()
+                .map(|origin| origin.trim().trim_end_matches('/').to_owned())
+                .filter(|origin| !origin.is_empty())
+                .collect(),
+            tls: match (args.tls_cert, args.tls_key) {
+                (Some(cert), Some(key)) => Some((cert, key)),
+                (None, None) => None,
+                _ => {
+                    return Err(ConfigError::Invalid {
+                        name: "tls_cert",
+                        reason: "--tls-cert and --tls-key go together".into(),
+                    });
+                }
+            },
         };
         config.validate()?;
         Ok(config)
@@ -302,6 +420,15 @@ impl Config {
         }
         if self.retention_interval.is_zero() {
             return Err(invalid("retention_interval_ms", "must be at least 1"));
+        }
+        if self.max_rooms_per_connection == 0 {
+            return Err(invalid("max_rooms_per_connection", "must be at least 1"));
+        }
+        if self.login_attempts_per_minute == 0 {
+            return Err(invalid("login_attempts_per_minute", "must be at least 1"));
+        }
+        if self.max_http_body_bytes < 1024 {
+            return Err(invalid("max_http_body_bytes", "must be at least 1024"));
         }
         if self.jwt_secret.len() < 8 {
             return Err(invalid("jwt_secret", "must be at least 8 bytes"));
@@ -348,6 +475,26 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),
         retention_max_age: args.retention_max_age.or(file.retention_max_age),
         retention_interval_ms: args.retention_interval_ms.or(file.retention_interval_ms),
+        token_ttl: args.token_ttl.or(file.token_ttl),
+        token_grace_ms: args.token_grace_ms.or(file.token_grace_ms),
+        jwt_public_key: args.jwt_public_key.or(file.jwt_public_key),
+        no_room_auto_create: args.no_room_auto_create || file.no_room_auto_create,
+        rate_limit_messages: args.rate_limit_messages.or(file.rate_limit_messages),
+        rate_limit_burst: args.rate_limit_burst.or(file.rate_limit_burst),
+        max_connections_per_user: args
+            .max_connections_per_user
+            .or(file.max_connections_per_user),
+        max_connections_per_ip: args.max_connections_per_ip.or(file.max_connections_per_ip),
+        max_rooms_per_connection: args
+            .max_rooms_per_connection
+            .or(file.max_rooms_per_connection),
+        login_attempts_per_minute: args
+            .login_attempts_per_minute
+            .or(file.login_attempts_per_minute),
+        max_http_body_bytes: args.max_http_body_bytes.or(file.max_http_body_bytes),
+        allowed_origins: args.allowed_origins.or(file.allowed_origins),
+        tls_cert: args.tls_cert.or(file.tls_cert),
+        tls_key: args.tls_key.or(file.tls_key),
     }
 }
 

@@ -13,7 +13,8 @@
 //! - [`session`]: the task per WebSocket — read, dispatch, write, heartbeat, close.
 //! - [`handlers`]: one file per client message type.
 //! - [`store`]: durable messages, rooms and events; SQLite with group commit.
-//! - [`auth`]: JWT verification and minting.
+//! - [`auth`]: tokens (JWT), password hashing, accounts.
+//! - [`limits`]: token buckets for rate limits.
 //! - [`server`]: the HTTP router, the upgrade, the HTTP API and metrics.
 //! - [`app`]: the shared state handed to all of the above.
 
@@ -23,13 +24,14 @@ pub mod broker;
 pub mod config;
 pub mod handlers;
 pub mod hub;
+pub mod limits;
 pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
 
 use app::App;
-use auth::Tokens;
+use auth::{Accounts, Tokens};
 use broker::LocalBroker;
 use config::{Config, DatabaseLocation};
 use hub::Hub;
@@ -51,6 +53,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("server I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Auth(#[from] auth::AuthError),
 }
 
 /// Opens the message store the configuration names.
@@ -77,8 +81,19 @@ pub async fn serve(
         config.retention_interval,
     ));
     let hub = Arc::new(Hub::new(config.outbox_capacity));
+    let mut tokens = Tokens::new(&config.jwt_secret);
+    if let Some(path) = &config.jwt_public_key {
+        tokens = tokens.with_public_key(path)?;
+    }
+    let accounts = Accounts::new(
+        store.clone(),
+        tokens.clone(),
+        config.token_ttl,
+        config.login_attempts_per_minute,
+    );
     let app = Arc::new(App {
-        tokens: Tokens::new(&config.jwt_secret),
+        tokens,
+        accounts,
         broker: Arc::new(LocalBroker::new(hub.clone())),
         hub: hub.clone(),
         store: store.clone(),

@@ -1,7 +1,7 @@
 //! The `roomcast` command line: `serve` runs the server, `token` mints a token.
 
 use clap::{Args, Parser, Subcommand};
-use roomcast::auth::Tokens;
+use roomcast::auth::{Accounts, Tokens};
 use roomcast::config::{Config, ServeArgs};
 use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
@@ -23,6 +23,30 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a signed token, for a backend or for trying the server out.
     Token(TokenArgs),
+    /// Manage accounts stored by the server.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create an account. The password is read from standard input (one
+    /// line), or asked for without echo on a terminal; never from the
+    /// command line.
+    Add {
+        /// Username: 2..32 letters, digits, `_`, `.` or `-`.
+        name: String,
+        /// `user`, `assistant` or `admin`.
+        #[arg(long, default_value = "user")]
+        role: String,
+        #[command(flatten)]
+        store: Box<ServeArgs>,
+    },
+    /// List accounts.
+    List {
+        #[command(flatten)]
+        store: Box<ServeArgs>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -48,6 +72,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::User(command) => match user_command(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("roomcast: {err}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Token(args) => {
             let tokens = Tokens::new(&args.jwt_secret);
             println!(
@@ -57,6 +88,62 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn user_command(command: UserCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Runtime::new()?;
+    match command {
+        UserCommand::Add { name, role, store } => {
+            let config = Config::load(*store)?;
+            let password = read_password(&name)?;
+            runtime.block_on(async {
+                let store = roomcast::open_store(&config).await?;
+                let accounts = Accounts::new(
+                    store.clone(),
+                    Tokens::new(&config.jwt_secret),
+                    config.token_ttl,
+                    config.login_attempts_per_minute,
+                );
+                let account = accounts.register(&name, &password, &role).await?;
+                store.flush().await?;
+                println!(
+                    "created {} ({}, role {})",
+                    account.username, account.id, account.role
+                );
+                Ok::<(), Box<dyn std::error::Error>>(())
+            })
+        }
+        UserCommand::List { store } => {
+            let config = Config::load(*store)?;
+            runtime.block_on(async {
+                let store = roomcast::open_store(&config).await?;
+                for account in store.list_accounts().await? {
+                    println!(
+                        "{}\t{}\t{}\t{}",
+                        account.username, account.id, account.role, account.created_at
+                    );
+                }
+                Ok::<(), Box<dyn std::error::Error>>(())
+            })
+        }
+    }
+}
+
+/// A password from a prompt without echo on a terminal, else one line of
+/// standard input.
+fn read_password(name: &str) -> Result<String, Box<dyn std::error::Error>> {
+    use std::io::{BufRead, IsTerminal};
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("password for {name}: "))?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.is_empty() {
+        return Err("no password given on standard input".into());
+    }
+    Ok(password)
 }
 
 fn serve(args: ServeArgs) -> ExitCode {

@@ -1,8 +1,16 @@
-//! Tokens: verifying the JWTs clients present, and minting them.
+//! Who is who: verifying the JWTs clients present and minting them
+//! ([`Tokens`]), hashing passwords ([`password`]), and accounts stored by the
+//! server ([`Accounts`]).
 //!
-//! Tokens are HS256 JWTs signed with the server's secret. The algorithm is
-//! pinned (a token that names another algorithm, `none` included, is refused),
-//! and `exp` and `sub` are required.
+//! Tokens are HS256 JWTs signed with the server's secret, or RS256/ES256 JWTs
+//! signed by an existing backend whose public key is configured. Each
+//! algorithm is bound to its key and nothing else is accepted (`none`
+//! included); `exp` and `sub` are required.
+
+mod accounts;
+pub mod password;
+
+pub use accounts::{Accounts, Login, LoginError, RegisterError, account_user, valid_username};
 
 use crate::hub::{Identity, Role};
 use crate::protocol::{Timestamp, User, UserKind};
@@ -25,6 +33,8 @@ pub enum AuthError {
     UnknownRole(String),
     #[error("invalid username or password")]
     BadCredentials,
+    #[error("cannot read the JWT public key {path}: {reason}")]
+    PublicKey { path: String, reason: String },
 }
 
 /// Claims roomcast reads from a token.
@@ -42,12 +52,22 @@ pub struct Claims {
     pub role: Option<String>,
 }
 
-/// Verifies and mints tokens with one secret.
+/// A public key that verifies tokens minted by another backend.
+#[derive(Clone)]
+struct PublicKey {
+    algorithm: Algorithm,
+    key: DecodingKey,
+    validation: Validation,
+}
+
+/// Verifies tokens (HS256 with the secret, and RS256/ES256 with a public key
+/// where one is configured) and mints HS256 tokens.
 #[derive(Clone)]
 pub struct Tokens {
     decoding: DecodingKey,
     encoding: EncodingKey,
     validation: Validation,
+    public: Option<PublicKey>,
 }
 
 impl std::fmt::Debug for Tokens {
@@ -56,25 +76,61 @@ impl std::fmt::Debug for Tokens {
     }
 }
 
+fn validation_for(algorithm: Algorithm) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.set_required_spec_claims(&["exp", "sub"]);
+    // An expired token is expired: no grace beyond `exp`.
+    validation.leeway = 0;
+    validation
+}
+
 impl Tokens {
     pub fn new(secret: &str) -> Tokens {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_required_spec_claims(&["exp", "sub"]);
-        // An expired token is expired: no grace beyond `exp`.
-        validation.leeway = 0;
         Tokens {
             decoding: DecodingKey::from_secret(secret.as_bytes()),
             encoding: EncodingKey::from_secret(secret.as_bytes()),
-            validation,
+            validation: validation_for(Algorithm::HS256),
+            public: None,
         }
+    }
+
+    /// Also accepts RS256 or ES256 tokens signed with the private half of the
+    /// PEM public key in `path` (the algorithm follows from the key type).
+    pub fn with_public_key(mut self, path: &std::path::Path) -> Result<Tokens, AuthError> {
+        let failure = |reason: String| AuthError::PublicKey {
+            path: path.display().to_string(),
+            reason,
+        };
+        let pem = std::fs::read(path).map_err(|err| failure(err.to_string()))?;
+        let (algorithm, key) = match DecodingKey::from_rsa_pem(&pem) {
+            Ok(key) => (Algorithm::RS256, key),
+            Err(_) => match DecodingKey::from_ec_pem(&pem) {
+                Ok(key) => (Algorithm::ES256, key),
+                Err(err) => return Err(failure(format!("not an RSA or EC public key: {err}"))),
+            },
+        };
+        self.public = Some(PublicKey {
+            algorithm,
+            key,
+            validation: validation_for(algorithm),
+        });
+        Ok(self)
     }
 
     /// Checks a token and returns who it names.
     pub fn verify(&self, token: &str) -> Result<Identity, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|err| match err.kind() {
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
-                _ => AuthError::Invalid(err),
+        let header = jsonwebtoken::decode_header(token).map_err(AuthError::Invalid)?;
+        let (key, validation) = match &self.public {
+            Some(public) if header.alg == public.algorithm => (&public.key, &public.validation),
+            // Anything else must be HS256; `decode` refuses other algorithms.
+            _ => (&self.decoding, &self.validation),
+        };
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, validation).map_err(|err| {
+                match err.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => AuthError::Expired,
+                    _ => AuthError::Invalid(err),
+                }
             })?;
         identity_from_claims(data.claims)
     }
@@ -119,6 +175,11 @@ fn identity_from_claims(claims: Claims) -> Result<Identity, AuthError> {
             kind,
         },
         role,
+        expires_at: Some(Timestamp(
+            i64::try_from(claims.exp)
+                .unwrap_or(i64::MAX / 1000)
+                .saturating_mul(1000),
+        )),
     })
 }
 

@@ -5,9 +5,9 @@
 
 use super::{HandlerError, announce_departures, announce_offline, announce_online};
 use crate::app::App;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, LoginError};
 use crate::hub::{Connection, ConnectionState, Identity};
-use crate::protocol::{Authentication, ServerMessage};
+use crate::protocol::{Authentication, CloseReason, ServerMessage};
 use crate::session::Session;
 
 pub async fn authenticate(
@@ -16,15 +16,28 @@ pub async fn authenticate(
     request: Authentication,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let identity = match request.token {
-        Some(token) => app.tokens.verify(&token),
-        // Accounts with passwords are not stored by this build, so no
-        // username and password can match.
-        None => Err(AuthError::BadCredentials),
-    }
-    .map_err(HandlerError::AuthFailed)?;
+    let identity = match (request.token, request.username, request.password) {
+        (Some(token), _, _) => app
+            .tokens
+            .verify(&token)
+            .map_err(HandlerError::AuthFailed)?,
+        (None, Some(username), Some(password)) => {
+            let client = session.connection.client_addr.ip();
+            match app.accounts.login(client, &username, &password).await {
+                Ok(login) => login.identity,
+                Err(LoginError::RateLimited(wait)) => return Err(HandlerError::RateLimited(wait)),
+                Err(LoginError::BadCredentials) => {
+                    return Err(HandlerError::AuthFailed(AuthError::BadCredentials));
+                }
+                Err(LoginError::Store(err)) => return Err(HandlerError::Store(err)),
+            }
+        }
+        _ => return Err(HandlerError::AuthFailed(AuthError::BadCredentials)),
+    };
     let user = identity.user.clone();
-    log_in(app, &session.connection, identity);
+    if !log_in(app, &session.connection, identity) {
+        return Ok(());
+    }
     app.send(
         &session.connection,
         &ServerMessage::AuthSuccess {
@@ -39,7 +52,20 @@ pub async fn authenticate(
 /// Makes `identity` the connection's user and announces the change: a new
 /// user's first connection gets `user_join`, a replaced user's last one
 /// `user_leave`. A connection that changes user leaves its rooms first.
-pub fn log_in(app: &App, connection: &Connection, identity: Identity) {
+///
+/// Returns false (and closes the connection with 4004) when the user already
+/// has as many connections as allowed.
+pub fn log_in(app: &App, connection: &Connection, identity: Identity) -> bool {
+    let same_user = connection
+        .user()
+        .is_some_and(|user| user.id == identity.user.id);
+    if let Some(limit) = app.config.max_connections_per_user
+        && !same_user
+        && app.hub.user_connections(&identity.user.id) >= limit
+    {
+        connection.close(CloseReason::CONNECTION_LIMIT);
+        return false;
+    }
     if connection.user().as_ref() != Some(&identity.user) {
         let departures = app.hub.leave_all_rooms(connection);
         announce_departures(app, &departures);
@@ -52,4 +78,5 @@ pub fn log_in(app: &App, connection: &Connection, identity: Identity) {
     if let Some(user) = change.joined {
         announce_online(app, &user, &connection.id);
     }
+    true
 }

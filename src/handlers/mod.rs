@@ -20,6 +20,7 @@ mod typing;
 mod users;
 
 pub use auth::log_in;
+pub use rooms::may_enter;
 
 use crate::app::App;
 use crate::auth::AuthError;
@@ -48,6 +49,8 @@ pub enum HandlerError {
     FileTypeNotAllowed(&'static str),
     #[error("{0}")]
     AiUnavailable(&'static str),
+    #[error("too many requests: retry in {} ms", .0.as_millis())]
+    RateLimited(std::time::Duration),
     #[error("storage failed: {0}")]
     Store(#[from] StoreError),
 }
@@ -64,8 +67,19 @@ impl HandlerError {
             HandlerError::AuthFailed(_) => ErrorCode::AuthFailed,
             HandlerError::FileTypeNotAllowed(_) => ErrorCode::FileTypeNotAllowed,
             HandlerError::AiUnavailable(_) => ErrorCode::AiUnavailable,
+            HandlerError::RateLimited(_) => ErrorCode::RateLimited,
             HandlerError::Store(StoreError::ReplyToNotFound) => ErrorCode::NotFound,
             HandlerError::Store(_) => ErrorCode::InternalError,
+        }
+    }
+
+    /// `retry_after_ms` of a `rate_limited` error.
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            HandlerError::RateLimited(wait) => {
+                Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
+            }
+            _ => None,
         }
     }
 
@@ -95,7 +109,7 @@ pub async fn dispatch(
         }
         ClientMessage::ChatMessage(request) => chat::send(app, session, request, reference),
         ClientMessage::UserTyping(request) => typing::typing(app, session, request),
-        ClientMessage::UserJoin(request) => users::join(app, session, request, reference),
+        ClientMessage::UserJoin(request) => users::join(app, session, request, reference).await,
         ClientMessage::UserLeave => users::leave(app, session, reference),
         ClientMessage::RoomJoin(request) => rooms::join(app, session, request, reference).await,
         ClientMessage::RoomLeave(request) => rooms::leave(app, session, request, reference),
@@ -170,6 +184,7 @@ pub fn send_error(
     connection: &Connection,
     code: ErrorCode,
     message: &str,
+    retry_after_ms: Option<u64>,
     reference: Option<&str>,
 ) {
     app.hub.stats().count_error(code);
@@ -178,7 +193,7 @@ pub fn send_error(
         &ServerMessage::Error {
             error_code: code,
             message,
-            retry_after_ms: None,
+            retry_after_ms,
         },
         reference,
     );
@@ -191,6 +206,7 @@ pub fn report(app: &App, connection: &Connection, error: &HandlerError, referenc
         connection,
         error.code(),
         &error.client_message(),
+        error.retry_after_ms(),
         reference,
     );
 }

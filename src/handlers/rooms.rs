@@ -3,9 +3,10 @@
 use super::{HandlerError, announce_departures, speaker};
 use crate::app::App;
 use crate::hub::Audience;
+use crate::hub::Role;
 use crate::protocol::{PresenceEvent, RoomJoin, RoomLeave, ServerMessage};
 use crate::session::Session;
-use crate::store::Page;
+use crate::store::{Page, RoomRecord, StoreError};
 
 pub async fn join(
     app: &App,
@@ -16,7 +17,26 @@ pub async fn join(
     let connection = &session.connection;
     let user = speaker(connection)?;
     let room = request.room;
-    app.store.ensure_room(&room).await?;
+    let limit = app.config.max_rooms_per_connection;
+    if !connection.in_room(&room) && connection.room_count() >= limit {
+        return Err(HandlerError::Forbidden(format!(
+            "this connection is in {limit} rooms, the most allowed: leave one first"
+        )));
+    }
+    let record = if app.config.room_auto_create {
+        app.store.ensure_room(&room).await?
+    } else {
+        app.store
+            .room(&room)
+            .await?
+            .ok_or_else(|| HandlerError::NotFound(format!("no room `{room}`")))?
+    };
+    let role = connection.role().unwrap_or(Role::User);
+    if !may_enter(app, &record, &user.id, role).await? {
+        return Err(HandlerError::Forbidden(format!(
+            "room `{room}` is private: ask its owner to add you"
+        )));
+    }
     // Join before reading history, so that a message stored in between is
     // broadcast to this connection rather than lost (it may arrive twice:
     // clients de-duplicate by id).
@@ -61,6 +81,20 @@ pub async fn join(
         );
     }
     Ok(())
+}
+
+/// Whether a user may join (and so read) a room: anyone for a public room;
+/// for a private one, its owner, its members, and administrators.
+pub async fn may_enter(
+    app: &App,
+    record: &RoomRecord,
+    user_id: &str,
+    role: Role,
+) -> Result<bool, StoreError> {
+    if !record.private || role == Role::Admin || record.owner_id.as_deref() == Some(user_id) {
+        return Ok(true);
+    }
+    app.store.is_member(&record.name, user_id).await
 }
 
 pub fn leave(

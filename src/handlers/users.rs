@@ -11,7 +11,7 @@ use crate::session::Session;
 /// Names nobody may take as a guest: they would impersonate the server.
 const RESERVED_NAMES: [&str; 3] = ["system", "assistant", "roomcast"];
 
-pub fn join(
+pub async fn join(
     app: &App,
     session: &Session,
     request: UserJoin,
@@ -35,6 +35,10 @@ pub fn join(
     if reserved || (taken_by_other && app.hub.name_in_use(&wanted)) {
         return Err(HandlerError::UsernameTaken(wanted));
     }
+    // A guest never takes the name of a registered account, online or not.
+    if app.accounts.is_registered(&wanted).await? {
+        return Err(HandlerError::UsernameTaken(wanted));
+    }
     let identity = Identity {
         user: User {
             id: format!("{GUEST_ID_PREFIX}{}", connection.id).into(),
@@ -42,6 +46,7 @@ pub fn join(
             kind: UserKind::Guest,
         },
         role: Role::User,
+        expires_at: None,
     };
     if renaming {
         // Room membership is kept per user as others saw it: a renamed

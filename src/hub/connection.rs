@@ -52,11 +52,14 @@ pub enum Role {
     Admin,
 }
 
-/// Who is on a connection: the user object others see, and the role.
+/// Who is on a connection: the user object others see, the role, and when
+/// the credential that proved it runs out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
     pub user: User,
     pub role: Role,
+    /// Expiry of the token the connection logged in with; `None` for guests.
+    pub expires_at: Option<Timestamp>,
 }
 
 /// What happened to a frame handed to [`Connection::deliver`].
@@ -196,6 +199,24 @@ impl Connection {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// When the connection's token expires, if it has one.
+    pub fn expires_at(&self) -> Option<Timestamp> {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|identity| identity.expires_at)
+    }
+
+    /// The connection's role, if it is logged in.
+    pub fn role(&self) -> Option<Role> {
+        self.identity
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|identity| identity.role)
     }
 
     pub fn user(&self) -> Option<User> {

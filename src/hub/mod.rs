@@ -24,8 +24,8 @@ use room::Room;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -158,6 +158,11 @@ pub struct Hub {
     connections: Sharded<Arc<Connection>>,
     rooms: Sharded<Arc<Room>>,
     online: Mutex<Online>,
+    /// Open connections per client IP, for the per-IP limit.
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Set by [`Hub::close_all`]: connections registered from then on are
+    /// closed at once.
+    closing: AtomicBool,
     stats: HubStats,
 }
 
@@ -170,6 +175,8 @@ impl Hub {
             connections: Sharded::new(),
             rooms: Sharded::new(),
             online: Mutex::new(Online::default()),
+            per_ip: Mutex::new(HashMap::new()),
+            closing: AtomicBool::new(false),
             stats: HubStats::default(),
         }
     }
@@ -190,8 +197,37 @@ impl Hub {
         let (connection, outbox) =
             Connection::new(id.clone(), client_addr, user_agent, self.outbox_capacity);
         self.connections.write(&id).insert(id, connection.clone());
+        *self
+            .per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(client_addr.ip())
+            .or_insert(0) += 1;
         self.stats.connection_opened();
+        if self.closing.load(Ordering::Acquire) {
+            connection.close(CloseReason::SHUTTING_DOWN);
+        }
         (connection, outbox)
+    }
+
+    /// Open connections from this IP address, the caller's included.
+    pub fn connections_from(&self, ip: IpAddr) -> usize {
+        self.per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&ip)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Announced connections of this user.
+    pub fn user_connections(&self, user_id: &str) -> usize {
+        self.online
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .users
+            .get(user_id)
+            .map_or(0, |(_, count)| *count)
     }
 
     /// Removes a closed connection: it leaves its rooms and the online list.
@@ -205,6 +241,14 @@ impl Hub {
         let change = self.replace_identity(connection, None);
         if removed.is_some() {
             self.stats.connection_closed();
+            let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+            let ip = connection.client_addr.ip();
+            if let Some(count) = per_ip.get_mut(&ip) {
+                *count -= 1;
+                if *count == 0 {
+                    per_ip.remove(&ip);
+                }
+            }
         }
         (departures, change.left)
     }
@@ -448,8 +492,10 @@ impl Hub {
         }
     }
 
-    /// Asks every connection to close with `reason` (shutdown).
+    /// Asks every connection to close with `reason` (shutdown), and any
+    /// connection registered later too.
     pub fn close_all(&self, reason: CloseReason) {
+        self.closing.store(true, Ordering::Release);
         for connection in self.connections() {
             connection.close(reason);
         }
@@ -475,6 +521,7 @@ mod tests {
                 kind: UserKind::User,
             },
             role: Role::User,
+            expires_at: None,
         }
     }
 

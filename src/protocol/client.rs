@@ -31,6 +31,8 @@ pub struct Rejection {
     pub code: ErrorCode,
     pub message: String,
     pub reference: Option<String>,
+    /// For `rate_limited`: how long to wait before trying again.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl Rejection {
@@ -39,6 +41,7 @@ impl Rejection {
             code,
             message: message.into(),
             reference: None,
+            retry_after_ms: None,
         }
     }
 
@@ -48,6 +51,11 @@ impl Rejection {
 
     pub fn with_reference(mut self, reference: Option<String>) -> Self {
         self.reference = reference;
+        self
+    }
+
+    pub fn with_retry_after(mut self, retry_after_ms: Option<u64>) -> Self {
+        self.retry_after_ms = retry_after_ms;
         self
     }
 }

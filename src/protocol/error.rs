@@ -23,11 +23,14 @@ pub enum ErrorCode {
     AiUnavailable,
     AiTimeout,
     InternalError,
+    /// Extension: the connection's token expired; send `authentication`
+    /// with a fresh one before the grace period ends.
+    TokenExpired,
 }
 
 impl ErrorCode {
     /// Every code, in a fixed order; statistics index counters by position.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidJson,
         ErrorCode::UnknownType,
         ErrorCode::ValidationError,
@@ -43,6 +46,7 @@ impl ErrorCode {
         ErrorCode::AiUnavailable,
         ErrorCode::AiTimeout,
         ErrorCode::InternalError,
+        ErrorCode::TokenExpired,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -62,6 +66,7 @@ impl ErrorCode {
             ErrorCode::AiUnavailable => "ai_unavailable",
             ErrorCode::AiTimeout => "ai_timeout",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::TokenExpired => "token_expired",
         }
     }
 
@@ -89,6 +94,14 @@ impl CloseReason {
     pub const POLICY: CloseReason = CloseReason {
         code: 1008,
         reason: "too many failed authentications",
+    };
+    pub const ORIGIN_REFUSED: CloseReason = CloseReason {
+        code: 1008,
+        reason: "origin not allowed",
+    };
+    pub const TOKEN_EXPIRED: CloseReason = CloseReason {
+        code: 1008,
+        reason: "token expired",
     };
     pub const FRAME_TOO_BIG: CloseReason = CloseReason {
         code: 1009,

@@ -1,15 +1,15 @@
 //! The JSON HTTP API: statistics for administrators, and room history for
 //! users.
 
-use super::ApiError;
-use super::ws::bearer_token;
+use super::{ApiError, require_admin, require_user};
 use crate::app::App;
-use crate::hub::{Connection, Role};
-use crate::protocol::{GLOBAL_ROOM, Timestamp, validate_room_name};
-use crate::store::Page;
+use crate::handlers::may_enter;
+use crate::hub::Connection;
+use crate::protocol::{CloseReason, ErrorCode, GLOBAL_ROOM, validate_room_name};
+use crate::store::{Page, RoomRecord};
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -17,33 +17,6 @@ use std::sync::Arc;
 /// Largest `limit` of a history page over HTTP, as over the WebSocket.
 const MAX_HISTORY_LIMIT: usize = 200;
 const DEFAULT_HISTORY_LIMIT: usize = 50;
-
-/// Lets the request through if it carries the admin key, or a token with the
-/// `admin` role.
-fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(presented) = bearer_token(headers) else {
-        return Err(ApiError::unauthorized(
-            "admin key required (Authorization: Bearer <key>)",
-        ));
-    };
-    if let Some(key) = &app.config.admin_key
-        && constant_time_eq(presented.as_bytes(), key.as_bytes())
-    {
-        return Ok(());
-    }
-    match app.tokens.verify(presented) {
-        Ok(identity) if identity.role == Role::Admin => Ok(()),
-        _ => Err(ApiError::unauthorized("invalid admin key")),
-    }
-}
-
-/// Compares secrets in time that depends only on their lengths.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
 
 /// `GET /api/stats`.
 pub async fn stats(
@@ -113,19 +86,38 @@ pub async fn room_stats(
         "room": room,
         "users": users,
         "connection_count": app.hub.room_connection_count(&room),
-        "created_at": record,
+        "created_at": record.created_at,
+        "private": record.private,
+        "owner_id": record.owner_id,
     })))
 }
 
-/// The room's creation time, or 404 if no such room exists.
-async fn known_room(app: &App, room: &str) -> Result<Timestamp, ApiError> {
+/// The room's record, or 404 if no such room exists.
+async fn known_room(app: &App, room: &str) -> Result<RoomRecord, ApiError> {
     if !validate_room_name(room) {
         return Err(ApiError::not_found(format!("no room `{room}`")));
     }
-    match app.store.room(room).await.map_err(ApiError::internal)? {
-        Some(record) => Ok(record.created_at),
-        None => Err(ApiError::not_found(format!("no room `{room}`"))),
-    }
+    app.store
+        .room(room)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found(format!("no room `{room}`")))
+}
+
+/// `POST /api/connections/{id}/kick` (admin): closes the connection with 4003.
+pub async fn kick(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let connection = app
+        .hub
+        .get(&id)
+        .filter(|connection| connection.close_requested().is_none())
+        .ok_or_else(|| ApiError::not_found(format!("no connection `{id}`")))?;
+    connection.close(CloseReason::KICKED);
+    Ok(Json(json!({ "kicked": id })))
 }
 
 /// `GET /api/rooms/{room}/messages?before_id&after_id&limit`: a page of
@@ -136,15 +128,19 @@ pub async fn room_messages(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
-    let token = bearer_token(&headers)
-        .ok_or_else(|| ApiError::unauthorized("token required (Authorization: Bearer <token>)"))?;
-    app.tokens
-        .verify(token)
-        .map_err(|err| ApiError::unauthorized(err.to_string()))?;
+    let identity = require_user(&app, &headers)?;
     if room != GLOBAL_ROOM {
-        known_room(&app, &room).await?;
-    } else if !validate_room_name(&room) {
-        return Err(ApiError::not_found(format!("no room `{room}`")));
+        let record = known_room(&app, &room).await?;
+        if !may_enter(&app, &record, &identity.user.id, identity.role)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("room `{room}` is private"),
+            ));
+        }
     }
     let id = |name: &str| -> Result<Option<i64>, ApiError> {
         query
@@ -187,16 +183,4 @@ pub async fn room_messages(
         "messages": found.messages,
         "has_more": found.has_more,
     })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn compares_secrets() {
-        assert!(constant_time_eq(b"key", b"key"));
-        assert!(!constant_time_eq(b"key", b"kez"));
-        assert!(!constant_time_eq(b"key", b"keys"));
-    }
 }

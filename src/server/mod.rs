@@ -4,21 +4,29 @@
 //! store, and shape the answer. Errors become `{"error_code","message"}`
 //! bodies through [`ApiError`], in one place.
 
+mod accounts;
 mod api;
 mod metrics;
+mod rooms;
 mod ws;
 
 use crate::app::App;
+use crate::hub::{Identity, Role};
 use crate::protocol::ErrorCode;
 use axum::Json;
 use axum::Router;
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get, post};
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
+use std::time::Duration;
+use ws::bearer_token;
 
 /// Builds the router for a server.
 pub fn router(app: Arc<App>) -> Router {
+    let body_limit = app.config.max_http_body_bytes;
     Router::new()
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(health))
@@ -26,7 +34,81 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/stats", get(api::stats))
         .route("/api/rooms/{room}/stats", get(api::room_stats))
         .route("/api/rooms/{room}/messages", get(api::room_messages))
+        .route("/api/connections/{id}/kick", post(api::kick))
+        .route("/api/users", post(accounts::register))
+        .route("/api/login", post(accounts::login))
+        .route("/api/rooms", post(rooms::create))
+        .route("/api/rooms/{room}/members", post(rooms::add_member))
+        .route(
+            "/api/rooms/{room}/members/{user_id}",
+            delete(rooms::remove_member),
+        )
+        .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+/// A JSON request body whose errors are answered in the API's own format
+/// (400 with the field named, 413 when too large).
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        ErrorCode::ValidationError,
+                        "request body is too large",
+                    )
+                } else {
+                    ApiError::bad_request(rejection.body_text())
+                }
+            })?;
+        let mut deserializer = serde_json::Deserializer::from_slice(&bytes);
+        serde_path_to_error::deserialize(&mut deserializer)
+            .map(JsonBody)
+            .map_err(|err| ApiError::bad_request(format!("invalid JSON body: {err}")))
+    }
+}
+
+/// The identity of a request's `Authorization: Bearer <token>`.
+pub fn require_user(app: &App, headers: &HeaderMap) -> Result<Identity, ApiError> {
+    let token = bearer_token(headers)
+        .ok_or_else(|| ApiError::unauthorized("token required (Authorization: Bearer <token>)"))?;
+    app.tokens
+        .verify(token)
+        .map_err(|err| ApiError::unauthorized(err.to_string()))
+}
+
+/// Lets the request through if it carries the admin key, or a token with the
+/// `admin` role.
+pub fn require_admin(app: &App, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(presented) = bearer_token(headers) else {
+        return Err(ApiError::unauthorized(
+            "admin key required (Authorization: Bearer <key>)",
+        ));
+    };
+    if let Some(key) = &app.config.admin_key
+        && constant_time_eq(presented.as_bytes(), key.as_bytes())
+    {
+        return Ok(());
+    }
+    match app.tokens.verify(presented) {
+        Ok(identity) if identity.role == Role::Admin => Ok(()),
+        _ => Err(ApiError::unauthorized("invalid admin key")),
+    }
+}
+
+/// Compares secrets in time that depends only on their lengths.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 async fn health() -> &'static str {
@@ -39,6 +121,7 @@ pub struct ApiError {
     status: StatusCode,
     code: ErrorCode,
     message: String,
+    retry_after_ms: Option<u64>,
 }
 
 impl ApiError {
@@ -47,11 +130,22 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
         ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::AuthFailed, message)
+    }
+
+    pub fn rate_limited(wait: Duration) -> Self {
+        let mut error = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many attempts: wait before trying again",
+        );
+        error.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        error
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -74,10 +168,36 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error_code": self.code.as_str(),
             "message": self.message,
         });
-        (self.status, Json(body)).into_response()
+        let mut response = match self.retry_after_ms {
+            Some(wait) => {
+                body["retry_after_ms"] = wait.into();
+                let seconds = wait.div_ceil(1000).to_string();
+                (
+                    self.status,
+                    [(axum::http::header::RETRY_AFTER, seconds)],
+                    Json(body),
+                )
+                    .into_response()
+            }
+            None => (self.status, Json(body)).into_response(),
+        };
+        response.extensions_mut().insert(self.code);
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn compares_secrets() {
+        assert!(constant_time_eq(b"key", b"key"));
+        assert!(!constant_time_eq(b"key", b"kez"));
+        assert!(!constant_time_eq(b"key", b"keys"));
     }
 }

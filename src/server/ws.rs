@@ -3,11 +3,12 @@
 
 use super::ApiError;
 use crate::app::App;
+use crate::protocol::CloseReason;
 use crate::session;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, USER_AGENT};
+use axum::http::header::{AUTHORIZATION, ORIGIN, USER_AGENT};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -35,6 +36,19 @@ pub async fn upgrade(
         Some(Ok(identity)) => Some(identity),
         Some(Err(err)) => return ApiError::unauthorized(err.to_string()).into_response(),
     };
+    // A browser page from an origin not on the allow-list gets a WebSocket
+    // that is closed at once with 1008, and nothing else.
+    let origin_refused = !app.config.allowed_origins.is_empty()
+        && headers
+            .get(ORIGIN)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|origin| {
+                !app.config
+                    .allowed_origins
+                    .iter()
+                    .any(|allowed| allowed.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+            });
+    let refusal = origin_refused.then_some(CloseReason::ORIGIN_REFUSED);
     let user_agent = headers
         .get(USER_AGENT)
         .and_then(|value| value.to_str().ok())
@@ -44,7 +58,9 @@ pub async fn upgrade(
         .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(max_frame)
         .max_frame_size(max_frame)
-        .on_upgrade(move |socket| session::run(app, socket, client_addr, user_agent, identity))
+        .on_upgrade(move |socket| {
+            session::run(app, socket, client_addr, user_agent, identity, refusal)
+        })
 }
 
 /// The token of an `Authorization: Bearer ...` header.

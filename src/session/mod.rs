@@ -16,9 +16,10 @@ pub use pending::PendingWrites;
 use crate::app::App;
 use crate::handlers::{self, announce_departures, announce_offline, send_error};
 use crate::hub::{Connection, ConnectionState, Identity, OutFrame};
+use crate::limits::TokenBucket;
 use crate::protocol::{
     CloseReason, Envelope, ErrorCode, GLOBAL_ROOM, Limits, MessageType, Rejection, ServerInfo,
-    ServerMessage, WelcomeLimits,
+    ServerMessage, Timestamp, WelcomeLimits,
 };
 use crate::store::Page;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -38,6 +39,20 @@ const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// A deadline that never comes (for timers with nothing to wait for).
+const FAR_FUTURE: Duration = Duration::from_secs(365 * 86_400);
+
+/// The `Instant` of a wall-clock time (far away for `None`).
+fn instant_of(at: Option<Timestamp>) -> Instant {
+    match at {
+        Some(at) => {
+            let from_now = at.as_millis().saturating_sub(Timestamp::now().as_millis());
+            Instant::now() + Duration::from_millis(u64::try_from(from_now).unwrap_or(0))
+        }
+        None => Instant::now() + FAR_FUTURE,
+    }
+}
+
 /// Per-connection state that only the session task touches (the shared part
 /// is the [`Connection`]).
 pub struct Session {
@@ -46,6 +61,8 @@ pub struct Session {
     pub pending_writes: Arc<PendingWrites>,
     /// `auth_failed` errors in a row; reset by a successful authentication.
     failed_authentications: u32,
+    /// Frames this connection may still send (`None`: no limit).
+    rate: Option<TokenBucket>,
 }
 
 /// A frame read from the socket, parsed as far as its envelope.
@@ -66,19 +83,39 @@ pub async fn run(
     client_addr: SocketAddr,
     user_agent: Option<String>,
     identity: Option<Identity>,
+    refusal: Option<CloseReason>,
 ) {
     let (connection, mut outbox) = app.hub.register(client_addr, user_agent);
-    if let Some(identity) = identity {
+    if let Some(reason) = refusal {
+        connection.close(reason);
+    }
+    let over_ip_limit = app
+        .config
+        .max_connections_per_ip
+        .is_some_and(|limit| app.hub.connections_from(client_addr.ip()) > limit);
+    if over_ip_limit {
+        connection.close(CloseReason::CONNECTION_LIMIT);
+    } else if let Some(identity) = identity.filter(|_| connection.close_requested().is_none()) {
+        // Over the per-user limit, this closes the connection with 4004.
         handlers::log_in(&app, &connection, identity);
     }
     let mut session = Session {
         connection: connection.clone(),
         pending_writes: Arc::new(PendingWrites::default()),
         failed_authentications: 0,
+        rate: app
+            .config
+            .rate_limit
+            .map(|(rate, burst)| TokenBucket::new(f64::from(rate), burst)),
     };
-    let ending = match send_welcome(&app, &mut socket, &connection).await {
-        Ok(()) => session.serve(&app, &mut socket, &mut outbox).await,
-        Err(_) => Ending::Gone,
+    // A connection refused at the door gets its close code and nothing else.
+    let ending = if connection.close_requested().is_some() {
+        Ending::Close
+    } else {
+        match send_welcome(&app, &mut socket, &connection).await {
+            Ok(()) => session.serve(&app, &mut socket, &mut outbox).await,
+            Err(_) => Ending::Gone,
+        }
     };
     finish(&app, socket, &connection, outbox, ending).await;
 }
@@ -101,7 +138,18 @@ impl Session {
         tokio::pin!(idle);
         // A frame that must wait for earlier chat messages to be stored.
         let mut waiting: Option<Inbound> = None;
+        // The token's expiry, then the end of the grace period after it.
+        let token_clock = tokio::time::sleep(FAR_FUTURE);
+        tokio::pin!(token_clock);
+        let mut watched_expiry: Option<Timestamp> = None;
+        let mut in_grace = false;
         loop {
+            let expiry = connection.expires_at();
+            if expiry != watched_expiry {
+                watched_expiry = expiry;
+                in_grace = false;
+                token_clock.as_mut().reset(instant_of(expiry));
+            }
             let wait_limit = waiting
                 .as_ref()
                 .map_or(0, |inbound| self.write_limit(app, inbound));
@@ -146,6 +194,25 @@ impl Session {
                         waiting = Some(inbound);
                     }
                 }
+                () = &mut token_clock, if watched_expiry.is_some() => {
+                    if in_grace {
+                        connection.close(CloseReason::TOKEN_EXPIRED);
+                        return Ending::Close;
+                    }
+                    in_grace = true;
+                    token_clock.as_mut().reset(Instant::now() + config.token_grace);
+                    send_error(
+                        app,
+                        &connection,
+                        ErrorCode::TokenExpired,
+                        &format!(
+                            "your token has expired: send `authentication` with a new one within {} ms",
+                            config.token_grace.as_millis()
+                        ),
+                        None,
+                        None,
+                    );
+                }
                 _ = heartbeat.tick() => {
                     if socket.send(Message::Ping(Default::default())).await.is_err() {
                         return Ending::Gone;
@@ -179,7 +246,15 @@ impl Session {
             Ok(envelope) => {
                 app.hub.stats().count_in(envelope.kind);
                 let reference = envelope.reference.clone();
-                let result = self.check_and_dispatch(app, envelope).await;
+                let result = match self.within_rate(envelope.kind) {
+                    Ok(()) => self.check_and_dispatch(app, envelope).await,
+                    Err(wait) => Err(Rejection::new(
+                        ErrorCode::RateLimited,
+                        format!("too many frames: slow down (retry in {wait} ms)"),
+                    )
+                    .with_reference(reference.clone())
+                    .with_retry_after(Some(wait))),
+                };
                 (reference, result)
             }
         };
@@ -191,6 +266,7 @@ impl Session {
             &self.connection,
             rejection.code,
             &rejection.message,
+            rejection.retry_after_ms,
             reference.as_deref(),
         );
         if rejection.code == ErrorCode::AuthFailed {
@@ -198,6 +274,17 @@ impl Session {
             if self.failed_authentications >= MAX_FAILED_AUTHENTICATIONS {
                 self.connection.close(CloseReason::POLICY);
             }
+        }
+    }
+
+    /// Takes a token from the connection's rate limit; `ping` is free, so
+    /// that a limited client can still keep its connection alive.
+    fn within_rate(&mut self, kind: MessageType) -> Result<(), u64> {
+        match &mut self.rate {
+            Some(bucket) if kind != MessageType::Ping => bucket
+                .take(std::time::Instant::now())
+                .map_err(|wait| u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
+            _ => Ok(()),
         }
     }
 
@@ -228,9 +315,9 @@ impl Session {
                 }
                 Ok(())
             }
-            Err(err) => {
-                Err(Rejection::new(err.code(), err.client_message()).with_reference(reference))
-            }
+            Err(err) => Err(Rejection::new(err.code(), err.client_message())
+                .with_reference(reference)
+                .with_retry_after(err.retry_after_ms())),
         }
     }
 }

@@ -1,0 +1,227 @@
+//! Accounts stored by the server: registration, login, and the limits that
+//! keep password guessing slow.
+
+use super::{Tokens, password};
+use crate::hub::{Identity, Role};
+use crate::limits::KeyedLimiter;
+use crate::protocol::{Timestamp, User, UserKind};
+use crate::store::{Account, MessageStore, StoreError};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shortest and longest password accepted at registration.
+const PASSWORD_CHARS: std::ops::RangeInclusive<usize> = 8..=256;
+
+/// Names no account may take: they would impersonate the server.
+const RESERVED_NAMES: [&str; 5] = ["system", "assistant", "roomcast", "admin", "guest"];
+
+/// Why a login failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoginError {
+    #[error("invalid username or password")]
+    BadCredentials,
+    #[error("too many failed logins from this address; retry in {} ms", .0.as_millis())]
+    RateLimited(Duration),
+    #[error("storage failed: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// Why a registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error(
+        "`username` must be 2..32 characters: letters, digits, `_`, `.` or `-`, starting with a letter or digit"
+    )]
+    InvalidUsername,
+    #[error("`password` must be 8..256 characters")]
+    InvalidPassword,
+    #[error("`role` must be user, assistant or admin")]
+    InvalidRole,
+    #[error("username is taken")]
+    Taken,
+    #[error("cannot hash the password")]
+    Hash,
+    #[error("storage failed: {0}")]
+    Store(#[source] StoreError),
+}
+
+/// A successful login.
+#[derive(Debug, Clone)]
+pub struct Login {
+    pub identity: Identity,
+    pub token: String,
+    pub expires_at: Timestamp,
+}
+
+/// Whether `name` may be an account's username.
+pub fn valid_username(name: &str) -> bool {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    (2..=32).contains(&name.len())
+        && first_ok
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        && !RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name))
+}
+
+/// Registration and login against the store.
+pub struct Accounts {
+    store: Arc<dyn MessageStore>,
+    tokens: Tokens,
+    token_ttl: Duration,
+    /// Failed logins per client address.
+    failures: KeyedLimiter<IpAddr>,
+}
+
+impl Accounts {
+    /// `failures_per_minute` failed logins are allowed per address, in a
+    /// burst or spread out; more wait.
+    pub fn new(
+        store: Arc<dyn MessageStore>,
+        tokens: Tokens,
+        token_ttl: Duration,
+        failures_per_minute: u32,
+    ) -> Accounts {
+        Accounts {
+            store,
+            tokens,
+            token_ttl,
+            failures: KeyedLimiter::new(
+                f64::from(failures_per_minute.max(1)) / 60.0,
+                failures_per_minute.max(1),
+            ),
+        }
+    }
+
+    /// Creates an account. The password is hashed with Argon2id; usernames
+    /// are unique case-insensitively.
+    pub async fn register(
+        &self,
+        username: &str,
+        password: &str,
+        role: &str,
+    ) -> Result<Account, RegisterError> {
+        if !valid_username(username) {
+            return Err(RegisterError::InvalidUsername);
+        }
+        if !PASSWORD_CHARS.contains(&password.chars().count()) {
+            return Err(RegisterError::InvalidPassword);
+        }
+        if parse_role(role).is_none() {
+            return Err(RegisterError::InvalidRole);
+        }
+        let hash = password::hash(password.to_owned())
+            .await
+            .ok_or(RegisterError::Hash)?;
+        let account = Account {
+            id: new_account_id(),
+            username: username.to_owned(),
+            password_hash: hash,
+            role: role.to_owned(),
+            created_at: Timestamp::now(),
+        };
+        match self.store.create_account(account.clone()).await {
+            Ok(()) => Ok(account),
+            Err(StoreError::Conflict) => Err(RegisterError::Taken),
+            Err(err) => Err(RegisterError::Store(err)),
+        }
+    }
+
+    /// Checks a username and password from `client`, and issues a token.
+    pub async fn login(
+        &self,
+        client: IpAddr,
+        username: &str,
+        password: &str,
+    ) -> Result<Login, LoginError> {
+        self.failures
+            .check(&client)
+            .map_err(LoginError::RateLimited)?;
+        let account = self.store.find_account(username).await?;
+        let hash = account.as_ref().map(|a| a.password_hash.clone());
+        if !password::verify(password.to_owned(), hash).await {
+            // Failures use up the address's allowance; past it, attempts are
+            // refused before any password is checked.
+            let _ = self.failures.take(&client);
+            return Err(LoginError::BadCredentials);
+        }
+        let account = account.ok_or(LoginError::BadCredentials)?;
+        let ttl = self.token_ttl.as_secs();
+        let token = self.tokens.mint(
+            &account.id,
+            Some(&account.username),
+            Some(&account.role),
+            ttl,
+        );
+        let identity = self
+            .tokens
+            .verify(&token)
+            .map_err(|_| LoginError::BadCredentials)?;
+        let expires_at = identity.expires_at.unwrap_or_else(Timestamp::now);
+        Ok(Login {
+            identity,
+            token,
+            expires_at,
+        })
+    }
+
+    /// Whether an account has this username (case-insensitively).
+    pub async fn is_registered(&self, username: &str) -> Result<bool, StoreError> {
+        Ok(self.store.find_account(username).await?.is_some())
+    }
+}
+
+fn parse_role(role: &str) -> Option<Role> {
+    match role {
+        "user" => Some(Role::User),
+        "assistant" => Some(Role::Assistant),
+        "admin" => Some(Role::Admin),
+        _ => None,
+    }
+}
+
+/// The user object of an account, as others see it.
+pub fn account_user(account: &Account) -> User {
+    let kind = match parse_role(&account.role) {
+        Some(Role::Assistant) => UserKind::Assistant,
+        _ => UserKind::User,
+    };
+    User {
+        id: account.id.as_str().into(),
+        username: account.username.as_str().into(),
+        kind,
+    }
+}
+
+/// A fresh account id: `u_` and 16 hex digits.
+fn new_account_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
+    format!("u_{:016x}", hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usernames() {
+        for good in ["alice", "Bob_2", "a.b-c", "x1"] {
+            assert!(valid_username(good), "{good}");
+        }
+        for bad in [
+            "a",
+            "-lead",
+            "has space",
+            "'; DROP TABLE users;--",
+            "../../etc/passwd",
+            "system",
+            "Admin",
+            &"x".repeat(33),
+            "émile",
+        ] {
+            assert!(!valid_username(bad), "{bad}");
+        }
+    }
+}

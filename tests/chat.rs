@@ -224,7 +224,9 @@ async fn reply_to_must_name_a_message_of_the_same_room() {
 
 #[tokio::test]
 async fn a_burst_is_acknowledged_in_order_with_increasing_ids() {
-    let server = TestServer::start().await;
+    let mut settings = support::args();
+    settings.rate_limit_messages = Some(0); // a burst far past the default limit
+    let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
     join(&mut alice, "burst").await;

@@ -148,7 +148,15 @@ async fn survive_kill_9(flags: &[&str]) {
 async fn acknowledged_messages_survive_kill_9_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
     let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
-    survive_kill_9(&["--data-dir", &data_dir, "--jwt-secret", SECRET]).await;
+    survive_kill_9(&[
+        "--data-dir",
+        &data_dir,
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit-messages",
+        "0",
+    ])
+    .await;
 }
 
 #[tokio::test]
@@ -156,7 +164,15 @@ async fn acknowledged_messages_survive_kill_9_on_postgres() {
     let Some(schema) = PgSchema::create("kill_9").await else {
         return;
     };
-    survive_kill_9(&["--database", &schema.url, "--jwt-secret", SECRET]).await;
+    survive_kill_9(&[
+        "--database",
+        &schema.url,
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit-messages",
+        "0",
+    ])
+    .await;
 }
 
 #[tokio::test]
@@ -164,7 +180,14 @@ async fn two_nodes_on_one_postgres_never_show_ids_out_of_order() {
     let Some(schema) = PgSchema::create("two_nodes").await else {
         return;
     };
-    let flags = ["--database", schema.url.as_str(), "--jwt-secret", SECRET];
+    let flags = [
+        "--database",
+        schema.url.as_str(),
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit-messages",
+        "0",
+    ];
     let node_a = Process::start(&flags, &[]);
     let node_b = Process::start(&flags, &[]);
     node_a.ready().await;

@@ -11,6 +11,7 @@ async fn a_slow_consumer_is_closed_with_4002_and_others_lose_nothing() {
     let mut settings = args();
     settings.outbox_capacity = Some(64);
     settings.max_pending_writes = Some(16);
+    settings.rate_limit_messages = Some(0);
     let server = TestServer::with(settings).await;
     let mut sender = server.user("sender").await;
     let mut reader = server.user("reader").await;

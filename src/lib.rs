@@ -36,8 +36,9 @@ use broker::LocalBroker;
 use config::{Config, DatabaseLocation};
 use hub::Hub;
 use protocol::CloseReason;
+use server::ClientAddr;
+use server::tls::TlsListener;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use store::{MessageStore, PostgresStore, SqliteStore, StoreError};
@@ -55,6 +56,8 @@ pub enum ServeError {
     Io(#[from] std::io::Error),
     #[error("{0}")]
     Auth(#[from] auth::AuthError),
+    #[error("{0}")]
+    Tls(#[from] server::tls::TlsError),
 }
 
 /// Opens the message store the configuration names.
@@ -99,18 +102,27 @@ pub async fn serve(
         store: store.clone(),
         config,
     });
-    let router = server::router(app);
+    let router = server::router(app.clone());
     let closing_hub = hub.clone();
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move {
+    let stopping = async move {
         shutdown.await;
         tracing::info!("shutting down: closing every connection with 1001");
         closing_hub.close_all(CloseReason::SHUTTING_DOWN);
-    })
-    .await?;
+    };
+    let service = router.into_make_service_with_connect_info::<ClientAddr>();
+    match &app.config.tls {
+        Some((cert, key)) => {
+            let listener = TlsListener::new(listener, server::tls::acceptor(cert, key)?)?;
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stopping)
+                .await?;
+        }
+        None => {
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stopping)
+                .await?;
+        }
+    }
     // Upgraded connections are not tracked by the HTTP server; wait for the
     // sessions themselves.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;

@@ -1,6 +1,6 @@
 //! `POST /api/users` (registration) and `POST /api/login`.
 
-use super::{ApiError, JsonBody};
+use super::{ApiError, ClientAddr, JsonBody};
 use crate::app::App;
 use crate::auth::{LoginError, RegisterError, account_user};
 use crate::protocol::ErrorCode;
@@ -9,7 +9,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
@@ -54,7 +53,7 @@ pub async fn register(
 /// `POST /api/login {username, password}` → `{token, user, expires_at}`.
 pub async fn login(
     State(app): State<Arc<App>>,
-    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client)): ConnectInfo<ClientAddr>,
     JsonBody(body): JsonBody<Credentials>,
 ) -> Result<Json<Value>, ApiError> {
     let login = app

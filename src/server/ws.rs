@@ -1,7 +1,7 @@
 //! `GET /ws`: checks an optional token, then upgrades to a WebSocket and
 //! hands the socket to a session.
 
-use super::ApiError;
+use super::{ApiError, ClientAddr};
 use crate::app::App;
 use crate::protocol::CloseReason;
 use crate::session;
@@ -11,7 +11,6 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, ORIGIN, USER_AGENT};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Read buffer per connection. Small, since most frames are small; a large
@@ -25,7 +24,7 @@ pub struct UpgradeQuery {
 
 pub async fn upgrade(
     State(app): State<Arc<App>>,
-    ConnectInfo(client_addr): ConnectInfo<SocketAddr>,
+    ConnectInfo(ClientAddr(client_addr)): ConnectInfo<ClientAddr>,
     Query(query): Query<UpgradeQuery>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,

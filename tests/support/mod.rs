@@ -439,3 +439,78 @@ impl Drop for PgSchema {
         });
     }
 }
+
+/// An HTTP/1.1 request with an optional bearer token and JSON body, from an
+/// optional local source address (to act as another client IP).
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+    source: Option<std::net::IpAddr>,
+) -> (u16, Value) {
+    let mut stream = match source {
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .expect("bind source address");
+            socket.connect(addr).await.expect("connect")
+        }
+        None => TcpStream::connect(addr).await.expect("connect"),
+    };
+    let auth = bearer
+        .map(|token| format!("Authorization: Bearer {token}\r\n"))
+        .unwrap_or_default();
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+impl TestServer {
+    pub async fn post(&self, path: &str, bearer: Option<&str>, body: &Value) -> (u16, Value) {
+        http_request(self.addr, "POST", path, bearer, Some(body), None).await
+    }
+
+    /// Creates an account through `POST /api/users` (the server must run
+    /// with open registration) and logs in; returns the token.
+    pub async fn register(&self, username: &str, password: &str) -> String {
+        let (status, body) = self
+            .post(
+                "/api/users",
+                None,
+                &serde_json::json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        let (status, body) = self
+            .post(
+                "/api/login",
+                None,
+                &serde_json::json!({"username": username, "password": password}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["token"].as_str().expect("token").to_owned()
+    }
+}

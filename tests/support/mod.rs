@@ -514,3 +514,15 @@ impl TestServer {
         body["token"].as_str().expect("token").to_owned()
     }
 }
+
+/// Opens a WebSocket that the server is expected to close before any frame
+/// (no welcome); returns the close code.
+pub async fn refused(url: &str) -> Option<u16> {
+    let (mut socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("upgrade");
+    match tokio::time::timeout(RECEIVE_TIMEOUT, socket.next()).await {
+        Ok(Some(Ok(Message::Close(frame)))) => frame.map(|CloseFrame { code, .. }| u16::from(code)),
+        other => panic!("expected a close before any frame, got {other:?}"),
+    }
+}

@@ -31,8 +31,9 @@ pub async fn join(
     let renaming = current
         .as_ref()
         .is_some_and(|user| *user.username != *wanted);
-    let taken_by_other = renaming || current.is_none();
-    if reserved || (taken_by_other && app.hub.name_in_use(&wanted)) {
+    // Keeping one's own name needs no check; a new name must be free.
+    let new_name = renaming || current.is_none();
+    if reserved || (new_name && app.hub.name_in_use(&wanted)) {
         return Err(HandlerError::UsernameTaken(wanted));
     }
     // A guest never takes the name of a registered account, online or not.

@@ -132,25 +132,7 @@ impl TestServer {
 
 /// A minimal HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.expect("connect");
-    let auth = bearer
-        .map(|token| format!("Authorization: Bearer {token}\r\n"))
-        .unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.expect("read");
-    let text = String::from_utf8_lossy(&response).to_string();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_owned())
-        .unwrap_or_default();
-    (status, body)
+    raw_request(addr, "GET", path, bearer, None, None).await
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -441,7 +423,8 @@ impl Drop for PgSchema {
 }
 
 /// An HTTP/1.1 request with an optional bearer token and JSON body, from an
-/// optional local source address (to act as another client IP).
+/// optional local source address (to act as another client IP); the answer's
+/// body as JSON (or as a string when it is not JSON).
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -450,6 +433,21 @@ pub async fn http_request(
     body: Option<&Value>,
     source: Option<std::net::IpAddr>,
 ) -> (u16, Value) {
+    let (status, body) = raw_request(addr, method, path, bearer, body, source).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
+async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+    source: Option<std::net::IpAddr>,
+) -> (u16, String) {
     let mut stream = match source {
         Some(ip) => {
             let socket = tokio::net::TcpSocket::new_v4().expect("socket");
@@ -481,10 +479,7 @@ pub async fn http_request(
         .split_once("\r\n\r\n")
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    (status, body)
 }
 
 impl TestServer {

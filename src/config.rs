@@ -66,12 +66,12 @@ pub struct ServeArgs {
     pub admin_key: Option<String>,
 
     /// Allow `POST /api/users` to create accounts.
-    #[arg(long, env = "ROOMCAST_OPEN_REGISTRATION")]
+    #[arg(long, env = "ROOMCAST_OPEN_REGISTRATION", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub open_registration: bool,
 
     /// Allow guests to name themselves with `user_join` and chat.
-    #[arg(long, env = "ROOMCAST_GUEST_CHAT")]
+    #[arg(long, env = "ROOMCAST_GUEST_CHAT", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub guest_chat: bool,
 
@@ -153,7 +153,7 @@ pub struct ServeArgs {
 
     /// Rooms must be created with `POST /api/rooms`; joining an unknown room
     /// is `not_found` instead of creating it.
-    #[arg(long, env = "ROOMCAST_NO_ROOM_AUTO_CREATE")]
+    #[arg(long, env = "ROOMCAST_NO_ROOM_AUTO_CREATE", value_parser = clap::builder::BoolishValueParser::new())]
     #[serde(default)]
     pub no_room_auto_create: bool,
 

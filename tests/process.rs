@@ -44,9 +44,18 @@ async fn settings_come_from_environment_variables() {
             ("ROOMCAST_ADMIN_KEY", ADMIN_KEY),
             ("ROOMCAST_MAX_MESSAGE_CHARS", "7"),
             ("ROOMCAST_HEARTBEAT_INTERVAL_MS", "1234"),
+            ("ROOMCAST_GUEST_CHAT", "1"),
         ],
     );
     server.ready().await;
+    let mut guest = support::Client::connect(&format!("ws://{}/ws", server.addr())).await;
+    let named = guest
+        .request(json!({"type": "user_join", "username": "visitor"}))
+        .await;
+    assert_eq!(
+        named["type"], "user_join",
+        "boolean variables accept 1: {named}"
+    );
     let client = server.user("alice").await;
     assert_eq!(client.welcome["limits"]["max_message_chars"], 7);
     assert_eq!(client.welcome["heartbeat_interval_ms"], 1234);

@@ -17,9 +17,11 @@
 //! - [`limits`]: token buckets for rate limits.
 //! - [`server`]: the HTTP router, the upgrade, the HTTP API and metrics.
 //! - [`app`]: the shared state handed to all of the above.
+//! - [`bench`]: `roomcast bench`, the load generator.
 
 pub mod app;
 pub mod auth;
+pub mod bench;
 pub mod broker;
 pub mod config;
 pub mod handlers;

@@ -23,6 +23,8 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Print a signed token, for a backend or for trying the server out.
     Token(TokenArgs),
+    /// Measure a running server: idle connections, fan-out, bursts.
+    Bench(roomcast::bench::BenchArgs),
     /// Manage accounts stored by the server.
     #[command(subcommand)]
     User(UserCommand),
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(args) => serve(*args),
+        Command::Bench(args) => bench(&args),
         Command::User(command) => match user_command(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
@@ -88,6 +91,23 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
     }
+}
+
+fn bench(args: &roomcast::bench::BenchArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("roomcast: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(roomcast::bench::run(args));
+    if args.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_table());
+    }
+    ExitCode::SUCCESS
 }
 
 fn user_command(command: UserCommand) -> Result<(), Box<dyn std::error::Error>> {

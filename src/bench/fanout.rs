@@ -1,0 +1,276 @@
+//! `fanout`: rooms × members, some members sending at a fixed rate; every
+//! member measures the latency of each message from the send timestamp it
+//! carries, and the run counts what was expected against what arrived.
+
+use super::client::{Socket, connect, cpu_seconds, next_json, now_micros, send_json};
+use super::{Report, Target, interrupted};
+use crate::auth::Tokens;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Mutex, Semaphore, watch};
+use tokio_tungstenite::tungstenite::Message;
+
+/// The size of a fan-out run.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub rooms: usize,
+    pub members: usize,
+    pub senders: usize,
+    pub rate: u64,
+    pub duration: Duration,
+    pub window: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    acked: AtomicU64,
+    delivered: AtomicU64,
+    errors: Mutex<BTreeMap<String, u64>>,
+}
+
+pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Report {
+    let mut report = Report::new(format!(
+        "fanout: {} rooms x {} members, {} sender(s) per room at {} msg/s for {:?}",
+        shape.rooms, shape.members, shape.senders, shape.rate, shape.duration
+    ));
+    let tokens = Tokens::new(&target.jwt_secret);
+    let sockets = match join_all(target, &tokens, shape).await {
+        Ok(sockets) => sockets,
+        Err(err) => {
+            report.add("error", err, "");
+            return report;
+        }
+    };
+    eprintln!("fanout: {} members joined", sockets.len());
+
+    let counters = Arc::new(Counters::default());
+    let (stop_readers, readers_stopped) = watch::channel(false);
+    let (stop_senders, senders_stopped) = watch::channel(false);
+    let mut readers = Vec::new();
+    let mut senders = Vec::new();
+    for (index, (room, socket)) in sockets.into_iter().enumerate() {
+        let (sink, stream) = socket.split();
+        let window = Arc::new(Semaphore::new(shape.window.max(1)));
+        readers.push(tokio::spawn(read(
+            stream,
+            counters.clone(),
+            window.clone(),
+            readers_stopped.clone(),
+        )));
+        if index % shape.members < shape.senders {
+            senders.push(tokio::spawn(send(
+                sink,
+                room,
+                shape.rate,
+                window,
+                senders_stopped.clone(),
+            )));
+        }
+    }
+
+    let cpu_before = server_pid.and_then(cpu_seconds);
+    let started = Instant::now();
+    let progress = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            eprintln!(
+                "fanout: {:>5.1}s  {} acknowledged, {} delivered",
+                started.elapsed().as_secs_f64(),
+                counters.acked.load(Ordering::Relaxed),
+                counters.delivered.load(Ordering::Relaxed)
+            );
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(shape.duration) => {}
+        () = progress => {}
+        () = interrupted() => report.partial = true,
+    }
+    let _ = stop_senders.send(true);
+    for sender in senders {
+        let _ = sender.await;
+    }
+    let sending_time = started.elapsed();
+    // Drain: wait until every acknowledged message reached every member, or
+    // nothing has arrived for two seconds.
+    let expected = || counters.acked.load(Ordering::Relaxed) * shape.members as u64;
+    let mut last = counters.delivered.load(Ordering::Relaxed);
+    let mut quiet_since = Instant::now();
+    while counters.delivered.load(Ordering::Relaxed) < expected()
+        && quiet_since.elapsed() < Duration::from_secs(2)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = counters.delivered.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+    }
+    let cpu_after = server_pid.and_then(cpu_seconds);
+    let _ = stop_readers.send(true);
+    let mut samples = Vec::new();
+    for reader in readers {
+        if let Ok(mut part) = reader.await {
+            samples.append(&mut part);
+        }
+    }
+
+    let acked = counters.acked.load(Ordering::Relaxed);
+    let delivered = counters.delivered.load(Ordering::Relaxed);
+    report.add("messages_acknowledged", acked, "");
+    report.add("deliveries", delivered, "");
+    report.add(
+        "deliveries_per_second",
+        (delivered as f64 / sending_time.as_secs_f64()).round(),
+        "deliveries/s",
+    );
+    report.add(
+        "lost",
+        expected().saturating_sub(delivered),
+        "expected - delivered",
+    );
+    report.add_latency("latency", &mut samples);
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after)
+        && delivered > 0
+    {
+        report.add("server_cpu_s", super::report::round(after - before), "s");
+        report.add(
+            "server_cpu_per_delivery_us",
+            super::report::round((after - before) * 1e6 / delivered as f64),
+            "µs",
+        );
+    }
+    for (code, count) in counters.errors.lock().await.iter() {
+        report.add(&format!("errors_{code}"), *count, "");
+    }
+    report
+}
+
+/// Connects every member and joins it to its room.
+async fn join_all(
+    target: &Target,
+    tokens: &Tokens,
+    shape: Shape,
+) -> Result<Vec<(String, Socket)>, String> {
+    let permits = Arc::new(Semaphore::new(256));
+    let mut tasks = Vec::new();
+    for room in 0..shape.rooms {
+        for member in 0..shape.members {
+            let index = room * shape.members + member;
+            let (target, tokens, permits) = (target.clone(), tokens.clone(), permits.clone());
+            tasks.push(tokio::spawn(async move {
+                let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
+                let name = format!("bench-{room}");
+                let mut socket =
+                    connect(&target, &tokens, index, &format!("fan-{room}-{member}")).await?;
+                send_json(&mut socket, &json!({"type": "room_join", "room": name})).await?;
+                loop {
+                    let frame = next_json(&mut socket).await.ok_or("closed while joining")?;
+                    match frame["type"].as_str() {
+                        Some("room_joined") => return Ok::<_, String>((name, socket)),
+                        Some("error") => return Err(format!("room_join failed: {frame}")),
+                        _ => {}
+                    }
+                }
+            }));
+        }
+    }
+    let mut sockets = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        sockets.push(task.await.map_err(|e| e.to_string())??);
+    }
+    Ok(sockets)
+}
+
+/// Reads one member's frames until told to stop; returns latency samples (µs).
+async fn read(
+    mut stream: futures_util::stream::SplitStream<Socket>,
+    counters: Arc<Counters>,
+    window: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) -> Vec<u64> {
+    let mut samples = Vec::new();
+    loop {
+        let frame = tokio::select! {
+            frame = stream.next() => frame,
+            _ = stop.changed() => return samples,
+        };
+        let Some(Ok(Message::Text(text))) = frame else {
+            if matches!(frame, Some(Ok(_))) {
+                continue;
+            }
+            return samples;
+        };
+        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        match frame["type"].as_str() {
+            Some("chat_message") => {
+                counters.delivered.fetch_add(1, Ordering::Relaxed);
+                let sent = frame["message"]["content"]
+                    .as_str()
+                    .and_then(|content| content.strip_prefix("t:"))
+                    .and_then(|micros| micros.parse::<u64>().ok());
+                if let Some(sent) = sent {
+                    samples.push(now_micros().saturating_sub(sent));
+                }
+            }
+            Some("message_ack") => {
+                counters.acked.fetch_add(1, Ordering::Relaxed);
+                window.add_permits(1);
+            }
+            Some("error") => {
+                let code = frame["error_code"].as_str().unwrap_or("?").to_owned();
+                *counters.errors.lock().await.entry(code).or_default() += 1;
+                window.add_permits(1);
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Sends timestamped messages at `rate` per second (0: as fast as the window
+/// allows) until told to stop.
+async fn send(
+    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    room: String,
+    rate: u64,
+    window: Arc<Semaphore>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = (rate > 0).then(|| {
+        let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        ticker
+    });
+    loop {
+        if let Some(ticker) = &mut ticker {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                _ = stop.changed() => return,
+            }
+        }
+        let permit = tokio::select! {
+            permit = window.acquire() => permit,
+            _ = stop.changed() => return,
+        };
+        let Ok(permit) = permit else { return };
+        permit.forget();
+        let frame =
+            json!({"type": "chat_message", "room": room, "content": format!("t:{}", now_micros())});
+        if sink
+            .send(Message::Text(frame.to_string().into()))
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}

@@ -95,19 +95,29 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
         let _ = sender.await;
     }
     let sending_time = started.elapsed();
-    // Drain: wait until every acknowledged message reached every member, or
-    // nothing has arrived for two seconds.
+    // Drain: wait until every acknowledged message reached every member and
+    // the counts have held still for a moment (an acknowledgement may be read
+    // a little after other members got the message), or until nothing has
+    // arrived for two seconds.
     let expected = || counters.acked.load(Ordering::Relaxed) * shape.members as u64;
-    let mut last = counters.delivered.load(Ordering::Relaxed);
-    let mut quiet_since = Instant::now();
-    while counters.delivered.load(Ordering::Relaxed) < expected()
-        && quiet_since.elapsed() < Duration::from_secs(2)
-    {
+    let counts = || {
+        (
+            counters.acked.load(Ordering::Relaxed),
+            counters.delivered.load(Ordering::Relaxed),
+        )
+    };
+    let mut last = counts();
+    let mut still_since = Instant::now();
+    loop {
         tokio::time::sleep(Duration::from_millis(50)).await;
-        let now = counters.delivered.load(Ordering::Relaxed);
+        let now = counts();
         if now != last {
             last = now;
-            quiet_since = Instant::now();
+            still_since = Instant::now();
+        }
+        let settled = now.1 == expected() && still_since.elapsed() >= Duration::from_millis(200);
+        if settled || still_since.elapsed() >= Duration::from_secs(2) {
+            break;
         }
     }
     let cpu_after = server_pid.and_then(cpu_seconds);

@@ -1,7 +1,7 @@
 //! `idle`: open many authenticated connections, wait for every welcome, and
 //! hold them.
 
-use super::client::{connect, rss_kib};
+use super::client::{connect, next_json, rss_kib};
 use super::{Report, Target, interrupted};
 use crate::auth::Tokens;
 use std::sync::Arc;
@@ -34,12 +34,17 @@ pub async fn run(
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
                 match connect(&target, &tokens, index, &format!("idle-{index}")).await {
-                    Ok(socket) => {
+                    Ok(mut socket) => {
                         latencies
                             .lock()
                             .await
                             .push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
-                        held.lock().await.push(socket);
+                        // Read (and drop) whatever arrives — announcements of
+                        // the other connections — as a live client would, so
+                        // that nothing piles up on the server.
+                        held.lock().await.push(tokio::spawn(async move {
+                            while next_json(&mut socket).await.is_some() {}
+                        }));
                     }
                     Err(err) => failures.lock().await.push(err),
                 }
@@ -91,6 +96,9 @@ pub async fn run(
             () = tokio::time::sleep(Duration::from_secs(hold)) => {}
             () = interrupted() => {}
         }
+    }
+    for connection in held.lock().await.drain(..) {
+        connection.abort();
     }
     report
 }

@@ -120,7 +120,7 @@ pub async fn serve(
                 .await?;
         }
         None => {
-            axum::serve(listener, service)
+            axum::serve(server::PlainListener(listener), service)
                 .with_graceful_shutdown(stopping)
                 .await?;
         }

@@ -52,12 +52,38 @@ pub fn router(app: Arc<App>) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-impl
-    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+/// Plain TCP, with `TCP_NODELAY` on every accepted socket.
+pub struct PlainListener(pub tokio::net::TcpListener);
+
+impl axum::serve::Listener for PlainListener {
+    type Io = tokio::net::TcpStream;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (mut stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
+        no_delay(&mut stream);
+        (stream, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
+    }
+}
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
     for ClientAddr
 {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
         ClientAddr(*stream.remote_addr())
+    }
+}
+
+/// Turns Nagle's algorithm off on an accepted socket: the welcome frame
+/// follows the upgrade response at once, and with Nagle it would wait for
+/// the client's (delayed) acknowledgement of the response.
+pub fn no_delay(stream: &mut tokio::net::TcpStream) {
+    if let Err(err) = stream.set_nodelay(true) {
+        tracing::debug!(error = %err, "cannot set TCP_NODELAY");
     }
 }
 

@@ -63,7 +63,7 @@ impl TlsListener {
         let (done, ready) = mpsc::channel(READY_QUEUE);
         tokio::spawn(async move {
             loop {
-                let (stream, addr) = match tcp.accept().await {
+                let (mut stream, addr) = match tcp.accept().await {
                     Ok(accepted) => accepted,
                     Err(err) => {
                         // Out of file descriptors and the like: back off a little.
@@ -75,6 +75,7 @@ impl TlsListener {
                 if done.is_closed() {
                     return;
                 }
+                super::no_delay(&mut stream);
                 let acceptor = acceptor.clone();
                 let handed_over = done.clone();
                 tokio::spawn(async move {

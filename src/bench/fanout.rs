@@ -27,6 +27,8 @@ pub struct Shape {
 
 #[derive(Default)]
 struct Counters {
+    /// Every frame read, to see when the joins' announcements have settled.
+    frames: AtomicU64,
     acked: AtomicU64,
     delivered: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
@@ -50,6 +52,7 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
     let counters = Arc::new(Counters::default());
     let (stop_readers, readers_stopped) = watch::channel(false);
     let (stop_senders, senders_stopped) = watch::channel(false);
+    let (stop_senders_ready, senders_may_start) = watch::channel(false);
     let mut readers = Vec::new();
     let mut senders = Vec::new();
     for (index, (room, socket)) in sockets.into_iter().enumerate() {
@@ -67,11 +70,16 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
                 room,
                 shape.rate,
                 window,
+                senders_may_start.clone(),
                 senders_stopped.clone(),
             )));
         }
     }
 
+    // Joining announces every member to the room (presence) and every user
+    // to everyone (user_join); let that traffic drain before measuring.
+    settle(&counters.frames).await;
+    let _ = stop_senders_ready.send(true);
     let cpu_before = server_pid.and_then(cpu_seconds);
     let started = Instant::now();
     let progress = async {
@@ -160,6 +168,21 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
     report
 }
 
+/// Waits until no frame has arrived for half a second (at most 60 s).
+async fn settle(frames: &AtomicU64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = frames.load(Ordering::Relaxed);
+    let mut still_since = Instant::now();
+    while still_since.elapsed() < Duration::from_millis(500) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = frames.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            still_since = Instant::now();
+        }
+    }
+}
+
 /// Connects every member and joins it to its room.
 async fn join_all(
     target: &Target,
@@ -205,6 +228,7 @@ async fn read(
 ) -> Vec<u64> {
     let mut samples = Vec::new();
     loop {
+        counters.frames.fetch_add(1, Ordering::Relaxed);
         let frame = tokio::select! {
             frame = stream.next() => frame,
             _ = stop.changed() => return samples,
@@ -250,8 +274,12 @@ async fn send(
     room: String,
     rate: u64,
     window: Arc<Semaphore>,
+    mut start: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    if start.wait_for(|go| *go).await.is_err() {
+        return;
+    }
     let mut ticker = (rate > 0).then(|| {
         let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);

@@ -1,6 +1,7 @@
 //! The state every part of a running server shares: configuration, the hub,
 //! the broker, the store and the token keys.
 
+use crate::ai::Provider;
 use crate::auth::{Accounts, Tokens};
 use crate::broker::Broker;
 use crate::config::Config;
@@ -17,6 +18,8 @@ pub struct App {
     pub store: Arc<dyn MessageStore>,
     pub tokens: Tokens,
     pub accounts: Accounts,
+    /// The assistant's model, where `--ai-base-url` is configured.
+    pub ai: Option<Arc<dyn Provider>>,
 }
 
 impl App {

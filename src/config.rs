@@ -79,9 +79,29 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_AI_BASE_URL")]
     pub ai_base_url: Option<String>,
 
-    /// Model name sent to the AI API.
+    /// Model name sent to the AI API [default: default].
     #[arg(long, env = "ROOMCAST_AI_MODEL")]
     pub ai_model: Option<String>,
+
+    /// File holding the AI API key (else `ROOMCAST_AI_API_KEY`; never a flag).
+    #[arg(long, env = "ROOMCAST_AI_API_KEY_FILE")]
+    pub ai_api_key_file: Option<PathBuf>,
+
+    /// System prompt for the assistant.
+    #[arg(long, env = "ROOMCAST_AI_SYSTEM_PROMPT")]
+    pub ai_system_prompt: Option<String>,
+
+    /// Longest an AI answer may take, in ms; then `ai_timeout` [default: 60000].
+    #[arg(long, env = "ROOMCAST_AI_TIMEOUT_MS")]
+    pub ai_timeout_ms: Option<u64>,
+
+    /// The assistant's username in rooms [default: assistant].
+    #[arg(long, env = "ROOMCAST_AI_NAME")]
+    pub ai_name: Option<String>,
+
+    /// Recent room messages given to the model as context [default: 20].
+    #[arg(long, env = "ROOMCAST_AI_CONTEXT_MESSAGES")]
+    pub ai_context_messages: Option<usize>,
 
     /// Interval of WebSocket pings, in ms [default: 30000].
     #[arg(long, env = "ROOMCAST_HEARTBEAT_INTERVAL_MS")]
@@ -203,6 +223,16 @@ pub struct ServeArgs {
     pub tls_key: Option<PathBuf>,
 }
 
+/// A secret that prints as `***`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
 /// Where messages are stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {
@@ -245,7 +275,13 @@ pub struct Config {
     pub open_registration: bool,
     pub guest_chat: bool,
     pub ai_base_url: Option<String>,
-    pub ai_model: Option<String>,
+    pub ai_model: String,
+    /// Never logged; `Debug` of the config leaves it out.
+    pub ai_api_key: Option<Secret>,
+    pub ai_system_prompt: String,
+    pub ai_timeout: Duration,
+    pub ai_name: String,
+    pub ai_context_messages: usize,
     pub heartbeat_interval: Duration,
     pub idle_timeout: Duration,
     pub max_frame_bytes: usize,
@@ -313,8 +349,29 @@ impl Config {
             admin_key: args.admin_key.filter(|key| !key.is_empty()),
             open_registration: args.open_registration,
             guest_chat: args.guest_chat,
-            ai_base_url: args.ai_base_url,
-            ai_model: args.ai_model,
+            ai_base_url: args.ai_base_url.filter(|url| !url.is_empty()),
+            ai_model: args.ai_model.unwrap_or_else(|| "default".into()),
+            ai_api_key: match &args.ai_api_key_file {
+                Some(path) => Some(Secret(
+                    std::fs::read_to_string(path)
+                        .map_err(|source| ConfigError::Read {
+                            path: path.clone(),
+                            source,
+                        })?
+                        .trim()
+                        .to_owned(),
+                )),
+                None => std::env::var("ROOMCAST_AI_API_KEY")
+                    .ok()
+                    .filter(|key| !key.is_empty())
+                    .map(Secret),
+            },
+            ai_system_prompt: args.ai_system_prompt.unwrap_or_else(|| {
+                "You are a helpful assistant in a team chat. Answer briefly.".into()
+            }),
+            ai_timeout: Duration::from_millis(args.ai_timeout_ms.unwrap_or(60_000)),
+            ai_name: args.ai_name.unwrap_or_else(|| "assistant".into()),
+            ai_context_messages: args.ai_context_messages.unwrap_or(20),
             heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.unwrap_or(30_000)),
             idle_timeout: Duration::from_millis(args.idle_timeout_ms.unwrap_or(90_000)),
             max_frame_bytes: args.max_frame_bytes.unwrap_or(65_536),
@@ -462,6 +519,11 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         guest_chat: args.guest_chat || file.guest_chat,
         ai_base_url: args.ai_base_url.or(file.ai_base_url),
         ai_model: args.ai_model.or(file.ai_model),
+        ai_api_key_file: args.ai_api_key_file.or(file.ai_api_key_file),
+        ai_system_prompt: args.ai_system_prompt.or(file.ai_system_prompt),
+        ai_timeout_ms: args.ai_timeout_ms.or(file.ai_timeout_ms),
+        ai_name: args.ai_name.or(file.ai_name),
+        ai_context_messages: args.ai_context_messages.or(file.ai_context_messages),
         heartbeat_interval_ms: args.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
         idle_timeout_ms: args.idle_timeout_ms.or(file.idle_timeout_ms),
         max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes),

@@ -6,6 +6,7 @@
 //!
 //! # Layout
 //!
+//! - [`ai`]: the assistant's model provider (OpenAI-compatible, streaming).
 //! - [`config`]: flags, `ROOMCAST_*` variables and the TOML file, with defaults.
 //! - [`protocol`]: client and server message types, error and close codes; no I/O.
 //! - [`hub`]: the connection manager — connections, users, rooms, fan-out, counters.
@@ -19,6 +20,7 @@
 //! - [`app`]: the shared state handed to all of the above.
 //! - [`bench`]: `roomcast bench`, the load generator.
 
+pub mod ai;
 pub mod app;
 pub mod auth;
 pub mod bench;
@@ -96,9 +98,18 @@ pub async fn serve(
         config.token_ttl,
         config.login_attempts_per_minute,
     );
+    let ai = config.ai_base_url.as_ref().map(|url| {
+        Arc::new(ai::OpenAiCompatible::new(
+            url,
+            &config.ai_model,
+            config.ai_api_key.as_ref().map(|key| key.0.clone()),
+            config.ai_timeout,
+        )) as Arc<dyn ai::Provider>
+    });
     let app = Arc::new(App {
         tokens,
         accounts,
+        ai,
         broker: Arc::new(LocalBroker::new(hub.clone())),
         hub: hub.clone(),
         store: store.clone(),

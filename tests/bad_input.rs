@@ -293,6 +293,7 @@ async fn types_of_later_features_are_checked_in_order() {
         "validation_error",
     )
     .await;
+    // No provider configured: the request is valid but nobody can answer.
     assert_rejected(
         &mut sender,
         &mut bystander,

@@ -115,7 +115,7 @@ pub async fn dispatch(
         ClientMessage::RoomLeave(request) => rooms::leave(app, session, request, reference),
         ClientMessage::History(request) => history::page(app, session, request, reference).await,
         ClientMessage::Presence(request) => presence::state(app, session, request, reference),
-        ClientMessage::AiRequest(request) => ai::request(app, session, request),
+        ClientMessage::AiRequest(request) => ai::request(app, session, request, reference),
         ClientMessage::FileUploadRequest(request) => files::upload_request(app, session, request),
         ClientMessage::ProjectUpdate(request) => {
             projects::project_update(app, session, request, reference).await

@@ -107,6 +107,16 @@ pub enum ServerMessage<'a> {
     Pong {
         server_time: Timestamp,
     },
+    AiResponseChunk {
+        request_id: &'a str,
+        delta: &'a str,
+    },
+    AiResponse {
+        request_id: &'a str,
+        content: &'a str,
+        model: &'a str,
+        message: Option<&'a Message>,
+    },
     Error {
         error_code: ErrorCode,
         message: &'a str,
@@ -143,12 +153,14 @@ pub enum ServerType {
     TicketUpdated,
     TicketUpdate,
     Pong,
+    AiResponseChunk,
+    AiResponse,
     Error,
 }
 
 impl ServerType {
     /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [ServerType; 18] = [
+    pub const ALL: [ServerType; 20] = [
         ServerType::Welcome,
         ServerType::AuthSuccess,
         ServerType::ChatMessage,
@@ -166,6 +178,8 @@ impl ServerType {
         ServerType::TicketUpdated,
         ServerType::TicketUpdate,
         ServerType::Pong,
+        ServerType::AiResponseChunk,
+        ServerType::AiResponse,
         ServerType::Error,
     ];
 
@@ -188,6 +202,8 @@ impl ServerType {
             ServerType::TicketUpdated => "ticket_updated",
             ServerType::TicketUpdate => "ticket_update",
             ServerType::Pong => "pong",
+            ServerType::AiResponseChunk => "ai_response_chunk",
+            ServerType::AiResponse => "ai_response",
             ServerType::Error => "error",
         }
     }
@@ -233,6 +249,8 @@ impl ServerMessage<'_> {
             ServerMessage::TicketUpdated { .. } => ServerType::TicketUpdated,
             ServerMessage::TicketUpdate { .. } => ServerType::TicketUpdate,
             ServerMessage::Pong { .. } => ServerType::Pong,
+            ServerMessage::AiResponseChunk { .. } => ServerType::AiResponseChunk,
+            ServerMessage::AiResponse { .. } => ServerType::AiResponse,
             ServerMessage::Error { .. } => ServerType::Error,
         }
     }

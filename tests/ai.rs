@@ -1,0 +1,310 @@
+//! The AI assistant against a real HTTP server, started in the test, that
+//! speaks the OpenAI-compatible streaming format (SSE `data:` lines,
+//! `[DONE]`, usage): normal answers, a broken stream, 500, 429, malformed
+//! chunks, a server that never answers, a non-streaming server, and a wrong
+//! URL. Each gives the documented result and leaves the session usable.
+
+mod support;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use support::{Client, TestServer, args, join};
+
+/// What the fake provider saw.
+#[derive(Default)]
+struct Seen {
+    bodies: Vec<Value>,
+    authorization: Vec<String>,
+}
+
+fn sse(events: Vec<String>, delay: Duration) -> Response {
+    let stream = futures_util::stream::iter(events).then(move |event| async move {
+        tokio::time::sleep(delay).await;
+        Ok::<_, std::convert::Infallible>(Bytes::from(event))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .expect("response")
+}
+
+fn delta(text: &str) -> String {
+    format!(
+        "data: {}\n\n",
+        json!({"model": "fake-1", "choices": [{"index": 0, "delta": {"content": text}}]})
+    )
+}
+
+/// The model name picks the behaviour.
+async fn completions(
+    State(seen): State<Arc<Mutex<Seen>>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    {
+        let mut seen = seen.lock().expect("lock");
+        seen.bodies.push(body.clone());
+        if let Some(auth) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
+            seen.authorization.push(auth.to_owned());
+        }
+    }
+    let usage = format!(
+        "data: {}\n\n",
+        json!({"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 3}})
+    );
+    match body["model"].as_str().unwrap_or("") {
+        "normal" => sse(
+            vec![
+                delta("Hel"),
+                delta("lo "),
+                delta("world"),
+                usage,
+                "data: [DONE]\n\n".into(),
+            ],
+            Duration::from_millis(5),
+        ),
+        "broken" => sse(vec![delta("Hel")], Duration::from_millis(5)),
+        "malformed" => sse(
+            vec![
+                delta("Hel"),
+                "data: {not json\n\n".into(),
+                "data: [DONE]\n\n".into(),
+            ],
+            Duration::from_millis(5),
+        ),
+        "error500" => (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response(),
+        "error429" => (StatusCode::TOO_MANY_REQUESTS, "slow down").into_response(),
+        "hang" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            (StatusCode::OK, "too late").into_response()
+        }
+        "plain" => axum::Json(json!({
+            "model": "fake-plain",
+            "choices": [{"message": {"role": "assistant", "content": "Plain answer"}}],
+        }))
+        .into_response(),
+        _ => (StatusCode::NOT_FOUND, "unknown model").into_response(),
+    }
+}
+
+async fn fake_provider() -> (String, Arc<Mutex<Seen>>) {
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let app = Router::new()
+        .route("/v1/chat/completions", post(completions))
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{addr}/v1"), seen)
+}
+
+async fn server_with(model: &str, base_url: &str) -> TestServer {
+    let mut settings = args();
+    settings.ai_base_url = Some(base_url.into());
+    settings.ai_model = Some(model.into());
+    settings.ai_timeout_ms = Some(500);
+    TestServer::with(settings).await
+}
+
+#[tokio::test]
+async fn an_answer_streams_to_the_requester_and_lands_in_the_room() {
+    let (url, seen) = fake_provider().await;
+    let server = server_with("normal", &url).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    join(&mut alice, "dev").await;
+    join(&mut bob, "dev").await;
+    alice.assert_alive().await;
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "we ship on friday"}))
+        .await;
+    alice.recv_type("chat_message").await;
+    bob.recv_type("chat_message").await;
+
+    alice
+        .send(
+            json!({"type": "ai_request", "prompt": "when do we ship?", "room": "dev", "ref": "q1"}),
+        )
+        .await;
+    let mut streamed = String::new();
+    let response = loop {
+        let frame = alice.recv().await;
+        match frame["type"].as_str() {
+            Some("ai_response_chunk") => {
+                assert_eq!(frame["ref"], "q1");
+                streamed.push_str(frame["delta"].as_str().expect("delta"));
+            }
+            Some("ai_response") => break frame,
+            _ => {}
+        }
+    };
+    assert_eq!(streamed, "Hello world");
+    assert_eq!(response["content"], "Hello world");
+    assert_eq!(response["model"], "fake-1");
+    assert_eq!(response["ref"], "q1");
+    assert!(response["request_id"].is_string());
+    let message = &response["message"];
+    assert_eq!(message["room"], "dev");
+    assert_eq!(message["content"], "Hello world");
+    assert_eq!(message["user"]["kind"], "assistant");
+
+    // The room saw the assistant typing, then stop, then its message.
+    let typing = bob.recv().await;
+    assert_eq!(typing["type"], "user_typing", "{typing}");
+    assert_eq!(typing["user"]["kind"], "assistant");
+    assert_eq!(typing["is_typing"], true);
+    let stopped = bob.recv().await;
+    assert_eq!(stopped["type"], "user_typing", "{stopped}");
+    assert_eq!(stopped["is_typing"], false);
+    let said = bob.recv().await;
+    assert_eq!(said["type"], "chat_message", "{said}");
+    assert_eq!(said["message"]["id"], message["id"]);
+
+    // The model got the room as context, the assistant's own turns apart.
+    let body = seen.lock().expect("lock").bodies[0].clone();
+    let messages = body["messages"].as_array().expect("messages");
+    assert_eq!(messages[0]["role"], "system");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m["role"] == "user" && m["content"] == "alice: we ship on friday")
+    );
+    assert_eq!(
+        messages.last().expect("last")["content"],
+        "alice: when do we ship?"
+    );
+    assert_eq!(body["stream"], true);
+
+    // Stored: it is in the room's history.
+    bob.send(json!({"type": "history", "room": "dev"})).await;
+    let history = bob.recv_type("history").await;
+    assert_eq!(history["messages"].as_array().map(Vec::len), Some(2));
+    alice.assert_alive().await;
+}
+
+#[tokio::test]
+async fn without_a_room_the_answer_is_private() {
+    let (url, _) = fake_provider().await;
+    let server = server_with("normal", &url).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    alice.recv_type("user_join").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "hi", "context": false}))
+        .await;
+    let response = alice.recv_type("ai_response").await;
+    assert_eq!(response["content"], "Hello world");
+    assert!(response["message"].is_null());
+    bob.expect_silence().await;
+}
+
+#[tokio::test]
+async fn provider_failures_answer_ai_unavailable_or_ai_timeout() {
+    let (url, _) = fake_provider().await;
+    for (model, code) in [
+        ("error500", "ai_unavailable"),
+        ("error429", "ai_unavailable"),
+        ("broken", "ai_unavailable"),
+        ("malformed", "ai_unavailable"),
+        ("hang", "ai_timeout"),
+    ] {
+        let server = server_with(model, &url).await;
+        let mut alice = server.user("alice").await;
+        alice
+            .send(json!({"type": "ai_request", "prompt": "hi", "ref": model}))
+            .await;
+        let error = alice.recv_type("error").await;
+        assert_eq!(error["error_code"], code, "{model}: {error}");
+        assert_eq!(error["ref"], model);
+        alice.assert_alive().await;
+    }
+}
+
+#[tokio::test]
+async fn a_server_that_does_not_stream_still_answers() {
+    let (url, _) = fake_provider().await;
+    let server = server_with("plain", &url).await;
+    let mut alice = server.user("alice").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "hi"}))
+        .await;
+    let response = alice.recv_type("ai_response").await;
+    assert_eq!(response["content"], "Plain answer");
+}
+
+#[tokio::test]
+async fn a_wrong_url_is_unavailable_and_the_key_never_leaks() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, "sk-very-secret-key\n").expect("key");
+    let (url, seen) = fake_provider().await;
+
+    let mut settings = args();
+    settings.ai_base_url = Some(url.clone());
+    settings.ai_model = Some("normal".into());
+    settings.ai_api_key_file = Some(key_file.clone());
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "hi"}))
+        .await;
+    alice.recv_type("ai_response").await;
+    assert_eq!(
+        seen.lock().expect("lock").authorization,
+        ["Bearer sk-very-secret-key"]
+    );
+
+    let mut settings = args();
+    settings.ai_base_url = Some("http://127.0.0.1:9/v1".into());
+    settings.ai_api_key_file = Some(key_file);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "hi"}))
+        .await;
+    let error = alice.recv_type("error").await;
+    assert_eq!(error["error_code"], "ai_unavailable", "{error}");
+    assert!(!error.to_string().contains("sk-very-secret"));
+    alice.assert_alive().await;
+}
+
+#[tokio::test]
+async fn bad_ai_requests_are_refused_before_the_provider() {
+    let (url, seen) = fake_provider().await;
+    let server = server_with("normal", &url).await;
+    let mut alice = server.user("alice").await;
+    for (frame, code) in [
+        (
+            json!({"type": "ai_request", "prompt": ""}),
+            "validation_error",
+        ),
+        (
+            json!({"type": "ai_request", "prompt": "x".repeat(4001)}),
+            "validation_error",
+        ),
+        (
+            json!({"type": "ai_request", "prompt": "hi", "room": "not-joined"}),
+            "forbidden",
+        ),
+    ] {
+        let error = alice.request(frame).await;
+        assert_eq!(error["error_code"], code, "{error}");
+    }
+    let mut guest = Client::connect(&server.url("")).await;
+    let error = guest
+        .request(json!({"type": "ai_request", "prompt": "hi"}))
+        .await;
+    assert_eq!(error["error_code"], "not_authenticated");
+    assert!(seen.lock().expect("lock").bodies.is_empty());
+}

@@ -1,7 +1,7 @@
 //! The state every part of a running server shares: configuration, the hub,
 //! the broker, the store and the token keys.
 
-use crate::ai::Provider;
+use crate::ai::{AiControl, Provider};
 use crate::auth::{Accounts, Tokens};
 use crate::broker::Broker;
 use crate::config::Config;
@@ -20,6 +20,10 @@ pub struct App {
     pub accounts: Accounts,
     /// The assistant's model, where `--ai-base-url` is configured.
     pub ai: Option<Arc<dyn Provider>>,
+    /// Admission control and counters for AI requests.
+    pub ai_control: Arc<AiControl>,
+    /// The runtime, for work started from outside it (commit callbacks).
+    pub runtime: tokio::runtime::Handle,
 }
 
 impl App {

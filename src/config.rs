@@ -103,6 +103,23 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_AI_CONTEXT_MESSAGES")]
     pub ai_context_messages: Option<usize>,
 
+    /// Rooms where the assistant answers every message (comma-separated);
+    /// elsewhere it answers messages that mention `@<ai-name>`.
+    #[arg(long, env = "ROOMCAST_AI_ANSWER_ALL_ROOMS", value_delimiter = ',')]
+    pub ai_answer_all_rooms: Option<Vec<String>>,
+
+    /// AI requests per user per minute [default: 10].
+    #[arg(long, env = "ROOMCAST_AI_REQUESTS_PER_USER_PER_MINUTE")]
+    pub ai_requests_per_user_per_minute: Option<u32>,
+
+    /// AI requests per room per minute [default: 30].
+    #[arg(long, env = "ROOMCAST_AI_REQUESTS_PER_ROOM_PER_MINUTE")]
+    pub ai_requests_per_room_per_minute: Option<u32>,
+
+    /// Provider calls at once, over all users; more wait in order [default: 4].
+    #[arg(long, env = "ROOMCAST_AI_MAX_CONCURRENT")]
+    pub ai_max_concurrent: Option<usize>,
+
     /// Interval of WebSocket pings, in ms [default: 30000].
     #[arg(long, env = "ROOMCAST_HEARTBEAT_INTERVAL_MS")]
     pub heartbeat_interval_ms: Option<u64>,
@@ -282,6 +299,10 @@ pub struct Config {
     pub ai_timeout: Duration,
     pub ai_name: String,
     pub ai_context_messages: usize,
+    pub ai_answer_all_rooms: Vec<String>,
+    pub ai_requests_per_user_per_minute: u32,
+    pub ai_requests_per_room_per_minute: u32,
+    pub ai_max_concurrent: usize,
     pub heartbeat_interval: Duration,
     pub idle_timeout: Duration,
     pub max_frame_bytes: usize,
@@ -372,6 +393,10 @@ impl Config {
             ai_timeout: Duration::from_millis(args.ai_timeout_ms.unwrap_or(60_000)),
             ai_name: args.ai_name.unwrap_or_else(|| "assistant".into()),
             ai_context_messages: args.ai_context_messages.unwrap_or(20),
+            ai_answer_all_rooms: args.ai_answer_all_rooms.unwrap_or_default(),
+            ai_requests_per_user_per_minute: args.ai_requests_per_user_per_minute.unwrap_or(10),
+            ai_requests_per_room_per_minute: args.ai_requests_per_room_per_minute.unwrap_or(30),
+            ai_max_concurrent: args.ai_max_concurrent.unwrap_or(4),
             heartbeat_interval: Duration::from_millis(args.heartbeat_interval_ms.unwrap_or(30_000)),
             idle_timeout: Duration::from_millis(args.idle_timeout_ms.unwrap_or(90_000)),
             max_frame_bytes: args.max_frame_bytes.unwrap_or(65_536),
@@ -524,6 +549,14 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         ai_timeout_ms: args.ai_timeout_ms.or(file.ai_timeout_ms),
         ai_name: args.ai_name.or(file.ai_name),
         ai_context_messages: args.ai_context_messages.or(file.ai_context_messages),
+        ai_answer_all_rooms: args.ai_answer_all_rooms.or(file.ai_answer_all_rooms),
+        ai_requests_per_user_per_minute: args
+            .ai_requests_per_user_per_minute
+            .or(file.ai_requests_per_user_per_minute),
+        ai_requests_per_room_per_minute: args
+            .ai_requests_per_room_per_minute
+            .or(file.ai_requests_per_room_per_minute),
+        ai_max_concurrent: args.ai_max_concurrent.or(file.ai_max_concurrent),
         heartbeat_interval_ms: args.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
         idle_timeout_ms: args.idle_timeout_ms.or(file.idle_timeout_ms),
         max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes),

@@ -106,10 +106,17 @@ pub async fn serve(
             config.ai_timeout,
         )) as Arc<dyn ai::Provider>
     });
+    let ai_control = Arc::new(ai::AiControl::new(
+        config.ai_requests_per_user_per_minute,
+        config.ai_requests_per_room_per_minute,
+        config.ai_max_concurrent,
+    ));
     let app = Arc::new(App {
         tokens,
         accounts,
         ai,
+        ai_control,
+        runtime: tokio::runtime::Handle::current(),
         broker: Arc::new(LocalBroker::new(hub.clone())),
         hub: hub.clone(),
         store: store.clone(),

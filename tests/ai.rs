@@ -308,3 +308,99 @@ async fn bad_ai_requests_are_refused_before_the_provider() {
     assert_eq!(error["error_code"], "not_authenticated");
     assert!(seen.lock().expect("lock").bodies.is_empty());
 }
+
+#[tokio::test]
+async fn a_mention_gets_an_answer_in_the_room_and_assistants_never_answer_themselves() {
+    let (url, seen) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("normal".into());
+    settings.ai_name = Some("helper".into());
+    settings.ai_answer_all_rooms = Some(vec!["support".into()]);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let bot_token = server.token_with("external-bot", None, Some("assistant"));
+    let mut bot = Client::connect(&server.url(&format!("?token={bot_token}"))).await;
+    join(&mut alice, "dev").await;
+    join(&mut bot, "dev").await;
+    alice.assert_alive().await;
+
+    // No mention: no answer. A mention (any case): an answer from the assistant.
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "helper is a nice word"}))
+        .await;
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "hey @Helper, status?"}))
+        .await;
+    let answer = loop {
+        let frame = alice.recv_type("chat_message").await;
+        if frame["message"]["user"]["kind"] == "assistant" {
+            break frame;
+        }
+    };
+    assert_eq!(answer["message"]["content"], "Hello world");
+    assert_eq!(answer["message"]["user"]["username"], "helper");
+    assert_eq!(seen.lock().expect("lock").bodies.len(), 1);
+
+    // An assistant mentioning the assistant gets no answer: no loops.
+    bot.send(json!({"type": "chat_message", "room": "dev", "content": "@helper over to you"}))
+        .await;
+    bot.recv_type("message_ack").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(seen.lock().expect("lock").bodies.len(), 1);
+
+    // A room that answers everything.
+    join(&mut alice, "support").await;
+    alice
+        .send(json!({"type": "chat_message", "room": "support", "content": "my order is late"}))
+        .await;
+    loop {
+        let frame = alice.recv_type("chat_message").await;
+        if frame["message"]["user"]["kind"] == "assistant" && frame["message"]["room"] == "support"
+        {
+            break;
+        }
+    }
+
+    // Statistics count the assistant connection apart, and the AI requests.
+    let stats = server.stats().await;
+    assert_eq!(stats["assistant_connections"], 1, "{stats}");
+    assert_eq!(stats["ai"]["answered"], 2, "{stats}");
+    assert_eq!(stats["ai"]["prompt_tokens"], 24);
+    let (_, metrics) = server.get("/metrics", None).await;
+    assert!(
+        metrics.contains("roomcast_ai_requests_total{outcome=\"answered\"} 2"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("roomcast_ai_tokens_total{kind=\"completion\"} 6"));
+    assert!(metrics.contains("roomcast_ai_first_token_seconds_count 2"));
+}
+
+#[tokio::test]
+async fn requests_past_the_limits_are_rate_limited() {
+    let (url, _) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("normal".into());
+    settings.ai_requests_per_user_per_minute = Some(2);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    for n in 0..2 {
+        alice
+            .send(json!({"type": "ai_request", "prompt": format!("q{n}")}))
+            .await;
+        alice.recv_type("ai_response").await;
+    }
+    alice
+        .send(json!({"type": "ai_request", "prompt": "one more", "ref": "x"}))
+        .await;
+    let error = alice.recv_type("error").await;
+    assert_eq!(error["error_code"], "rate_limited", "{error}");
+    assert!(error["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    assert_eq!(error["ref"], "x");
+    // Someone else is not affected.
+    let mut bob = server.user("bob").await;
+    bob.send(json!({"type": "ai_request", "prompt": "hi"}))
+        .await;
+    bob.recv_type("ai_response").await;
+}

@@ -5,8 +5,10 @@
 //! The `ai_request` handler builds the conversation and relays the stream;
 //! it knows nothing of HTTP.
 
+mod control;
 mod openai;
 
+pub use control::{Admission, AiControl, AiStats};
 pub use openai::OpenAiCompatible;
 
 use crate::store::BoxFuture;

@@ -8,7 +8,7 @@
 //! is dropped.
 
 use super::{HandlerError, require_joined, send_error};
-use crate::ai::{AiError, Provider, Turn};
+use crate::ai::{Admission, AiError, Completion, Provider, Turn};
 use crate::app::App;
 use crate::hub::{Audience, Connection};
 use crate::protocol::{
@@ -18,6 +18,7 @@ use crate::session::Session;
 use crate::store::{NewMessage, Page};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
@@ -41,10 +42,15 @@ pub fn request(
         .connection
         .user()
         .ok_or(HandlerError::NotAuthenticated("authenticate first"))?;
+    let admission = app
+        .ai_control
+        .admit(&requester.id, room.as_deref())
+        .map_err(HandlerError::RateLimited)?;
     let job = Job {
         app: app.clone(),
-        connection: session.connection.clone(),
+        connection: Some(session.connection.clone()),
         provider,
+        _admission: admission,
         request_id: format!("ai-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
         reference: reference.map(str::to_owned),
         requester,
@@ -54,6 +60,58 @@ pub fn request(
     };
     tokio::spawn(job.run());
     Ok(())
+}
+
+/// Answers a stored room message on its own when it mentions the assistant
+/// (`@name`) or the room answers everything — never a message of an
+/// assistant (or the system), so assistants cannot talk to each other
+/// forever. Called once the message is committed.
+pub fn auto_reply(app: &Arc<App>, message: &Message) {
+    let Some(provider) = app.ai.clone() else {
+        return;
+    };
+    if matches!(message.user.kind, UserKind::Assistant | UserKind::System)
+        || &*message.room == GLOBAL_ROOM
+    {
+        return;
+    }
+    let everything = app
+        .config
+        .ai_answer_all_rooms
+        .iter()
+        .any(|room| room.as_str() == &*message.room);
+    if !everything && !mentions(&message.content, &app.config.ai_name) {
+        return;
+    }
+    let Ok(admission) = app.ai_control.admit(&message.user.id, Some(&message.room)) else {
+        tracing::debug!(room = %message.room, "auto-reply skipped: AI limits reached");
+        return;
+    };
+    let job = Job {
+        app: app.clone(),
+        connection: None,
+        provider,
+        _admission: admission,
+        request_id: format!("ai-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
+        reference: None,
+        requester: message.user.clone(),
+        prompt: message.content.clone(),
+        room: Some(message.room.to_string()),
+        context: true,
+    };
+    app.runtime.spawn(job.run());
+}
+
+/// Whether `text` mentions `@name` (case-insensitively, as a whole word).
+fn mentions(text: &str, name: &str) -> bool {
+    let text = text.to_lowercase();
+    let tag = format!("@{}", name.to_lowercase());
+    text.match_indices(&tag).any(|(at, _)| {
+        text[at + tag.len()..]
+            .chars()
+            .next()
+            .is_none_or(|next| !(next.is_alphanumeric() || next == '_' || next == '-'))
+    })
 }
 
 /// The assistant as a user of the rooms it answers in.
@@ -67,8 +125,11 @@ pub fn assistant(app: &App) -> User {
 
 struct Job {
     app: Arc<App>,
-    connection: Arc<Connection>,
+    /// The requester's connection; `None` for an auto-reply.
+    connection: Option<Arc<Connection>>,
     provider: Arc<dyn Provider>,
+    /// Holds the requester's in-flight slot until the job ends.
+    _admission: Admission,
     request_id: String,
     reference: Option<String>,
     requester: User,
@@ -79,64 +140,106 @@ struct Job {
 
 impl Job {
     async fn run(self) {
+        let stats = &self.app.ai_control.stats;
         let assistant = assistant(&self.app);
         self.typing(&assistant, true);
+        let requester_gone = async {
+            match &self.connection {
+                Some(connection) => connection.closed().await,
+                None => std::future::pending().await,
+            }
+        };
+        let started = Instant::now();
         let outcome = tokio::select! {
-            outcome = self.answer() => Some(outcome),
+            outcome = async {
+                // At most `--ai-max-concurrent` provider calls; the rest wait in order.
+                let _slot = self.app.ai_control.slot().await;
+                self.answer(started).await
+            } => Some(outcome),
             // The requester left: dropping `answer` drops the provider call.
-            () = self.connection.closed() => None,
+            () = requester_gone => None,
         };
         self.typing(&assistant, false);
         match outcome {
-            Some(Ok((content, model))) => self.finish(&assistant, content, model).await,
+            Some(Ok(completion)) => {
+                stats.answered.fetch_add(1, Ordering::Relaxed);
+                stats.total.observe(started.elapsed());
+                if let Some(tokens) = completion.prompt_tokens {
+                    stats.prompt_tokens.fetch_add(tokens, Ordering::Relaxed);
+                }
+                if let Some(tokens) = completion.completion_tokens {
+                    stats.completion_tokens.fetch_add(tokens, Ordering::Relaxed);
+                }
+                self.finish(&assistant, completion.content, completion.model)
+                    .await;
+            }
             Some(Err(err)) => {
                 let code = match err {
-                    AiError::Timeout => ErrorCode::AiTimeout,
-                    AiError::Unavailable(_) => ErrorCode::AiUnavailable,
+                    AiError::Timeout => {
+                        stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        ErrorCode::AiTimeout
+                    }
+                    AiError::Unavailable(_) => {
+                        stats.unavailable.fetch_add(1, Ordering::Relaxed);
+                        ErrorCode::AiUnavailable
+                    }
                 };
                 tracing::warn!(request = %self.request_id, error = %err, "AI request failed");
                 let message = match code {
                     ErrorCode::AiTimeout => "the assistant took too long to answer",
                     _ => "the assistant is unavailable right now",
                 };
-                send_error(
-                    &self.app,
-                    &self.connection,
-                    code,
-                    message,
-                    None,
-                    self.reference.as_deref(),
-                );
+                if let Some(connection) = &self.connection {
+                    send_error(
+                        &self.app,
+                        connection,
+                        code,
+                        message,
+                        None,
+                        self.reference.as_deref(),
+                    );
+                }
             }
-            None => {}
+            None => {
+                stats.cancelled.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
     /// Streams the model's answer to the requester; returns it whole.
-    async fn answer(&self) -> Result<(String, String), AiError> {
+    async fn answer(&self, started: Instant) -> Result<Completion, AiError> {
         let conversation = self.conversation().await;
         let (deltas, mut received) = mpsc::unbounded_channel::<String>();
         let completion = self.provider.complete(conversation, deltas);
         tokio::pin!(completion);
+        let mut first = true;
         loop {
             tokio::select! {
                 biased;
-                Some(delta) = received.recv() => self.chunk(&delta),
+                Some(delta) = received.recv() => {
+                    if first {
+                        first = false;
+                        self.app.ai_control.stats.first_token.observe(started.elapsed());
+                    }
+                    self.chunk(&delta);
+                }
                 result = &mut completion => {
                     // Whatever was streamed before the end goes out first.
                     while let Ok(delta) = received.try_recv() {
                         self.chunk(&delta);
                     }
-                    let completion = result?;
-                    return Ok((completion.content, completion.model));
+                    return result;
                 }
             }
         }
     }
 
     fn chunk(&self, delta: &str) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
         self.app.send(
-            &self.connection,
+            connection,
             &ServerMessage::AiResponseChunk {
                 request_id: &self.request_id,
                 delta,
@@ -186,8 +289,11 @@ impl Job {
             Some(room) => self.store(room, assistant, &content).await,
             None => None,
         };
+        let Some(connection) = &self.connection else {
+            return;
+        };
         self.app.send(
-            &self.connection,
+            connection,
             &ServerMessage::AiResponse {
                 request_id: &self.request_id,
                 content: &content,

@@ -6,7 +6,7 @@
 //! once the message is durable — only then is it acknowledged and broadcast —
 //! and callbacks run in commit order, so a room sees its messages in id order.
 
-use super::{HandlerError, report, require_joined, speaker};
+use super::{HandlerError, auto_reply, report, require_joined, speaker};
 use crate::app::App;
 use crate::hub::Audience;
 use crate::protocol::{ChatMessage, GLOBAL_ROOM, ServerMessage, Timestamp};
@@ -65,6 +65,7 @@ pub fn send(
                             Audience::Room(message.room.clone())
                         };
                         app.publish(audience, &ServerMessage::ChatMessage { message }, None);
+                        auto_reply(&app, message);
                     }
                 }
                 Err(err) => report(

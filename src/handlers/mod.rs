@@ -19,6 +19,7 @@ mod rooms;
 mod typing;
 mod users;
 
+pub use ai::auto_reply;
 pub use auth::log_in;
 pub use rooms::may_enter;
 

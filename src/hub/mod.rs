@@ -16,7 +16,7 @@ mod room;
 mod stats;
 
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
-pub use stats::{HubStats, LATENCY_BUCKETS_US};
+pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 
 use crate::protocol::{CloseReason, Frame, ServerType, User};
 use axum::extract::ws::Utf8Bytes;

@@ -103,18 +103,42 @@ impl HubStats {
     }
 }
 
+/// Upper bounds, in microseconds, of buckets for slow things (AI answers).
+pub const SLOW_BUCKETS_US: [u64; 10] = [
+    50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000,
+    60_000_000,
+];
+
 /// A fixed-bucket latency histogram in the shape Prometheus expects.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Histogram {
-    buckets: [AtomicU64; LATENCY_BUCKETS_US.len()],
+    bounds_us: &'static [u64],
+    buckets: Box<[AtomicU64]>,
     count: AtomicU64,
     sum_us: AtomicU64,
 }
 
+impl Default for Histogram {
+    /// Buckets from 5 µs to 50 ms, for the fast paths.
+    fn default() -> Self {
+        Histogram::with_bounds(&LATENCY_BUCKETS_US)
+    }
+}
+
 impl Histogram {
+    /// A histogram with these bucket upper bounds (µs, ascending).
+    pub fn with_bounds(bounds_us: &'static [u64]) -> Self {
+        Histogram {
+            bounds_us,
+            buckets: bounds_us.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_us: AtomicU64::new(0),
+        }
+    }
+
     pub fn observe(&self, elapsed: Duration) {
         let micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        if let Some(slot) = LATENCY_BUCKETS_US.iter().position(|&bound| micros <= bound) {
+        if let Some(slot) = self.bounds_us.iter().position(|&bound| micros <= bound) {
             self.buckets[slot].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
@@ -124,9 +148,9 @@ impl Histogram {
     /// Cumulative counts per upper bound (µs), as Prometheus `le` buckets.
     pub fn cumulative(&self) -> Vec<(u64, u64)> {
         let mut running = 0;
-        LATENCY_BUCKETS_US
+        self.bounds_us
             .iter()
-            .zip(&self.buckets)
+            .zip(self.buckets.iter())
             .map(|(&bound, count)| {
                 running += count.load(Ordering::Relaxed);
                 (bound, running)

@@ -52,8 +52,37 @@ pub async fn stats(
         "messages_out_by_type": counts(&mut stats.messages_out()),
         "errors": counts(&mut stats.errors()),
         "slow_consumer_disconnects": stats.slow_consumer_disconnects(),
+        "assistant_connections": open
+            .iter()
+            .filter(|c| c.kind() == crate::protocol::UserKind::Assistant)
+            .count(),
+        "ai": ai_stats(&app),
         "connections": open.iter().map(|c| connection_entry(c)).collect::<Vec<_>>(),
     })))
+}
+
+fn ai_stats(app: &App) -> Value {
+    let ai = &app.ai_control.stats;
+    let mut entry: serde_json::Map<String, Value> = ai
+        .outcomes()
+        .iter()
+        .map(|(outcome, count)| ((*outcome).to_owned(), Value::from(*count)))
+        .collect();
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    entry.insert("requests".into(), load(&ai.requests).into());
+    entry.insert("prompt_tokens".into(), load(&ai.prompt_tokens).into());
+    entry.insert(
+        "completion_tokens".into(),
+        load(&ai.completion_tokens).into(),
+    );
+    let mean = |histogram: &crate::hub::Histogram| {
+        (histogram.count() > 0).then(|| histogram.sum_seconds() / histogram.count() as f64 * 1000.0)
+    };
+    entry.insert("mean_first_token_ms".into(), mean(&ai.first_token).into());
+    entry.insert("mean_duration_ms".into(), mean(&ai.total).into());
+    entry.insert("configured".into(), app.ai.is_some().into());
+    Value::Object(entry)
 }
 
 fn connection_entry(connection: &Connection) -> Value {

@@ -1,6 +1,7 @@
 //! `GET /metrics`: the hub's counters in the Prometheus text format.
 
 use crate::app::App;
+use crate::hub::Histogram;
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
@@ -69,27 +70,77 @@ pub async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
         "Error frames sent, by error code.",
         &labelled("code", &mut stats.errors()),
     );
-    let histogram = stats.broadcast_latency();
-    let _ = writeln!(
-        out,
-        "# HELP roomcast_broadcast_duration_seconds Time to queue one broadcast to every recipient on this node.\n\
-         # TYPE roomcast_broadcast_duration_seconds histogram"
+    histogram(
+        &mut out,
+        "roomcast_broadcast_duration_seconds",
+        "Time to queue one broadcast to every recipient on this node.",
+        stats.broadcast_latency(),
     );
+    let ai = &app.ai_control.stats;
+    let outcomes: Vec<(String, u64)> = ai
+        .outcomes()
+        .iter()
+        .map(|(outcome, count)| (format!("{{outcome=\"{outcome}\"}}"), *count))
+        .collect();
+    let tokens = [
+        (
+            "{kind=\"prompt\"}".to_owned(),
+            ai.prompt_tokens.load(std::sync::atomic::Ordering::Relaxed),
+        ),
+        (
+            "{kind=\"completion\"}".to_owned(),
+            ai.completion_tokens
+                .load(std::sync::atomic::Ordering::Relaxed),
+        ),
+    ];
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, value) in samples {
+            let _ = writeln!(out, "{name}{labels} {value}");
+        }
+    };
+    metric(
+        "roomcast_ai_requests_total",
+        "counter",
+        "AI requests, by outcome.",
+        &outcomes,
+    );
+    metric(
+        "roomcast_ai_tokens_total",
+        "counter",
+        "Tokens the AI provider reported, by kind.",
+        &tokens,
+    );
+    histogram(
+        &mut out,
+        "roomcast_ai_first_token_seconds",
+        "Time from an AI request to its first streamed token.",
+        &ai.first_token,
+    );
+    histogram(
+        &mut out,
+        "roomcast_ai_duration_seconds",
+        "Time from an AI request to its complete answer.",
+        &ai.total,
+    );
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Writes a histogram in the Prometheus text format.
+fn histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (bound_us, count) in histogram.cumulative() {
         let _ = writeln!(
             out,
-            "roomcast_broadcast_duration_seconds_bucket{{le=\"{}\"}} {count}",
+            "{name}_bucket{{le=\"{}\"}} {count}",
             bound_us as f64 / 1e6
         );
     }
     let _ = writeln!(
         out,
-        "roomcast_broadcast_duration_seconds_bucket{{le=\"+Inf\"}} {}\n\
-         roomcast_broadcast_duration_seconds_sum {}\n\
-         roomcast_broadcast_duration_seconds_count {}",
+        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
         histogram.count(),
         histogram.sum_seconds(),
         histogram.count()
     );
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

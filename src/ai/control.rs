@@ -1,0 +1,146 @@
+//! Keeping the assistant affordable and fair: per-user and per-room request
+//! rates, a per-user limit on requests in flight, a global cap on concurrent
+//! provider calls (waiting requests are served first come, first served), and
+//! the counters that `/metrics` and `/api/stats` report.
+
+use crate::hub::{Histogram, SLOW_BUCKETS_US};
+use crate::limits::KeyedLimiter;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// Requests a user may have in flight at once.
+const PER_USER_IN_FLIGHT: usize = 2;
+
+/// Admission control and statistics for AI requests.
+#[derive(Debug)]
+pub struct AiControl {
+    per_user: KeyedLimiter<String>,
+    per_room: KeyedLimiter<String>,
+    in_flight: Mutex<HashMap<String, usize>>,
+    /// FIFO: tokio's semaphore hands permits out in request order.
+    slots: Arc<Semaphore>,
+    pub stats: AiStats,
+}
+
+/// Counters of AI requests.
+#[derive(Debug)]
+pub struct AiStats {
+    pub requests: AtomicU64,
+    pub answered: AtomicU64,
+    pub unavailable: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub completion_tokens: AtomicU64,
+    pub first_token: Histogram,
+    pub total: Histogram,
+}
+
+impl Default for AiStats {
+    fn default() -> Self {
+        AiStats {
+            requests: AtomicU64::default(),
+            answered: AtomicU64::default(),
+            unavailable: AtomicU64::default(),
+            timeouts: AtomicU64::default(),
+            cancelled: AtomicU64::default(),
+            rate_limited: AtomicU64::default(),
+            prompt_tokens: AtomicU64::default(),
+            completion_tokens: AtomicU64::default(),
+            first_token: Histogram::with_bounds(&SLOW_BUCKETS_US),
+            total: Histogram::with_bounds(&SLOW_BUCKETS_US),
+        }
+    }
+}
+
+impl AiStats {
+    /// `(outcome, count)` for every outcome of a request.
+    pub fn outcomes(&self) -> [(&'static str, u64); 5] {
+        let get = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        [
+            ("answered", get(&self.answered)),
+            ("unavailable", get(&self.unavailable)),
+            ("timeout", get(&self.timeouts)),
+            ("cancelled", get(&self.cancelled)),
+            ("rate_limited", get(&self.rate_limited)),
+        ]
+    }
+}
+
+/// A request admitted: it holds its user's in-flight slot until dropped.
+pub struct Admission {
+    control: Arc<AiControl>,
+    user: String,
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        let mut in_flight = self
+            .control
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = in_flight.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.user);
+            }
+        }
+    }
+}
+
+impl AiControl {
+    /// `per_user_per_minute` and `per_room_per_minute` requests; at most
+    /// `concurrent` provider calls at once.
+    pub fn new(per_user_per_minute: u32, per_room_per_minute: u32, concurrent: usize) -> Self {
+        let per_minute = |n: u32| KeyedLimiter::new(f64::from(n.max(1)) / 60.0, n.max(1));
+        AiControl {
+            per_user: per_minute(per_user_per_minute),
+            per_room: per_minute(per_room_per_minute),
+            in_flight: Mutex::new(HashMap::new()),
+            slots: Arc::new(Semaphore::new(concurrent.max(1))),
+            stats: AiStats::default(),
+        }
+    }
+
+    /// Admits a request, or says how long to wait.
+    pub fn admit(self: &Arc<Self>, user: &str, room: Option<&str>) -> Result<Admission, Duration> {
+        self.stats.requests.fetch_add(1, Ordering::Relaxed);
+        let refuse = |wait: Duration| {
+            self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            wait
+        };
+        {
+            let in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if in_flight.get(user).copied().unwrap_or(0) >= PER_USER_IN_FLIGHT {
+                return Err(refuse(Duration::from_secs(1)));
+            }
+        }
+        self.per_user.take(&user.to_owned()).map_err(refuse)?;
+        if let Some(room) = room {
+            self.per_room.take(&room.to_owned()).map_err(refuse)?;
+        }
+        *self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(user.to_owned())
+            .or_insert(0) += 1;
+        Ok(Admission {
+            control: self.clone(),
+            user: user.to_owned(),
+        })
+    }
+
+    /// Waits for a provider slot, first come, first served.
+    pub async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        self.slots.clone().acquire_owned().await.ok()
+    }
+}

@@ -73,6 +73,10 @@ async fn completions(
             Duration::from_millis(5),
         ),
         "broken" => sse(vec![delta("Hel")], Duration::from_millis(5)),
+        "slow" => sse(
+            (0..20).map(|n| delta(&format!("{n} "))).collect(),
+            Duration::from_millis(200),
+        ),
         "malformed" => sse(
             vec![
                 delta("Hel"),
@@ -403,4 +407,43 @@ async fn requests_past_the_limits_are_rate_limited() {
     bob.send(json!({"type": "ai_request", "prompt": "hi"}))
         .await;
     bob.recv_type("ai_response").await;
+}
+
+#[tokio::test]
+async fn a_request_can_be_cancelled() {
+    let (url, _) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("slow".into());
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "take your time"}))
+        .await;
+    let first = alice.recv_type("ai_response_chunk").await;
+    let request_id = first["request_id"].as_str().expect("request_id").to_owned();
+
+    let mut bob = server.user("bob").await;
+    let error = bob
+        .request(json!({"type": "ai_cancel", "request_id": request_id}))
+        .await;
+    assert_eq!(
+        error["error_code"], "not_found",
+        "only the requester may cancel: {error}"
+    );
+
+    alice
+        .send(json!({"type": "ai_cancel", "request_id": request_id, "ref": "stop"}))
+        .await;
+    let cancelled = alice.recv_type("ai_cancelled").await;
+    assert_eq!(cancelled["request_id"], request_id.as_str());
+    assert_eq!(cancelled["ref"], "stop");
+    // Nothing more of that answer arrives.
+    alice.expect_silence().await;
+    let error = alice
+        .request(json!({"type": "ai_cancel", "request_id": request_id}))
+        .await;
+    assert_eq!(error["error_code"], "not_found");
+    let stats = server.stats().await;
+    assert_eq!(stats["ai"]["cancelled"], 1, "{stats}");
 }

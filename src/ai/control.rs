@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Requests a user may have in flight at once.
 const PER_USER_IN_FLIGHT: usize = 2;
@@ -22,6 +22,9 @@ pub struct AiControl {
     in_flight: Mutex<HashMap<String, usize>>,
     /// FIFO: tokio's semaphore hands permits out in request order.
     slots: Arc<Semaphore>,
+    /// Running requests by id: the requester's connection id and the signal
+    /// that cancels the request.
+    running: Mutex<HashMap<String, (Arc<str>, Arc<Notify>)>>,
     pub stats: AiStats,
 }
 
@@ -103,6 +106,7 @@ impl AiControl {
             per_room: per_minute(per_room_per_minute),
             in_flight: Mutex::new(HashMap::new()),
             slots: Arc::new(Semaphore::new(concurrent.max(1))),
+            running: Mutex::new(HashMap::new()),
             stats: AiStats::default(),
         }
     }
@@ -137,6 +141,35 @@ impl AiControl {
             control: self.clone(),
             user: user.to_owned(),
         })
+    }
+
+    /// Registers a running request; the returned signal fires on cancel.
+    pub fn register(&self, request_id: &str, connection_id: Arc<str>) -> Arc<Notify> {
+        let signal = Arc::new(Notify::new());
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(request_id.to_owned(), (connection_id, signal.clone()));
+        signal
+    }
+
+    pub fn unregister(&self, request_id: &str) {
+        self.running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(request_id);
+    }
+
+    /// Cancels a request of `connection_id`; false if there is none.
+    pub fn cancel(&self, request_id: &str, connection_id: &str) -> bool {
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        match running.get(request_id) {
+            Some((owner, signal)) if &**owner == connection_id => {
+                signal.notify_one();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Waits for a provider slot, first come, first served.

@@ -12,7 +12,7 @@ use crate::ai::{Admission, AiError, Completion, Provider, Turn};
 use crate::app::App;
 use crate::hub::{Audience, Connection};
 use crate::protocol::{
-    AiRequest, ErrorCode, GLOBAL_ROOM, Message, ServerMessage, Timestamp, User, UserKind,
+    AiCancel, AiRequest, ErrorCode, GLOBAL_ROOM, Message, ServerMessage, Timestamp, User, UserKind,
 };
 use crate::session::Session;
 use crate::store::{NewMessage, Page};
@@ -114,6 +114,32 @@ fn mentions(text: &str, name: &str) -> bool {
     })
 }
 
+/// `ai_cancel` (extension): stops one of this connection's AI requests.
+pub fn cancel(
+    app: &App,
+    session: &Session,
+    request: AiCancel,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    if !app
+        .ai_control
+        .cancel(&request.request_id, &session.connection.id)
+    {
+        return Err(HandlerError::NotFound(format!(
+            "no running AI request `{}` on this connection",
+            request.request_id
+        )));
+    }
+    app.send(
+        &session.connection,
+        &ServerMessage::AiCancelled {
+            request_id: &request.request_id,
+        },
+        reference,
+    );
+    Ok(())
+}
+
 /// The assistant as a user of the rooms it answers in.
 pub fn assistant(app: &App) -> User {
     User {
@@ -143,10 +169,18 @@ impl Job {
         let stats = &self.app.ai_control.stats;
         let assistant = assistant(&self.app);
         self.typing(&assistant, true);
+        let cancelled = self.connection.as_ref().map(|connection| {
+            self.app
+                .ai_control
+                .register(&self.request_id, connection.id.clone())
+        });
         let requester_gone = async {
-            match &self.connection {
-                Some(connection) => connection.closed().await,
-                None => std::future::pending().await,
+            match (&self.connection, &cancelled) {
+                (Some(connection), Some(cancel)) => tokio::select! {
+                    () = connection.closed() => {}
+                    () = cancel.notified() => {}
+                },
+                _ => std::future::pending().await,
             }
         };
         let started = Instant::now();
@@ -156,9 +190,11 @@ impl Job {
                 let _slot = self.app.ai_control.slot().await;
                 self.answer(started).await
             } => Some(outcome),
-            // The requester left: dropping `answer` drops the provider call.
+            // The requester left or cancelled: dropping `answer` drops the
+            // provider call.
             () = requester_gone => None,
         };
+        self.app.ai_control.unregister(&self.request_id);
         self.typing(&assistant, false);
         match outcome {
             Some(Ok(completion)) => {

@@ -125,6 +125,7 @@ pub async fn dispatch(
             projects::ticket_update(app, session, request, reference).await
         }
         ClientMessage::Ping => ping::ping(app, session, reference),
+        ClientMessage::AiCancel(request) => ai::cancel(app, session, request, reference),
     }
 }
 

@@ -77,11 +77,13 @@ pub enum MessageType {
     ProjectUpdate,
     TicketUpdate,
     Ping,
+    /// Extension: stop an AI request of this connection.
+    AiCancel,
 }
 
 impl MessageType {
     /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [MessageType; 14] = [
+    pub const ALL: [MessageType; 15] = [
         MessageType::Authentication,
         MessageType::ChatMessage,
         MessageType::UserTyping,
@@ -96,6 +98,7 @@ impl MessageType {
         MessageType::ProjectUpdate,
         MessageType::TicketUpdate,
         MessageType::Ping,
+        MessageType::AiCancel,
     ];
 
     pub fn parse(name: &str) -> Option<MessageType> {
@@ -118,6 +121,7 @@ impl MessageType {
             MessageType::ProjectUpdate => "project_update",
             MessageType::TicketUpdate => "ticket_update",
             MessageType::Ping => "ping",
+            MessageType::AiCancel => "ai_cancel",
         }
     }
 
@@ -248,6 +252,7 @@ impl Envelope {
                 ClientMessage::TicketUpdate(decode::<TicketUpdate>(body)?.validated()?)
             }
             MessageType::Ping => ClientMessage::Ping,
+            MessageType::AiCancel => ClientMessage::AiCancel(decode::<AiCancel>(body)?),
         };
         Ok(message)
     }
@@ -336,6 +341,13 @@ pub enum ClientMessage {
     ProjectUpdate(ProjectUpdate),
     TicketUpdate(TicketUpdate),
     Ping,
+    AiCancel(AiCancel),
+}
+
+/// `ai_cancel` (extension): stop the AI request with this id.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct AiCancel {
+    pub request_id: String,
 }
 
 /// `authentication`: a token, or a username and password.

@@ -16,9 +16,9 @@ mod time;
 mod types;
 
 pub use client::{
-    AiRequest, Authentication, ChatMessage, ClientMessage, Envelope, FileUploadRequest, History,
-    Limits, MessageType, Presence, ProjectUpdate, Rejection, RoomJoin, RoomLeave, TicketUpdate,
-    UserJoin, UserTyping, validate_room_name,
+    AiCancel, AiRequest, Authentication, ChatMessage, ClientMessage, Envelope, FileUploadRequest,
+    History, Limits, MessageType, Presence, ProjectUpdate, Rejection, RoomJoin, RoomLeave,
+    TicketUpdate, UserJoin, UserTyping, validate_room_name,
 };
 pub use error::{CloseReason, ErrorCode};
 pub use server::{Frame, PresenceEvent, ServerInfo, ServerMessage, ServerType, WelcomeLimits};

@@ -117,6 +117,9 @@ pub enum ServerMessage<'a> {
         model: &'a str,
         message: Option<&'a Message>,
     },
+    AiCancelled {
+        request_id: &'a str,
+    },
     Error {
         error_code: ErrorCode,
         message: &'a str,
@@ -155,12 +158,13 @@ pub enum ServerType {
     Pong,
     AiResponseChunk,
     AiResponse,
+    AiCancelled,
     Error,
 }
 
 impl ServerType {
     /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [ServerType; 20] = [
+    pub const ALL: [ServerType; 21] = [
         ServerType::Welcome,
         ServerType::AuthSuccess,
         ServerType::ChatMessage,
@@ -180,6 +184,7 @@ impl ServerType {
         ServerType::Pong,
         ServerType::AiResponseChunk,
         ServerType::AiResponse,
+        ServerType::AiCancelled,
         ServerType::Error,
     ];
 
@@ -204,6 +209,7 @@ impl ServerType {
             ServerType::Pong => "pong",
             ServerType::AiResponseChunk => "ai_response_chunk",
             ServerType::AiResponse => "ai_response",
+            ServerType::AiCancelled => "ai_cancelled",
             ServerType::Error => "error",
         }
     }
@@ -251,6 +257,7 @@ impl ServerMessage<'_> {
             ServerMessage::Pong { .. } => ServerType::Pong,
             ServerMessage::AiResponseChunk { .. } => ServerType::AiResponseChunk,
             ServerMessage::AiResponse { .. } => ServerType::AiResponse,
+            ServerMessage::AiCancelled { .. } => ServerType::AiCancelled,
             ServerMessage::Error { .. } => ServerType::Error,
         }
     }

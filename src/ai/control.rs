@@ -11,6 +11,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
+/// A running request: the requester's connection id and its cancel signal.
+type Running = (Arc<str>, Arc<Notify>);
+
 /// Requests a user may have in flight at once.
 const PER_USER_IN_FLIGHT: usize = 2;
 
@@ -24,7 +27,7 @@ pub struct AiControl {
     slots: Arc<Semaphore>,
     /// Running requests by id: the requester's connection id and the signal
     /// that cancels the request.
-    running: Mutex<HashMap<String, (Arc<str>, Arc<Notify>)>>,
+    running: Mutex<HashMap<String, Running>>,
     pub stats: AiStats,
 }
 

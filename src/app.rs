@@ -38,6 +38,19 @@ impl App {
             .send(connection, &OutFrame::from(message.encode(reference)))
     }
 
+    /// Like [`App::send`] for a frame that must not be dropped: waits up to
+    /// `patience` for the connection's outbox to have room.
+    pub async fn send_patiently(
+        &self,
+        connection: &Connection,
+        message: &ServerMessage<'_>,
+        reference: Option<&str>,
+        patience: std::time::Duration,
+    ) -> Delivery {
+        let frame = OutFrame::from(message.encode(reference));
+        self.hub.send_patiently(connection, &frame, patience).await
+    }
+
     /// Encodes a frame once and broadcasts it to an audience.
     pub fn publish(&self, audience: Audience, message: &ServerMessage<'_>, except: Option<&str>) {
         self.broker

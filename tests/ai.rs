@@ -16,13 +16,15 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{Client, TestServer, args, join};
+use support::{Client, TestServer, args, join, user_with_recv_buffer};
 
 /// What the fake provider saw.
 #[derive(Default)]
 struct Seen {
     bodies: Vec<Value>,
     authorization: Vec<String>,
+    /// The `flood` model has written its whole stream.
+    flood_sent: bool,
 }
 
 fn sse(events: Vec<String>, delay: Duration) -> Response {
@@ -41,6 +43,14 @@ fn delta(text: &str) -> String {
         "data: {}\n\n",
         json!({"model": "fake-1", "choices": [{"index": 0, "delta": {"content": text}}]})
     )
+}
+
+/// Deltas the `flood` model streams, as fast as it can: 8 MB in all, more
+/// than the kernel's socket buffers hold for a client that does not read.
+const FLOOD_DELTAS: usize = 8_000;
+
+fn flood_delta(n: usize) -> String {
+    format!("{n:08} {}", "x".repeat(991))
 }
 
 /// The model name picks the behaviour.
@@ -77,6 +87,22 @@ async fn completions(
             (0..20).map(|n| delta(&format!("{n} "))).collect(),
             Duration::from_millis(200),
         ),
+        "flood" => {
+            let events = (0..FLOOD_DELTAS)
+                .map(|n| delta(&flood_delta(n)))
+                .chain([usage, "data: [DONE]\n\n".into()])
+                .map(|event| Ok::<_, std::convert::Infallible>(Bytes::from(event)));
+            let end = futures_util::stream::once(async move {
+                seen.lock().expect("lock").flood_sent = true;
+                Ok(Bytes::new())
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Body::from_stream(
+                    futures_util::stream::iter(events).chain(end),
+                ))
+                .expect("response")
+        }
         "malformed" => sse(
             vec![
                 delta("Hel"),
@@ -446,4 +472,59 @@ async fn a_request_can_be_cancelled() {
     assert_eq!(error["error_code"], "not_found");
     let stats = server.stats().await;
     assert_eq!(stats["ai"]["cancelled"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn a_slow_client_gets_merged_chunks_and_never_loses_the_answer() {
+    let (url, seen) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("flood".into());
+    // A small outbox, which 20,000 chunks would overflow many times over.
+    settings.outbox_capacity = Some(32);
+    settings.max_pending_writes = Some(8);
+    let server = TestServer::with(settings).await;
+    // Big enough to read the flood quickly once Alice starts reading.
+    let mut alice = user_with_recv_buffer(&server, "alice", 1 << 20).await;
+    let mut bob = server.user("bob").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "count", "ref": "n"}))
+        .await;
+    // Alice reads nothing until the whole answer has been queued for her.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while server.stats().await["ai"]["answered"] != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "no answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(seen.lock().expect("lock").flood_sent);
+    bob.assert_alive().await;
+
+    let expected: String = (0..FLOOD_DELTAS).map(flood_delta).collect();
+    let mut streamed = String::new();
+    let mut chunks = 0;
+    let response = loop {
+        let frame = alice.recv().await;
+        match frame["type"].as_str() {
+            Some("ai_response_chunk") => {
+                assert_eq!(frame["ref"], "n");
+                streamed.push_str(frame["delta"].as_str().expect("delta"));
+                chunks += 1;
+            }
+            Some("ai_response") => break frame,
+            // Bob's arrival is announced to everyone.
+            Some("user_join") => {}
+            _ => panic!("unexpected frame {frame}"),
+        }
+    };
+    assert!(response["content"] == expected.as_str(), "the whole answer");
+    assert_eq!(response["ref"], "n");
+    assert!(streamed == expected, "the chunks add up to the answer");
+    assert!(
+        chunks < FLOOD_DELTAS,
+        "{chunks} chunks: deltas should have been merged"
+    );
+    alice.assert_alive().await;
+    let stats = server.stats().await;
+    assert_eq!(stats["slow_consumer_disconnects"], 0, "{stats}");
+    assert_eq!(stats["ai"]["answered"], 1, "{stats}");
 }

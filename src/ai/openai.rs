@@ -9,6 +9,10 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// Longest SSE line accepted from a provider; a longer one is an error, not
+/// unbounded memory.
+const MAX_LINE_BYTES: usize = 1 << 20;
+
 /// Client for one OpenAI-compatible endpoint and model.
 pub struct OpenAiCompatible {
     client: reqwest::Client,
@@ -108,9 +112,12 @@ impl OpenAiCompatible {
             };
             let chunk = chunk.map_err(|err| AiError::Unavailable(err.without_url().to_string()))?;
             buffer.extend_from_slice(&chunk);
-            while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = buffer.drain(..=end).collect();
-                let line = String::from_utf8_lossy(&line);
+            // Lines are cut from `start`; the consumed part is dropped once
+            // per network chunk, not once per line.
+            let mut start = 0;
+            while let Some(end) = buffer[start..].iter().position(|&b| b == b'\n') {
+                let line = String::from_utf8_lossy(&buffer[start..start + end]);
+                start += end + 1;
                 let Some(data) = line.trim_end().strip_prefix("data:") else {
                     continue;
                 };
@@ -136,6 +143,12 @@ impl OpenAiCompatible {
                     completion.model = model.to_owned();
                 }
                 read_usage(&event, &mut completion);
+            }
+            buffer.drain(..start);
+            if buffer.len() > MAX_LINE_BYTES {
+                return Err(AiError::Unavailable(
+                    "the stream sent a line over 1 MiB".into(),
+                ));
             }
         }
         Ok(completion)

@@ -7,7 +7,7 @@
 //! while the model thinks; if the requester disconnects, the provider call
 //! is dropped.
 
-use super::{HandlerError, require_joined, send_error};
+use super::{HandlerError, require_joined};
 use crate::ai::{Admission, AiError, Completion, Provider, Turn};
 use crate::app::App;
 use crate::hub::{Audience, Connection};
@@ -18,7 +18,7 @@ use crate::session::Session;
 use crate::store::{NewMessage, Page};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
@@ -149,6 +149,11 @@ pub fn assistant(app: &App) -> User {
     }
 }
 
+/// How long the frame that ends a request (`ai_response`, or its error) may
+/// wait for room in a slow client's outbox before the client is dropped as a
+/// slow consumer. Intermediate chunks never wait: they are merged instead.
+const FINAL_FRAME_PATIENCE: Duration = Duration::from_secs(10);
+
 struct Job {
     app: Arc<App>,
     /// The requester's connection; `None` for an auto-reply.
@@ -226,14 +231,20 @@ impl Job {
                     _ => "the assistant is unavailable right now",
                 };
                 if let Some(connection) = &self.connection {
-                    send_error(
-                        &self.app,
-                        connection,
-                        code,
-                        message,
-                        None,
-                        self.reference.as_deref(),
-                    );
+                    // The request's last word: waits for room like `ai_response`.
+                    self.app.hub.stats().count_error(code);
+                    self.app
+                        .send_patiently(
+                            connection,
+                            &ServerMessage::Error {
+                                error_code: code,
+                                message,
+                                retry_after_ms: None,
+                            },
+                            self.reference.as_deref(),
+                            FINAL_FRAME_PATIENCE,
+                        )
+                        .await;
                 }
             }
             None => {
@@ -249,6 +260,9 @@ impl Job {
         let completion = self.provider.complete(conversation, deltas);
         tokio::pin!(completion);
         let mut first = true;
+        // Deltas not yet sent: a client whose outbox is filling up gets them
+        // merged into fewer, larger chunks instead of being disconnected.
+        let mut unsent = String::new();
         loop {
             tokio::select! {
                 biased;
@@ -257,31 +271,63 @@ impl Job {
                         first = false;
                         self.app.ai_control.stats.first_token.observe(started.elapsed());
                     }
-                    self.chunk(&delta);
+                    unsent.push_str(&delta);
+                    self.chunk(&mut unsent);
                 }
                 result = &mut completion => {
-                    // Whatever was streamed before the end goes out first.
+                    // Whatever was streamed before the end goes out first,
+                    // and all of it: the client's concatenated chunks must
+                    // equal the answer.
                     while let Ok(delta) = received.try_recv() {
-                        self.chunk(&delta);
+                        unsent.push_str(&delta);
                     }
+                    self.last_chunk(&unsent).await;
                     return result;
                 }
             }
         }
     }
 
-    fn chunk(&self, delta: &str) {
+    /// Sends the unsent deltas as one chunk if the requester's outbox has
+    /// room to spare; otherwise keeps them for the next chunk.
+    fn chunk(&self, unsent: &mut String) {
         let Some(connection) = &self.connection else {
+            unsent.clear();
             return;
         };
+        if unsent.is_empty() || connection.spare() < connection.outbox_size() / 4 {
+            return;
+        }
         self.app.send(
             connection,
             &ServerMessage::AiResponseChunk {
                 request_id: &self.request_id,
-                delta,
+                delta: unsent,
             },
             self.reference.as_deref(),
         );
+        unsent.clear();
+    }
+
+    /// Sends what is left of the stream, waiting for room if need be.
+    async fn last_chunk(&self, unsent: &str) {
+        let Some(connection) = &self.connection else {
+            return;
+        };
+        if unsent.is_empty() {
+            return;
+        }
+        self.app
+            .send_patiently(
+                connection,
+                &ServerMessage::AiResponseChunk {
+                    request_id: &self.request_id,
+                    delta: unsent,
+                },
+                self.reference.as_deref(),
+                FINAL_FRAME_PATIENCE,
+            )
+            .await;
     }
 
     /// The system prompt, the room's recent messages (the assistant's own as
@@ -328,16 +374,19 @@ impl Job {
         let Some(connection) = &self.connection else {
             return;
         };
-        self.app.send(
-            connection,
-            &ServerMessage::AiResponse {
-                request_id: &self.request_id,
-                content: &content,
-                model: &model,
-                message: stored.as_ref(),
-            },
-            self.reference.as_deref(),
-        );
+        self.app
+            .send_patiently(
+                connection,
+                &ServerMessage::AiResponse {
+                    request_id: &self.request_id,
+                    content: &content,
+                    model: &model,
+                    message: stored.as_ref(),
+                },
+                self.reference.as_deref(),
+                FINAL_FRAME_PATIENCE,
+            )
+            .await;
     }
 
     async fn store(&self, room: &str, assistant: &User, content: &str) -> Option<Message> {

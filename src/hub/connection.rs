@@ -12,6 +12,7 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
 /// Lifecycle state of a connection (section 3 of the protocol).
@@ -152,6 +153,39 @@ impl Connection {
             }
             Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
         }
+    }
+
+    /// Queues a frame that must not be dropped, waiting up to `patience` for
+    /// room in the outbox; a client that stays full that long is closed as a
+    /// slow consumer.
+    pub async fn deliver_patiently(&self, frame: &Utf8Bytes, patience: Duration) -> Delivery {
+        if self.close_code.load(Ordering::Relaxed) != 0 {
+            return Delivery::Closed;
+        }
+        match tokio::time::timeout(patience, self.outbox.reserve()).await {
+            Ok(Ok(permit)) => {
+                permit.send(frame.clone());
+                Delivery::Queued
+            }
+            Ok(Err(_)) => Delivery::Closed,
+            Err(_) => {
+                if self.close(CloseReason::SLOW_CONSUMER) {
+                    Delivery::Overflowed
+                } else {
+                    Delivery::Closed
+                }
+            }
+        }
+    }
+
+    /// Free places in the outbox right now.
+    pub fn spare(&self) -> usize {
+        self.outbox.capacity()
+    }
+
+    /// Size of the outbox.
+    pub fn outbox_size(&self) -> usize {
+        self.outbox.max_capacity()
     }
 
     /// Asks the session to close the socket with `reason`. Returns whether

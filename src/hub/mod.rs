@@ -27,7 +27,7 @@ use std::hash::BuildHasher;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 const SHARDS: usize = 32;
@@ -436,6 +436,18 @@ impl Hub {
     /// Queues a frame for one connection.
     pub fn send(&self, connection: &Connection, frame: &OutFrame) -> Delivery {
         let delivery = connection.deliver(&frame.text);
+        self.count_delivery(frame.kind, delivery, 1);
+        delivery
+    }
+
+    /// Queues a frame that must arrive, waiting for room in the outbox.
+    pub async fn send_patiently(
+        &self,
+        connection: &Connection,
+        frame: &OutFrame,
+        patience: Duration,
+    ) -> Delivery {
+        let delivery = connection.deliver_patiently(&frame.text, patience).await;
         self.count_delivery(frame.kind, delivery, 1);
         delivery
     }

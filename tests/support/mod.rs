@@ -314,8 +314,13 @@ pub async fn join(client: &mut Client, room: &str) -> Value {
 /// Connects as `sub` with a tiny socket receive buffer and reads only the
 /// welcome: a client that will fall behind as soon as traffic flows.
 pub async fn slow_user(server: &TestServer, sub: &str) -> Client {
+    user_with_recv_buffer(server, sub, 4096).await
+}
+
+/// A user whose socket has a fixed receive buffer of `bytes`.
+pub async fn user_with_recv_buffer(server: &TestServer, sub: &str, bytes: u32) -> Client {
     let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
     let stream = socket.connect(server.addr).await.expect("connect");
     let url = server.url(&format!("?token={}", server.token(sub)));
     let (socket, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(stream))

@@ -103,6 +103,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_AI_CONTEXT_MESSAGES")]
     pub ai_context_messages: Option<usize>,
 
+    /// Budget for that context, in characters; the oldest messages are
+    /// dropped first [default: 16000].
+    #[arg(long, env = "ROOMCAST_AI_CONTEXT_CHARS")]
+    pub ai_context_chars: Option<usize>,
+
     /// Rooms where the assistant answers every message (comma-separated);
     /// elsewhere it answers messages that mention `@<ai-name>`.
     #[arg(long, env = "ROOMCAST_AI_ANSWER_ALL_ROOMS", value_delimiter = ',')]
@@ -299,6 +304,7 @@ pub struct Config {
     pub ai_timeout: Duration,
     pub ai_name: String,
     pub ai_context_messages: usize,
+    pub ai_context_chars: usize,
     pub ai_answer_all_rooms: Vec<String>,
     pub ai_requests_per_user_per_minute: u32,
     pub ai_requests_per_room_per_minute: u32,
@@ -393,6 +399,7 @@ impl Config {
             ai_timeout: Duration::from_millis(args.ai_timeout_ms.unwrap_or(60_000)),
             ai_name: args.ai_name.unwrap_or_else(|| "assistant".into()),
             ai_context_messages: args.ai_context_messages.unwrap_or(20),
+            ai_context_chars: args.ai_context_chars.unwrap_or(16_000),
             ai_answer_all_rooms: args.ai_answer_all_rooms.unwrap_or_default(),
             ai_requests_per_user_per_minute: args.ai_requests_per_user_per_minute.unwrap_or(10),
             ai_requests_per_room_per_minute: args.ai_requests_per_room_per_minute.unwrap_or(30),
@@ -549,6 +556,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         ai_timeout_ms: args.ai_timeout_ms.or(file.ai_timeout_ms),
         ai_name: args.ai_name.or(file.ai_name),
         ai_context_messages: args.ai_context_messages.or(file.ai_context_messages),
+        ai_context_chars: args.ai_context_chars.or(file.ai_context_chars),
         ai_answer_all_rooms: args.ai_answer_all_rooms.or(file.ai_answer_all_rooms),
         ai_requests_per_user_per_minute: args
             .ai_requests_per_user_per_minute

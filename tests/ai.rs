@@ -87,6 +87,14 @@ async fn completions(
             (0..20).map(|n| delta(&format!("{n} "))).collect(),
             Duration::from_millis(200),
         ),
+        "trickle" => sse(
+            ["one ", "two ", "three ", "four ", "five"]
+                .into_iter()
+                .map(delta)
+                .chain([usage, "data: [DONE]\n\n".into()])
+                .collect(),
+            Duration::from_millis(150),
+        ),
         "flood" => {
             let events = (0..FLOOD_DELTAS)
                 .map(|n| delta(&flood_delta(n)))
@@ -404,6 +412,8 @@ async fn a_mention_gets_an_answer_in_the_room_and_assistants_never_answer_themse
     );
     assert!(metrics.contains("roomcast_ai_tokens_total{kind=\"completion\"} 6"));
     assert!(metrics.contains("roomcast_ai_first_token_seconds_count 2"));
+    assert!(metrics.contains("roomcast_connections_by_kind{kind=\"assistant\"} 1"));
+    assert!(metrics.contains("roomcast_connections_by_kind{kind=\"user\"} 1"));
 }
 
 #[tokio::test]
@@ -527,4 +537,90 @@ async fn a_slow_client_gets_merged_chunks_and_never_loses_the_answer() {
     let stats = server.stats().await;
     assert_eq!(stats["slow_consumer_disconnects"], 0, "{stats}");
     assert_eq!(stats["ai"]["answered"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn the_room_context_keeps_the_newest_messages_within_the_budget() {
+    let (url, seen) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("normal".into());
+    settings.ai_context_chars = Some(40);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    join(&mut alice, "dev").await;
+    for content in ["the oldest message, which does not fit", "second", "third"] {
+        alice
+            .send(json!({"type": "chat_message", "room": "dev", "content": content}))
+            .await;
+        alice.recv_type("message_ack").await;
+    }
+    alice
+        .send(json!({"type": "ai_request", "prompt": "recap", "room": "dev"}))
+        .await;
+    alice.recv_type("ai_response").await;
+    let body = seen.lock().expect("lock").bodies[0].clone();
+    let contents: Vec<&str> = body["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .skip(1)
+        .filter_map(|m| m["content"].as_str())
+        .collect();
+    assert_eq!(
+        contents,
+        ["alice: second", "alice: third", "alice: recap"],
+        "newest kept, in order, within 40 characters"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_stream_arrives_piece_by_piece_while_the_session_goes_on() {
+    let (url, _) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("trickle".into());
+    settings.ai_timeout_ms = Some(10_000);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    join(&mut alice, "dev").await;
+    join(&mut bob, "dev").await;
+    alice.assert_alive().await;
+    bob.assert_alive().await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "count slowly", "ref": "slow"}))
+        .await;
+    let first = alice.recv_type("ai_response_chunk").await;
+    assert_eq!(first["delta"], "one ");
+    // While the answer trickles in, Alice chats and pings as usual.
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "meanwhile", "ref": "m"}))
+        .await;
+    alice.send(json!({"type": "ping", "ref": "p"})).await;
+    let mut deltas = vec![first["delta"].as_str().expect("delta").to_owned()];
+    let (mut acked, mut ponged) = (false, false);
+    let response = loop {
+        let frame = alice.recv().await;
+        match frame["type"].as_str() {
+            Some("ai_response_chunk") => {
+                deltas.push(frame["delta"].as_str().expect("delta").to_owned())
+            }
+            Some("message_ack") => acked = true,
+            Some("pong") => ponged = true,
+            Some("ai_response") => break frame,
+            _ => {}
+        }
+    };
+    assert!(
+        acked && ponged,
+        "the session kept answering during the stream"
+    );
+    assert_eq!(deltas, ["one ", "two ", "three ", "four ", "five"]);
+    assert_eq!(response["content"], "one two three four five");
+    assert!(response["message"].is_null());
+    assert_eq!(
+        bob.recv_type("chat_message").await["message"]["content"],
+        "meanwhile"
+    );
 }

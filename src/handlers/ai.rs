@@ -343,7 +343,19 @@ impl Job {
             if limit > 0
                 && let Ok(page) = self.app.store.history(room, Page::Newest, limit).await
             {
-                for message in page.messages {
+                // Newest first until the budget is spent, then back in order.
+                let mut budget = self.app.config.ai_context_chars;
+                let mut kept = Vec::new();
+                for message in page.messages.into_iter().rev() {
+                    let size =
+                        message.user.username.chars().count() + message.content.chars().count();
+                    if size > budget {
+                        break;
+                    }
+                    budget -= size;
+                    kept.push(message);
+                }
+                for message in kept.into_iter().rev() {
                     turns.push(if message.user.kind == UserKind::Assistant {
                         Turn {
                             role: "assistant",

@@ -18,7 +18,7 @@ mod stats;
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 
-use crate::protocol::{CloseReason, Frame, ServerType, User};
+use crate::protocol::{CloseReason, Frame, ServerType, User, UserKind};
 use axum::extract::ws::Utf8Bytes;
 use room::Room;
 use std::collections::HashMap;
@@ -263,6 +263,23 @@ impl Hub {
     /// Every registered connection, in no particular order.
     pub fn connections(&self) -> Vec<Arc<Connection>> {
         self.connections.values()
+    }
+
+    /// Open connections by kind (user, guest, assistant, system).
+    pub fn connections_by_kind(&self) -> [(UserKind, u64); 4] {
+        let mut counts = [
+            (UserKind::User, 0),
+            (UserKind::Guest, 0),
+            (UserKind::Assistant, 0),
+            (UserKind::System, 0),
+        ];
+        for connection in self.connections.values() {
+            let kind = connection.kind();
+            if let Some(entry) = counts.iter_mut().find(|(k, _)| *k == kind) {
+                entry.1 += 1;
+            }
+        }
+        counts
     }
 
     /// Sets who is on a connection, keeping the online list in step. The

@@ -36,6 +36,16 @@ pub async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
         &[(String::new(), stats.total())],
     );
     metric(
+        "roomcast_connections_by_kind",
+        "gauge",
+        "Open connections by kind (user, guest, assistant, system).",
+        &app.hub
+            .connections_by_kind()
+            .iter()
+            .map(|(kind, count)| (format!("{{kind=\"{}\"}}", kind.as_str()), *count))
+            .collect::<Vec<_>>(),
+    );
+    metric(
         "roomcast_rooms_active",
         "gauge",
         "Rooms with at least one connection.",

@@ -84,7 +84,10 @@ async fn completions(
         ),
         "broken" => sse(vec![delta("Hel")], Duration::from_millis(5)),
         "slow" => sse(
-            (0..20).map(|n| delta(&format!("{n} "))).collect(),
+            (0..40)
+                .map(|n| delta(&format!("{n} ")))
+                .chain(["data: [DONE]\n\n".into()])
+                .collect(),
             Duration::from_millis(200),
         ),
         "trickle" => sse(
@@ -623,4 +626,111 @@ async fn a_slow_stream_arrives_piece_by_piece_while_the_session_goes_on() {
         bob.recv_type("chat_message").await["message"]["content"],
         "meanwhile"
     );
+}
+
+#[tokio::test]
+async fn requests_in_flight_are_limited_per_user_and_per_room() {
+    let (url, _) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("slow".into());
+    settings.ai_max_concurrent = Some(10);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        join(client, "dev").await;
+    }
+
+    // A user has at most two requests running.
+    for n in 0..2 {
+        alice
+            .send(json!({"type": "ai_request", "prompt": format!("a{n}"), "ref": format!("a{n}")}))
+            .await;
+    }
+    alice.recv_type("ai_response_chunk").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "a third", "ref": "a2"}))
+        .await;
+    let error = alice.recv_type("error").await;
+    assert_eq!(error["error_code"], "rate_limited", "{error}");
+    assert_eq!(error["ref"], "a2");
+
+    // A room has at most three running: Bob's two fill it with Carol's one.
+    for n in 0..2 {
+        bob.send(json!({"type": "ai_request", "prompt": format!("b{n}"), "room": "dev"}))
+            .await;
+    }
+    bob.recv_type("ai_response_chunk").await;
+    carol
+        .send(json!({"type": "ai_request", "prompt": "c0", "room": "dev"}))
+        .await;
+    carol.recv_type("ai_response_chunk").await;
+    carol
+        .send(json!({"type": "ai_request", "prompt": "c1", "room": "dev", "ref": "c1"}))
+        .await;
+    let error = carol.recv_type("error").await;
+    assert_eq!(error["error_code"], "rate_limited", "{error}");
+    assert_eq!(error["ref"], "c1");
+    // Outside the room Carol may still ask.
+    carol
+        .send(json!({"type": "ai_request", "prompt": "c2", "ref": "c2"}))
+        .await;
+    loop {
+        let chunk = carol.recv_type("ai_response_chunk").await;
+        if chunk["ref"] == "c2" {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn past_the_global_cap_requests_wait_their_turn_in_order() {
+    let (url, seen) = fake_provider().await;
+    let mut settings = args();
+    settings.ai_base_url = Some(url);
+    settings.ai_model = Some("slow".into());
+    settings.ai_max_concurrent = Some(1);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    alice
+        .send(json!({"type": "ai_request", "prompt": "first"}))
+        .await;
+    let running = alice.recv_type("ai_response_chunk").await;
+    bob.send(json!({"type": "ai_request", "prompt": "second"}))
+        .await;
+    bob.assert_alive().await;
+    carol
+        .send(json!({"type": "ai_request", "prompt": "third"}))
+        .await;
+    carol.assert_alive().await;
+    // One provider call at a time: Bob and Carol wait, unanswered.
+    assert_eq!(seen.lock().expect("lock").bodies.len(), 1);
+
+    // Alice stops; Bob, who asked first, is served next, then Carol.
+    alice
+        .send(json!({"type": "ai_cancel", "request_id": running["request_id"]}))
+        .await;
+    alice.recv_type("ai_cancelled").await;
+    let bobs = bob.recv_type("ai_response_chunk").await;
+    assert_eq!(seen.lock().expect("lock").bodies.len(), 2);
+    bob.send(json!({"type": "ai_cancel", "request_id": bobs["request_id"]}))
+        .await;
+    bob.recv_type("ai_cancelled").await;
+    carol.recv_type("ai_response_chunk").await;
+    let prompts: Vec<String> = seen
+        .lock()
+        .expect("lock")
+        .bodies
+        .iter()
+        .filter_map(|body| {
+            body["messages"].as_array()?.last()?["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(prompts, ["alice: first", "bob: second", "carol: third"]);
 }

@@ -1,5 +1,5 @@
 //! Keeping the assistant affordable and fair: per-user and per-room request
-//! rates, a per-user limit on requests in flight, a global cap on concurrent
+//! rates, per-user and per-room limits on requests in flight, a global cap on concurrent
 //! provider calls (waiting requests are served first come, first served), and
 //! the counters that `/metrics` and `/api/stats` report.
 
@@ -16,6 +16,9 @@ type Running = (Arc<str>, Arc<Notify>);
 
 /// Requests a user may have in flight at once.
 const PER_USER_IN_FLIGHT: usize = 2;
+
+/// Requests (asked or auto-replies) a room may have in flight at once.
+const PER_ROOM_IN_FLIGHT: usize = 3;
 
 /// Admission control and statistics for AI requests.
 #[derive(Debug)]
@@ -77,10 +80,12 @@ impl AiStats {
     }
 }
 
-/// A request admitted: it holds its user's in-flight slot until dropped.
+/// A request admitted: it holds its user's and its room's in-flight places
+/// until dropped.
 pub struct Admission {
     control: Arc<AiControl>,
-    user: String,
+    /// `user:<id>` and, with a room, `room:<name>`.
+    keys: Vec<String>,
 }
 
 impl Drop for Admission {
@@ -90,10 +95,12 @@ impl Drop for Admission {
             .in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = in_flight.get_mut(&self.user) {
-            *count -= 1;
-            if *count == 0 {
-                in_flight.remove(&self.user);
+        for key in &self.keys {
+            if let Some(count) = in_flight.get_mut(key) {
+                *count -= 1;
+                if *count == 0 {
+                    in_flight.remove(key);
+                }
             }
         }
     }
@@ -121,28 +128,32 @@ impl AiControl {
             self.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             wait
         };
+        let limits: Vec<(String, usize)> =
+            std::iter::once((format!("user:{user}"), PER_USER_IN_FLIGHT))
+                .chain(room.map(|room| (format!("room:{room}"), PER_ROOM_IN_FLIGHT)))
+                .collect();
+        // Checked and taken under one lock, so two requests cannot both take
+        // the last place; no await happens while it is held.
+        let mut in_flight = self
+            .in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if limits
+            .iter()
+            .any(|(key, limit)| in_flight.get(key).copied().unwrap_or(0) >= *limit)
         {
-            let in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if in_flight.get(user).copied().unwrap_or(0) >= PER_USER_IN_FLIGHT {
-                return Err(refuse(Duration::from_secs(1)));
-            }
+            return Err(refuse(Duration::from_secs(1)));
         }
         self.per_user.take(&user.to_owned()).map_err(refuse)?;
         if let Some(room) = room {
             self.per_room.take(&room.to_owned()).map_err(refuse)?;
         }
-        *self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(user.to_owned())
-            .or_insert(0) += 1;
+        for (key, _) in &limits {
+            *in_flight.entry(key.clone()).or_insert(0) += 1;
+        }
         Ok(Admission {
             control: self.clone(),
-            user: user.to_owned(),
+            keys: limits.into_iter().map(|(key, _)| key).collect(),
         })
     }
 

@@ -1,15 +1,18 @@
 //! Micro-benchmarks of the hot paths: parsing and validating a client frame,
-//! encoding a broadcast, and fanning one frame out to many outboxes.
+//! encoding a broadcast, and fanning frames out to many real sockets,
+//! next to the floor of writing the same bytes with nothing around them.
 //! (Storage batch writes are in `benches/store.rs`.)
 //!
 //! `cargo bench --bench hot_paths`. Prints nanoseconds per operation; a
 //! measurement, not a test.
 
-use roomcast::hub::{Audience, Hub, Identity, OutFrame, Role};
+use roomcast::hub::{Audience, Batch, Hub, Identity, OutFrame, Role};
 use roomcast::protocol::{Envelope, Limits, Message, ServerMessage, Timestamp, User, UserKind};
+use roomcast::wire::Stream;
 use std::hint::black_box;
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::io::{IoSlice, Read, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 fn measure(name: &str, operations: u64, mut body: impl FnMut()) {
     // Warm up, then time.
@@ -56,37 +59,128 @@ fn main() {
         black_box(ServerMessage::ChatMessage { message: &message }.encode(None));
     });
 
+    let out = OutFrame::from(ServerMessage::ChatMessage { message: &message }.encode(None));
+    roomcast::server::connection_capacity();
+    // A worker thread drives the reactor, so that sockets are known writable.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _inside = runtime.enter();
     for members in [100usize, 1000, 2000] {
-        let hub = Hub::new(1 << 16);
-        let addr = SocketAddr::from(([127, 0, 0, 1], 1));
-        let mut outboxes = Vec::with_capacity(members);
-        for n in 0..members {
-            let (connection, outbox) = hub.register(addr, None);
-            hub.set_identity(
-                &connection,
-                Identity {
-                    user: user(&format!("u{n}")),
-                    role: Role::User,
-                    expires_at: None,
-                },
-            );
-            hub.join_room(&connection, "dev");
-            outboxes.push((connection, outbox));
+        fan_out(members, &out);
+    }
+}
+
+/// Fan-out into real loopback TCP sockets, against the floor: the same
+/// frames written to the same sockets with nothing else around them.
+fn fan_out(members: usize, out: &OutFrame) {
+    let hub = Hub::new(1 << 16);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let mut clients = Vec::with_capacity(members);
+    let mut servers = Vec::with_capacity(members);
+    for n in 0..members {
+        let client = std::net::TcpStream::connect(addr).expect("connect");
+        let (server, peer) = listener.accept().expect("accept");
+        server.set_nodelay(true).expect("nodelay");
+        server.set_nonblocking(true).expect("nonblocking");
+        client.set_nonblocking(true).expect("nonblocking");
+        let raw = server.try_clone().expect("dup");
+        let stream = Arc::new(Stream::Tcp(
+            tokio::net::TcpStream::from_std(server).expect("register"),
+        ));
+        let connection = hub.register(peer, None, Some(stream.clone()));
+        connection.outbox.release(out.bytes.clone());
+        hub.set_identity(
+            &connection,
+            Identity {
+                user: user(&format!("u{n}")),
+                role: Role::User,
+                expires_at: None,
+            },
+        );
+        hub.join_room(&connection, "dev");
+        clients.push(client);
+        servers.push((connection, raw));
+    }
+    // Once the reactor has seen the sockets writable, the welcomes go out
+    // (a session task does this in the server).
+    std::thread::sleep(Duration::from_millis(100));
+    for (connection, _) in &servers {
+        connection.outbox.flush();
+    }
+    let drain = |clients: &mut Vec<std::net::TcpStream>| {
+        let mut buf = vec![0u8; 1 << 16];
+        for client in clients.iter_mut() {
+            while matches!(client.read(&mut buf), Ok(n) if n > 0) {}
         }
-        let out = OutFrame::from(ServerMessage::ChatMessage { message: &message }.encode(None));
-        let audience = Audience::Room("dev".into());
-        let rounds = 2_000_000 / members as u64;
+    };
+    drain(&mut clients);
+    let audience = Audience::Room("dev".into());
+
+    let rounds = (400_000 / members as u64).max(20);
+    let deliveries = rounds * members as u64;
+    let report = |name: String, total: Duration| {
+        let per = total.as_nanos() as f64 / deliveries as f64;
+        println!("{name:<48} {per:>10.1} ns/delivery");
+    };
+
+    // One frame per socket per round.
+    let mut floor = Duration::ZERO;
+    let mut hub_time = Duration::ZERO;
+    for _ in 0..rounds {
         let started = Instant::now();
-        for _ in 0..rounds {
-            hub.broadcast(&audience, &out, None);
-            for (_, outbox) in outboxes.iter_mut() {
-                while outbox.try_recv().is_ok() {}
+        for (_, mut raw) in servers.iter().map(|(c, r)| (c, r)) {
+            black_box(raw.write(&out.bytes).ok());
+        }
+        floor += started.elapsed();
+        drain(&mut clients);
+        let started = Instant::now();
+        hub.broadcast(&audience, out, None);
+        hub_time += started.elapsed();
+        drain(&mut clients);
+    }
+    report(format!("floor: write 1 frame to {members} sockets"), floor);
+    report(format!("broadcast 1 frame to {members} sockets"), hub_time);
+
+    // Twenty frames per socket per round, as when a burst is committed at once.
+    const BURST: usize = 20;
+    let rounds = rounds.div_ceil(BURST as u64);
+    let deliveries = rounds * (members * BURST) as u64;
+    let report = |name: String, total: Duration| {
+        let per = total.as_nanos() as f64 / deliveries as f64;
+        println!("{name:<48} {per:>10.1} ns/delivery");
+    };
+    let mut floor = Duration::ZERO;
+    let mut hub_time = Duration::ZERO;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for (_, mut raw) in servers.iter().map(|(c, r)| (c, r)) {
+            let slices = [IoSlice::new(&out.bytes); BURST];
+            black_box(raw.write_vectored(&slices).ok());
+        }
+        floor += started.elapsed();
+        drain(&mut clients);
+        let started = Instant::now();
+        {
+            let _batch = Batch::start();
+            for _ in 0..BURST {
+                hub.broadcast(&audience, out, None);
             }
         }
-        let per = started.elapsed().as_nanos() as f64 / (rounds * members as u64) as f64;
-        println!(
-            "{:<48} {per:>10.1} ns/delivery",
-            format!("fan-out to {members} outboxes (queue + drain)")
-        );
+        hub_time += started.elapsed();
+        drain(&mut clients);
     }
+    report(
+        format!("floor: writev {BURST} frames to {members} sockets"),
+        floor,
+    );
+    report(
+        format!("broadcast {BURST} frames to {members} sockets, batched"),
+        hub_time,
+    );
+    let queued: usize = servers.iter().map(|(c, _)| c.outbox.len()).sum();
+    assert_eq!(queued, 0, "every frame went straight into its socket");
 }

@@ -218,6 +218,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_IP")]
     pub max_connections_per_ip: Option<usize>,
 
+    /// Open connections in all; more are answered with 503 at once
+    /// [default: what the file-descriptor limit allows].
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+
     /// Rooms one connection may be in at once [default: 100].
     #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION")]
     pub max_rooms_per_connection: Option<usize>,
@@ -328,6 +333,9 @@ pub struct Config {
     /// Frames per second per connection; `None` = no limit.
     pub rate_limit: Option<(u32, u32)>,
     pub max_connections_per_user: Option<usize>,
+    /// Set by the operator; the server lowers it to what its file-descriptor
+    /// limit allows.
+    pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
     pub max_rooms_per_connection: usize,
     pub login_attempts_per_minute: u32,
@@ -446,6 +454,7 @@ impl Config {
             max_connections_per_ip: Some(args.max_connections_per_ip.unwrap_or(1000))
                 .filter(|n| *n > 0),
             max_rooms_per_connection: args.max_rooms_per_connection.unwrap_or(100),
+            max_connections: args.max_connections,
             login_attempts_per_minute: args.login_attempts_per_minute.unwrap_or(10),
             max_http_body_bytes: args.max_http_body_bytes.unwrap_or(65_536),
             allowed_origins: args
@@ -588,6 +597,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
             .max_connections_per_user
             .or(file.max_connections_per_user),
         max_connections_per_ip: args.max_connections_per_ip.or(file.max_connections_per_ip),
+        max_connections: args.max_connections.or(file.max_connections),
         max_rooms_per_connection: args
             .max_rooms_per_connection
             .or(file.max_rooms_per_connection),

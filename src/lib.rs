@@ -33,6 +33,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod wire;
 
 use app::App;
 use auth::{Accounts, Tokens};
@@ -40,7 +41,6 @@ use broker::LocalBroker;
 use config::{Config, DatabaseLocation};
 use hub::Hub;
 use protocol::CloseReason;
-use server::ClientAddr;
 use server::tls::TlsListener;
 use std::future::Future;
 use std::sync::Arc;
@@ -129,22 +129,26 @@ pub async fn serve(
         tracing::info!("shutting down: closing every connection with 1001");
         closing_hub.close_all(CloseReason::SHUTTING_DOWN);
     };
-    let service = router.into_make_service_with_connect_info::<ClientAddr>();
+    let capacity = server::connection_capacity();
+    let max_connections = app
+        .config
+        .max_connections
+        .map_or(capacity, |wanted| wanted.min(capacity));
+    tracing::info!(
+        max_connections,
+        "the file-descriptor limit allows {capacity} connections; more are answered with 503"
+    );
     match &app.config.tls {
         Some((cert, key)) => {
             let listener = TlsListener::new(listener, server::tls::acceptor(cert, key)?)?;
-            axum::serve(listener, service)
-                .with_graceful_shutdown(stopping)
-                .await?;
+            // Each TLS WebSocket also holds a local socket pair.
+            server::tls::serve(app.clone(), listener, router, max_connections / 3, stopping).await;
         }
         None => {
-            axum::serve(server::PlainListener(listener), service)
-                .with_graceful_shutdown(stopping)
-                .await?;
+            server::serve_plain(app.clone(), listener, router, max_connections, stopping).await;
         }
     }
-    // Upgraded connections are not tracked by the HTTP server; wait for the
-    // sessions themselves.
+    // Wait for the sessions to close their sockets.
     let deadline = tokio::time::Instant::now() + SHUTDOWN_GRACE;
     while hub.stats().active() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

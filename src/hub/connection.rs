@@ -6,14 +6,16 @@
 //! into the outbox with `try_send`, and a full outbox closes the connection as
 //! a slow consumer instead of slowing the sender down.
 
+use super::outbox::{Outbox, Push};
 use crate::protocol::{CloseReason, Timestamp, User, UserKind};
-use axum::extract::ws::Utf8Bytes;
+use crate::wire::Stream;
+use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 
 /// Lifecycle state of a connection (section 3 of the protocol).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,8 +82,8 @@ pub struct Connection {
     pub client_addr: SocketAddr,
     pub user_agent: Option<String>,
     pub connected_at: Timestamp,
-    /// Frames for the session task to write. Bounded: see [`Delivery::Overflowed`].
-    outbox: mpsc::Sender<Utf8Bytes>,
+    /// Frames on their way to the socket. Bounded: see [`Delivery::Overflowed`].
+    pub outbox: Arc<Outbox>,
     /// Close code requested by anyone (0 while open); the first request wins.
     close_code: AtomicU16,
     /// Wakes the session task when `close_code` is set.
@@ -110,14 +112,17 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Creates a connection and the receiving end of its outbox.
+    /// Creates a connection writing to `stream` (`None`: frames are only
+    /// queued, for tests and tools). Its outbox holds frames until the
+    /// session releases it with the welcome.
     pub fn new(
         id: Arc<str>,
         client_addr: SocketAddr,
         user_agent: Option<String>,
+        stream: Option<Arc<Stream>>,
         outbox_capacity: usize,
-    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
-        let (outbox, receiver) = mpsc::channel(outbox_capacity);
+    ) -> Arc<Connection> {
+        let outbox = Outbox::new(stream, outbox_capacity);
         let now = Timestamp::now();
         let connection = Connection {
             id,
@@ -134,58 +139,70 @@ impl Connection {
             last_activity_ms: AtomicI64::new(now.as_millis()),
             message_count: AtomicU64::new(0),
         };
-        (Arc::new(connection), receiver)
+        Arc::new(connection)
     }
 
     /// Queues a frame without waiting. A full outbox closes the connection.
-    pub fn deliver(&self, frame: &Utf8Bytes) -> Delivery {
+    pub fn deliver(&self, frame: &Bytes) -> Delivery {
         if self.close_code.load(Ordering::Relaxed) != 0 {
             return Delivery::Closed;
         }
-        match self.outbox.try_send(frame.clone()) {
-            Ok(()) => Delivery::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                if self.close(CloseReason::SLOW_CONSUMER) {
-                    Delivery::Overflowed
-                } else {
-                    Delivery::Closed
-                }
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Delivery::Closed,
+        match self.outbox.push(frame) {
+            Push::Queued => Delivery::Queued,
+            Push::Full => self.overflowed(),
+            Push::Closed => Delivery::Closed,
+        }
+    }
+
+    fn overflowed(&self) -> Delivery {
+        if self.close(CloseReason::SLOW_CONSUMER) {
+            Delivery::Overflowed
+        } else {
+            Delivery::Closed
         }
     }
 
     /// Queues a frame that must not be dropped, waiting up to `patience` for
     /// room in the outbox; a client that stays full that long is closed as a
     /// slow consumer.
-    pub async fn deliver_patiently(&self, frame: &Utf8Bytes, patience: Duration) -> Delivery {
-        if self.close_code.load(Ordering::Relaxed) != 0 {
-            return Delivery::Closed;
-        }
-        match tokio::time::timeout(patience, self.outbox.reserve()).await {
-            Ok(Ok(permit)) => {
-                permit.send(frame.clone());
-                Delivery::Queued
-            }
-            Ok(Err(_)) => Delivery::Closed,
-            Err(_) => {
-                if self.close(CloseReason::SLOW_CONSUMER) {
-                    Delivery::Overflowed
-                } else {
-                    Delivery::Closed
+    pub async fn deliver_patiently(&self, frame: &Bytes, patience: Duration) -> Delivery {
+        let attempt = async {
+            loop {
+                let room = self.outbox.room();
+                tokio::pin!(room);
+                // Registered before trying, so a flush in between is not missed.
+                room.as_mut().enable();
+                match self.deliver_unless_full(frame) {
+                    Some(delivery) => return delivery,
+                    None => room.await,
                 }
             }
+        };
+        match tokio::time::timeout(patience, attempt).await {
+            Ok(delivery) => delivery,
+            Err(_) => self.overflowed(),
+        }
+    }
+
+    fn deliver_unless_full(&self, frame: &Bytes) -> Option<Delivery> {
+        if self.close_code.load(Ordering::Relaxed) != 0 {
+            return Some(Delivery::Closed);
+        }
+        match self.outbox.push(frame) {
+            Push::Queued => Some(Delivery::Queued),
+            Push::Full => None,
+            Push::Closed => Some(Delivery::Closed),
         }
     }
 
     /// Free places in the outbox right now.
     pub fn spare(&self) -> usize {
-        self.outbox.capacity()
+        self.outbox.capacity().saturating_sub(self.outbox.len())
     }
 
     /// Size of the outbox.
     pub fn outbox_size(&self) -> usize {
-        self.outbox.max_capacity()
+        self.outbox.capacity()
     }
 
     /// Asks the session to close the socket with `reason`. Returns whether

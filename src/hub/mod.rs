@@ -12,14 +12,17 @@
 //! no lock is ever held across an `.await`.
 
 mod connection;
+mod outbox;
 mod room;
 mod stats;
 
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
+pub use outbox::{Batch, Flush, Outbox};
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 
 use crate::protocol::{CloseReason, Frame, ServerType, User, UserKind};
-use axum::extract::ws::Utf8Bytes;
+use crate::wire::Stream;
+use bytes::Bytes;
 use room::Room;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -28,7 +31,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 const SHARDS: usize = 32;
 
@@ -36,14 +38,15 @@ const SHARDS: usize = 32;
 #[derive(Debug, Clone)]
 pub struct OutFrame {
     pub kind: ServerType,
-    pub text: Utf8Bytes,
+    /// The whole WebSocket frame, header included, shared by all recipients.
+    pub bytes: Bytes,
 }
 
 impl From<Frame> for OutFrame {
     fn from(frame: Frame) -> Self {
         OutFrame {
             kind: frame.kind,
-            text: Utf8Bytes::from(frame.text),
+            bytes: crate::wire::frame::text(&frame.text),
         }
     }
 }
@@ -185,17 +188,23 @@ impl Hub {
         &self.stats
     }
 
-    /// Registers a new connection (state CONNECTED, no identity) and returns
-    /// it with the receiving end of its outbox.
+    /// Registers a new connection (state CONNECTED, no identity) writing to
+    /// `stream`.
     pub fn register(
         &self,
         client_addr: SocketAddr,
         user_agent: Option<String>,
-    ) -> (Arc<Connection>, mpsc::Receiver<Utf8Bytes>) {
+        stream: Option<Arc<Stream>>,
+    ) -> Arc<Connection> {
         let number = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = format!("{}-{number}", self.node_id).into();
-        let (connection, outbox) =
-            Connection::new(id.clone(), client_addr, user_agent, self.outbox_capacity);
+        let connection = Connection::new(
+            id.clone(),
+            client_addr,
+            user_agent,
+            stream,
+            self.outbox_capacity,
+        );
         self.connections.write(&id).insert(id, connection.clone());
         *self
             .per_ip
@@ -207,7 +216,7 @@ impl Hub {
         if self.closing.load(Ordering::Acquire) {
             connection.close(CloseReason::SHUTTING_DOWN);
         }
-        (connection, outbox)
+        connection
     }
 
     /// Open connections from this IP address, the caller's included.
@@ -452,7 +461,7 @@ impl Hub {
 
     /// Queues a frame for one connection.
     pub fn send(&self, connection: &Connection, frame: &OutFrame) -> Delivery {
-        let delivery = connection.deliver(&frame.text);
+        let delivery = connection.deliver(&frame.bytes);
         self.count_delivery(frame.kind, delivery, 1);
         delivery
     }
@@ -464,7 +473,7 @@ impl Hub {
         frame: &OutFrame,
         patience: Duration,
     ) -> Delivery {
-        let delivery = connection.deliver_patiently(&frame.text, patience).await;
+        let delivery = connection.deliver_patiently(&frame.bytes, patience).await;
         self.count_delivery(frame.kind, delivery, 1);
         delivery
     }
@@ -479,7 +488,7 @@ impl Hub {
             if except == Some(&*connection.id) {
                 return;
             }
-            match connection.deliver(&frame.text) {
+            match connection.deliver(&frame.bytes) {
                 Delivery::Queued => queued += 1,
                 Delivery::Overflowed => overflowed += 1,
                 Delivery::Closed => {}
@@ -561,8 +570,8 @@ mod tests {
     #[test]
     fn first_and_last_connection_of_a_user_are_reported() {
         let hub = Hub::new(16);
-        let (a, _ra) = hub.register(addr(), None);
-        let (b, _rb) = hub.register(addr(), None);
+        let a = hub.register(addr(), None, None);
+        let b = hub.register(addr(), None, None);
         assert!(hub.set_identity(&a, identity("u1", "ann")).joined.is_some());
         assert!(hub.set_identity(&b, identity("u1", "ann")).joined.is_none());
         assert_eq!(hub.join_room(&a, "r"), Some(true));
@@ -586,10 +595,10 @@ mod tests {
         let names = ["bob", "Zed", "alice", "Ann"];
         let mut keep = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            let (c, rx) = hub.register(addr(), None);
+            let c = hub.register(addr(), None, None);
             hub.set_identity(&c, identity(&format!("u{i}"), name));
             hub.join_room(&c, "r");
-            keep.push((c, rx));
+            keep.push(c);
         }
         let (page, total) = hub.room_members("r", 1, 2);
         let page: Vec<&str> = page.iter().map(|u| &*u.username).collect();
@@ -600,17 +609,17 @@ mod tests {
     #[test]
     fn a_full_outbox_closes_only_that_connection() {
         let hub = Hub::new(16);
-        let (slow, _slow_rx) = hub.register(addr(), None);
-        let (fast, mut fast_rx) = hub.register(addr(), None);
+        let slow = hub.register(addr(), None, None);
+        let fast = hub.register(addr(), None, None);
         hub.set_identity(&slow, identity("u1", "slow"));
         hub.set_identity(&fast, identity("u2", "fast"));
         let frame = OutFrame {
             kind: ServerType::ChatMessage,
-            text: Utf8Bytes::from_static("{}"),
+            bytes: crate::wire::frame::text("{}"),
         };
         for _ in 0..17 {
             hub.broadcast(&Audience::Everyone, &frame, None);
-            while fast_rx.try_recv().is_ok() {}
+            fast.outbox.take_queued();
         }
         assert_eq!(slow.close_requested(), Some(4002));
         assert_eq!(fast.close_requested(), None);
@@ -620,8 +629,8 @@ mod tests {
     #[test]
     fn guest_names_are_unique_case_insensitively() {
         let hub = Hub::new(16);
-        let (a, _ra) = hub.register(addr(), None);
-        let (b, _rb) = hub.register(addr(), None);
+        let a = hub.register(addr(), None, None);
+        let b = hub.register(addr(), None, None);
         assert!(hub.claim_guest_name(&a, identity("g1", "Robin")).is_ok());
         assert_eq!(
             hub.claim_guest_name(&b, identity("g2", "robin")).err(),

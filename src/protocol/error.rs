@@ -128,8 +128,21 @@ impl CloseReason {
         reason: "connection limit reached",
     };
 
-    const ALL: [CloseReason; 9] = [
+    /// Extension: the client broke the WebSocket framing rules (RFC 6455).
+    pub const PROTOCOL_ERROR: CloseReason = CloseReason {
+        code: 1002,
+        reason: "WebSocket protocol error",
+    };
+    /// Extension: a text frame that is not UTF-8 (RFC 6455).
+    pub const INVALID_PAYLOAD: CloseReason = CloseReason {
+        code: 1007,
+        reason: "text frame is not valid UTF-8",
+    };
+
+    const ALL: [CloseReason; 11] = [
         CloseReason::NORMAL,
+        CloseReason::PROTOCOL_ERROR,
+        CloseReason::INVALID_PAYLOAD,
         CloseReason::SHUTTING_DOWN,
         CloseReason::POLICY,
         CloseReason::FRAME_TOO_BIG,

@@ -4,6 +4,7 @@
 //! store, and shape the answer. Errors become `{"error_code","message"}`
 //! bodies through [`ApiError`], in one place.
 
+mod accept;
 mod accounts;
 mod api;
 mod metrics;
@@ -14,6 +15,7 @@ mod ws;
 use crate::app::App;
 use crate::hub::{Identity, Role};
 use crate::protocol::ErrorCode;
+pub use accept::{Replay, connection_capacity, serve_http, serve_plain};
 use axum::Json;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
@@ -52,46 +54,12 @@ pub fn router(app: Arc<App>) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
-/// Plain TCP, with `TCP_NODELAY` on every accepted socket.
-pub struct PlainListener(pub tokio::net::TcpListener);
-
-impl axum::serve::Listener for PlainListener {
-    type Io = tokio::net::TcpStream;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (mut stream, addr) = axum::serve::Listener::accept(&mut self.0).await;
-        no_delay(&mut stream);
-        (stream, addr)
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.0.local_addr()
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, PlainListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, PlainListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
-    }
-}
-
 /// Turns Nagle's algorithm off on an accepted socket: the welcome frame
 /// follows the upgrade response at once, and with Nagle it would wait for
 /// the client's (delayed) acknowledgement of the response.
 pub fn no_delay(stream: &mut tokio::net::TcpStream) {
     if let Err(err) = stream.set_nodelay(true) {
         tracing::debug!(error = %err, "cannot set TCP_NODELAY");
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tls::TlsListener>>
-    for ClientAddr
-{
-    fn connect_info(stream: axum::serve::IncomingStream<'_, tls::TlsListener>) -> Self {
-        ClientAddr(*stream.remote_addr())
     }
 }
 
@@ -211,6 +179,18 @@ impl ApiError {
             ErrorCode::InternalError,
             "internal error",
         )
+    }
+}
+
+impl ApiError {
+    /// The status and the JSON body, for answers written without the HTTP
+    /// server.
+    pub fn status_and_body(&self) -> (StatusCode, String) {
+        let body = serde_json::json!({
+            "error_code": self.code.as_str(),
+            "message": self.message,
+        });
+        (self.status, body.to_string())
     }
 }
 

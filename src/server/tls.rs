@@ -1,9 +1,12 @@
 //! Serving HTTPS and WSS directly: a listener that completes TLS handshakes
-//! (concurrently, each with a deadline) before handing connections to axum.
+//! (concurrently, each with a deadline) before handing connections to the
+//! HTTP server, which upgrades `/ws` and bridges it to a session.
 
-use axum::serve::Listener;
+use crate::app::App;
+use axum::Router;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -96,11 +99,9 @@ impl TlsListener {
     }
 }
 
-impl Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+impl TlsListener {
+    /// The next connection whose handshake is done.
+    pub async fn accept(&mut self) -> (TlsStream<TcpStream>, SocketAddr) {
         match self.ready.recv().await {
             Some(accepted) => accepted,
             // The accept loop only ends when this listener is dropped.
@@ -108,7 +109,30 @@ impl Listener for TlsListener {
         }
     }
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+}
+
+/// Serves HTTPS and WSS until `shutdown` resolves; beyond `max_connections`
+/// open WebSockets, new connections are closed at once.
+pub async fn serve(
+    app: Arc<App>,
+    mut listener: TlsListener,
+    router: Router,
+    max_connections: usize,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, addr) = tokio::select! {
+            () = &mut shutdown => return,
+            accepted = listener.accept() => accepted,
+        };
+        if app.hub.stats().active() as usize >= max_connections {
+            tracing::warn!(%addr, "connection limit reached: closing a new TLS connection");
+            continue;
+        }
+        tokio::spawn(super::serve_http(router.clone(), stream, addr));
     }
 }

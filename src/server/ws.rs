@@ -1,70 +1,201 @@
-//! `GET /ws`: checks an optional token, then upgrades to a WebSocket and
-//! hands the socket to a session.
+//! `GET /ws`: checks an optional token and the origin, completes the
+//! WebSocket handshake, and hands the socket to a session.
+//!
+//! Plain TCP connections are upgraded straight off the socket (see
+//! [`super::accept`]), so that broadcasts can write into it directly. An
+//! upgrade that arrives through the HTTP server instead (over TLS, or on a
+//! kept-alive HTTP connection) is bridged to a local socket pair, and the
+//! session sees the same kind of stream either way.
 
 use super::{ApiError, ClientAddr};
 use crate::app::App;
+use crate::hub::Identity;
 use crate::protocol::CloseReason;
 use crate::session;
-use axum::extract::ws::WebSocketUpgrade;
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, ORIGIN, USER_AGENT};
+use crate::wire::Stream;
+use crate::wire::handshake::{self, Upgrade};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::header::{
+    AUTHORIZATION, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    SEC_WEBSOCKET_VERSION, UPGRADE, USER_AGENT,
+};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UnixStream};
 
-/// Read buffer per connection. Small, since most frames are small; a large
-/// frame is read in several steps.
-const READ_BUFFER_BYTES: usize = 4096;
-
-#[derive(Debug, Deserialize)]
-pub struct UpgradeQuery {
-    token: Option<String>,
+/// Who is connecting, decided before the upgrade.
+pub struct Admission {
+    pub identity: Option<Identity>,
+    /// Set when the socket is to be closed right after the upgrade.
+    pub refusal: Option<CloseReason>,
+    pub user_agent: Option<String>,
 }
 
-pub async fn upgrade(
-    State(app): State<Arc<App>>,
-    ConnectInfo(ClientAddr(client_addr)): ConnectInfo<ClientAddr>,
-    Query(query): Query<UpgradeQuery>,
-    headers: HeaderMap,
-    upgrade: WebSocketUpgrade,
-) -> Response {
-    let token = bearer_token(&headers).or(query.token.as_deref());
+/// Checks the token (an invalid one is refused with 401, before any upgrade)
+/// and the origin (a page from an origin not on the allow-list gets a
+/// WebSocket that is closed at once with 1008, and nothing else).
+pub fn admit(app: &App, upgrade: &Upgrade) -> Result<Admission, ApiError> {
+    let token = upgrade
+        .authorization
+        .as_deref()
+        .and_then(bearer_value)
+        .or(upgrade.query_token.as_deref());
     let identity = match token.map(|token| app.tokens.verify(token)) {
         None => None,
         Some(Ok(identity)) => Some(identity),
-        Some(Err(err)) => return ApiError::unauthorized(err.to_string()).into_response(),
+        Some(Err(err)) => return Err(ApiError::unauthorized(err.to_string())),
     };
-    // A browser page from an origin not on the allow-list gets a WebSocket
-    // that is closed at once with 1008, and nothing else.
     let origin_refused = !app.config.allowed_origins.is_empty()
-        && headers
-            .get(ORIGIN)
-            .and_then(|value| value.to_str().ok())
-            .is_some_and(|origin| {
-                !app.config
-                    .allowed_origins
-                    .iter()
-                    .any(|allowed| allowed.eq_ignore_ascii_case(origin.trim_end_matches('/')))
-            });
-    let refusal = origin_refused.then_some(CloseReason::ORIGIN_REFUSED);
-    let user_agent = headers
-        .get(USER_AGENT)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| value.chars().take(256).collect());
-    let max_frame = app.config.max_frame_bytes;
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(max_frame)
-        .max_frame_size(max_frame)
-        .on_upgrade(move |socket| {
-            session::run(app, socket, client_addr, user_agent, identity, refusal)
+        && upgrade.origin.as_deref().is_some_and(|origin| {
+            !app.config
+                .allowed_origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin.trim_end_matches('/')))
+        });
+    Ok(Admission {
+        identity,
+        refusal: origin_refused.then_some(CloseReason::ORIGIN_REFUSED),
+        user_agent: upgrade
+            .user_agent
+            .as_deref()
+            .map(|value| value.chars().take(256).collect()),
+    })
+}
+
+/// Completes an upgrade read straight off a TCP socket. `early` holds bytes
+/// the client sent after its request head.
+pub async fn accept_raw(
+    app: Arc<App>,
+    mut stream: TcpStream,
+    client_addr: SocketAddr,
+    upgrade: Upgrade,
+    early: Vec<u8>,
+) {
+    let admission = match admit(&app, &upgrade) {
+        Ok(admission) => admission,
+        Err(err) => {
+            let (status, body) = err.status_and_body();
+            let reason = status.canonical_reason().unwrap_or("Error");
+            let response = handshake::http_response(status.as_u16(), reason, &body);
+            let _ = stream.write_all(&response).await;
+            return;
+        }
+    };
+    if stream
+        .write_all(&handshake::accept_response(&upgrade.key))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    session::run(
+        app,
+        Stream::Tcp(stream),
+        early,
+        client_addr,
+        admission.user_agent,
+        admission.identity,
+        admission.refusal,
+    )
+    .await;
+}
+
+/// `GET /ws` through the HTTP server.
+pub async fn upgrade(
+    State(app): State<Arc<App>>,
+    ConnectInfo(ClientAddr(client_addr)): ConnectInfo<ClientAddr>,
+    mut request: Request,
+) -> Response {
+    let headers = request.headers();
+    let Some(upgrade) = upgrade_of(headers, request.uri().query()) else {
+        return (
+            StatusCode::UPGRADE_REQUIRED,
+            [(UPGRADE, "websocket")],
+            "this endpoint speaks WebSocket (RFC 6455, version 13)\n",
+        )
+            .into_response();
+    };
+    let admission = match admit(&app, &upgrade) {
+        Ok(admission) => admission,
+        Err(err) => return err.into_response(),
+    };
+    let Some(on_upgrade) = request
+        .extensions_mut()
+        .remove::<hyper::upgrade::OnUpgrade>()
+    else {
+        return ApiError::bad_request("this connection cannot be upgraded").into_response();
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = on_upgrade.await else {
+            return;
+        };
+        let Ok((inner, mut outer)) = UnixStream::pair() else {
+            tracing::warn!("cannot create a socket pair for an upgraded connection");
+            return;
+        };
+        // The bridge ends when either side closes.
+        tokio::spawn(async move {
+            let mut upgraded = TokioIo::new(upgraded);
+            let _ = tokio::io::copy_bidirectional(&mut upgraded, &mut outer).await;
+        });
+        session::run(
+            app,
+            Stream::Unix(inner),
+            Vec::new(),
+            client_addr,
+            admission.user_agent,
+            admission.identity,
+            admission.refusal,
+        )
+        .await;
+    });
+    (
+        StatusCode::SWITCHING_PROTOCOLS,
+        [
+            (UPGRADE, "websocket".to_owned()),
+            (CONNECTION, "Upgrade".to_owned()),
+            (SEC_WEBSOCKET_ACCEPT, handshake::accept_key(&upgrade.key)),
+        ],
+    )
+        .into_response()
+}
+
+/// The upgrade a request asks for, if it is a valid WebSocket upgrade.
+fn upgrade_of(headers: &HeaderMap, query: Option<&str>) -> Option<Upgrade> {
+    let text = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let has = |name, token: &str| {
+        text(name).is_some_and(|value: &str| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
         })
+    };
+    if !has(UPGRADE, "websocket")
+        || !has(CONNECTION, "upgrade")
+        || text(SEC_WEBSOCKET_VERSION) != Some("13")
+    {
+        return None;
+    }
+    let owned = |name| text(name).map(str::to_owned);
+    Some(Upgrade {
+        key: owned(SEC_WEBSOCKET_KEY).filter(|key| key.len() == 24)?,
+        origin: owned(ORIGIN),
+        user_agent: owned(USER_AGENT),
+        authorization: owned(AUTHORIZATION),
+        query_token: query.and_then(|query| handshake::query_parameter(query, "token")),
+    })
 }
 
 /// The token of an `Authorization: Bearer ...` header.
 pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
+    bearer_value(headers.get(AUTHORIZATION)?.to_str().ok()?)
+}
+
+fn bearer_value(value: &str) -> Option<&str> {
     let (scheme, token) = value.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")

@@ -15,26 +15,25 @@ pub use pending::PendingWrites;
 
 use crate::app::App;
 use crate::handlers::{self, announce_departures, announce_offline, send_error};
-use crate::hub::{Connection, ConnectionState, Identity, OutFrame};
+use crate::hub::{Connection, ConnectionState, Flush, Identity, OutFrame};
 use crate::limits::TokenBucket;
 use crate::protocol::{
     CloseReason, Envelope, ErrorCode, GLOBAL_ROOM, Limits, MessageType, Rejection, ServerInfo,
     ServerMessage, Timestamp, WelcomeLimits,
 };
 use crate::store::Page;
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::SinkExt;
+use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
-
-/// Frames written to the socket with one flush, at most.
-const MAX_WRITE_BATCH: usize = 256;
 
 /// Consecutive failed authentications after which the connection is closed.
 const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
+
+/// How long the frames before a close frame (and the close frame itself) may
+/// take to reach a slow client.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -72,20 +71,26 @@ type Inbound = Result<Envelope, Rejection>;
 enum Ending {
     /// The server closes the socket (the reason is on the connection).
     Close,
-    /// The client closed the socket or the socket failed.
+    /// The client sent a close frame.
+    ClientClosed,
+    /// The client dropped the connection or the socket failed.
     Gone,
 }
 
-/// Runs a connection from upgrade to close.
+/// Runs a connection from the end of its handshake to close.
 pub async fn run(
     app: Arc<App>,
-    mut socket: WebSocket,
+    stream: Stream,
+    early: Vec<u8>,
     client_addr: SocketAddr,
     user_agent: Option<String>,
     identity: Option<Identity>,
     refusal: Option<CloseReason>,
 ) {
-    let (connection, mut outbox) = app.hub.register(client_addr, user_agent);
+    let stream = Arc::new(stream);
+    let connection = app
+        .hub
+        .register(client_addr, user_agent, Some(stream.clone()));
     if let Some(reason) = refusal {
         connection.close(reason);
     }
@@ -108,26 +113,93 @@ pub async fn run(
             .rate_limit
             .map(|(rate, burst)| TokenBucket::new(f64::from(rate), burst)),
     };
+    let mut reader = Reader::new(stream.clone(), early, app.config.max_frame_bytes);
     // A connection refused at the door gets its close code and nothing else.
     let ending = if connection.close_requested().is_some() {
         Ending::Close
     } else {
-        match send_welcome(&app, &mut socket, &connection).await {
-            Ok(()) => session.serve(&app, &mut socket, &mut outbox).await,
-            Err(_) => Ending::Gone,
-        }
+        // Boxed: the welcome's history read is large and only needed once.
+        Box::pin(send_welcome(&app, &connection)).await;
+        Box::pin(session.serve(&app, &stream, &mut reader)).await
     };
-    finish(&app, socket, &connection, outbox, ending).await;
+    finish(&app, &stream, &mut reader, &connection, ending).await;
+}
+
+/// Reads client frames with no buffer of its own between messages: one is
+/// allocated when bytes arrive and freed once they are all consumed.
+struct Reader {
+    stream: Arc<Stream>,
+    buffer: Vec<u8>,
+    /// Bytes of `buffer` already decoded.
+    consumed: usize,
+    decoder: Decoder,
+}
+
+/// Why reading stopped.
+enum ReadError {
+    /// The client broke the framing rules, or sent too much.
+    Frame(FrameError),
+    /// The socket failed.
+    Io,
+}
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
+
+impl Reader {
+    /// `early`: bytes already read from the stream.
+    fn new(stream: Arc<Stream>, early: Vec<u8>, max_message: usize) -> Reader {
+        Reader {
+            stream,
+            buffer: early,
+            consumed: 0,
+            decoder: Decoder::new(max_message),
+        }
+    }
+
+    /// The next complete message, or `None` when the client has closed the
+    /// TCP stream. Cancel-safe: bytes read are kept in `self`.
+    async fn next(&mut self) -> Result<Option<Incoming>, ReadError> {
+        loop {
+            while self.consumed < self.buffer.len() {
+                match self.decoder.decode(&self.buffer[self.consumed..]) {
+                    Ok(Decoded::Incomplete) => break,
+                    Ok(Decoded::Frame(message, used)) => {
+                        self.consumed += used;
+                        if self.consumed == self.buffer.len() {
+                            self.buffer = Vec::new();
+                            self.consumed = 0;
+                        }
+                        if let Some(message) = message {
+                            return Ok(Some(message));
+                        }
+                    }
+                    Err(err) => return Err(ReadError::Frame(err)),
+                }
+            }
+            self.stream.readable().await.map_err(|_| ReadError::Io)?;
+            if self.consumed > 0 {
+                self.buffer.drain(..self.consumed);
+                self.consumed = 0;
+            }
+            self.buffer.reserve(READ_CHUNK);
+            match self.stream.try_read_buf(&mut self.buffer) {
+                Ok(0) => return Ok(None),
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => return Err(ReadError::Io),
+            }
+            if self.buffer.is_empty() {
+                self.buffer = Vec::new();
+            }
+        }
+    }
 }
 
 impl Session {
-    async fn serve(
-        &mut self,
-        app: &Arc<App>,
-        socket: &mut WebSocket,
-        outbox: &mut mpsc::Receiver<Utf8Bytes>,
-    ) -> Ending {
+    async fn serve(&mut self, app: &Arc<App>, stream: &Stream, reader: &mut Reader) -> Ending {
         let connection = self.connection.clone();
+        let outbox = connection.outbox.clone();
         let config = &app.config;
         let mut heartbeat = tokio::time::interval_at(
             Instant::now() + config.heartbeat_interval,
@@ -143,6 +215,8 @@ impl Session {
         tokio::pin!(token_clock);
         let mut watched_expiry: Option<Timestamp> = None;
         let mut in_grace = false;
+        // Frames are waiting for the socket to take them.
+        let mut blocked = false;
         loop {
             let expiry = connection.expires_at();
             if expiry != watched_expiry {
@@ -156,40 +230,53 @@ impl Session {
             tokio::select! {
                 biased;
                 () = connection.closed() => return Ending::Close,
-                Some(first) = outbox.recv() => {
-                    if write_batch(socket, first, outbox).await.is_err() {
+                () = outbox.backlog(), if !blocked => blocked = true,
+                ready = stream.writable(), if blocked => {
+                    if ready.is_err() {
                         return Ending::Gone;
+                    }
+                    match outbox.flush() {
+                        Flush::Done => blocked = false,
+                        Flush::Blocked => {}
+                        Flush::Failed => return Ending::Gone,
                     }
                 }
                 () = self.pending_writes.below(wait_limit), if waiting.is_some() => {
                     if let Some(inbound) = waiting.take() {
-                        self.process(app, inbound).await;
+                        Box::pin(self.process(app, inbound)).await;
                     }
                 }
-                incoming = socket.recv(), if waiting.is_none() => {
-                    let Some(Ok(frame)) = incoming else {
-                        if let Some(Err(err)) = incoming
-                            && is_capacity_error(err)
-                        {
-                            connection.close(CloseReason::FRAME_TOO_BIG);
+                incoming = reader.next(), if waiting.is_none() => {
+                    let message = match incoming {
+                        Ok(Some(message)) => message,
+                        Ok(None) | Err(ReadError::Io) => return Ending::Gone,
+                        Err(ReadError::Frame(err)) => {
+                            connection.close(match err {
+                                FrameError::TooBig => CloseReason::FRAME_TOO_BIG,
+                                FrameError::InvalidUtf8 => CloseReason::INVALID_PAYLOAD,
+                                FrameError::Protocol(_) => CloseReason::PROTOCOL_ERROR,
+                            });
                             return Ending::Close;
                         }
-                        return Ending::Gone;
                     };
                     connection.touch();
                     idle.as_mut().reset(Instant::now() + config.idle_timeout);
-                    let inbound = match frame {
-                        Message::Text(text) => Envelope::parse(&text),
-                        Message::Binary(_) => Err(Rejection::new(
+                    let inbound = match message {
+                        Incoming::Text(text) => Envelope::parse(&text),
+                        Incoming::Binary => Err(Rejection::new(
                             ErrorCode::UnsupportedFrame,
                             "binary frames are not supported: send JSON in text frames",
                         )),
-                        Message::Ping(_) | Message::Pong(_) => continue,
-                        Message::Close(_) => return Ending::Gone,
+                        Incoming::Ping(payload) => {
+                            connection.deliver(&frame::pong(&payload));
+                            continue;
+                        }
+                        Incoming::Pong => continue,
+                        Incoming::Close(_) => return Ending::ClientClosed,
                     };
                     connection.count_message();
                     if self.pending_writes.count() < self.write_limit(app, &inbound) {
-                        self.process(app, inbound).await;
+                        Box::pin(self.process(app, inbound)).await;
                     } else {
                         waiting = Some(inbound);
                     }
@@ -214,9 +301,7 @@ impl Session {
                     );
                 }
                 _ = heartbeat.tick() => {
-                    if socket.send(Message::Ping(Default::default())).await.is_err() {
-                        return Ending::Gone;
-                    }
+                    connection.deliver(&frame::ping());
                 }
                 () = &mut idle => {
                     connection.set_state(ConnectionState::Inactive);
@@ -322,12 +407,9 @@ impl Session {
     }
 }
 
-/// Sends the welcome frame straight to the socket, before anything queued.
-async fn send_welcome(
-    app: &App,
-    socket: &mut WebSocket,
-    connection: &Connection,
-) -> Result<(), axum::Error> {
+/// Sends the welcome as the connection's first frame, ahead of anything
+/// broadcast to it meanwhile, and starts its outbox.
+async fn send_welcome(app: &App, connection: &Connection) {
     let recent = if connection.is_announced() {
         match app
             .store
@@ -364,49 +446,23 @@ async fn send_welcome(
         .encode(None),
     );
     app.hub.stats().count_out(frame.kind, 1);
-    socket.send(Message::Text(frame.text)).await
-}
-
-/// Writes `first` and whatever else is queued, then flushes once.
-async fn write_batch(
-    socket: &mut WebSocket,
-    first: Utf8Bytes,
-    outbox: &mut mpsc::Receiver<Utf8Bytes>,
-) -> Result<(), axum::Error> {
-    socket.feed(Message::Text(first)).await?;
-    for _ in 1..MAX_WRITE_BATCH {
-        match outbox.try_recv() {
-            Ok(text) => socket.feed(Message::Text(text)).await?,
-            Err(_) => break,
-        }
-    }
-    socket.flush().await
-}
-
-/// Whether a read failed because the frame was larger than allowed.
-fn is_capacity_error(err: axum::Error) -> bool {
-    matches!(
-        err.into_inner()
-            .downcast::<tungstenite::Error>()
-            .map(|e| *e),
-        Ok(tungstenite::Error::Capacity(_))
-    )
+    connection.outbox.release(frame.bytes);
 }
 
 /// Closes the socket as the ending requires and takes the connection out of
 /// the hub, announcing departures unless the server is shutting down.
 async fn finish(
     app: &App,
-    mut socket: WebSocket,
+    stream: &Stream,
+    reader: &mut Reader,
     connection: &Connection,
-    mut outbox: mpsc::Receiver<Utf8Bytes>,
     ending: Ending,
 ) {
     let reason = match ending {
         Ending::Close => connection
             .close_requested()
             .map_or(CloseReason::NORMAL, CloseReason::from_code),
-        Ending::Gone => {
+        Ending::Gone | Ending::ClientClosed => {
             connection.close(CloseReason::NORMAL);
             CloseReason::NORMAL
         }
@@ -414,8 +470,11 @@ async fn finish(
     if connection.state() != ConnectionState::Inactive {
         connection.set_state(ConnectionState::Disconnected);
     }
-    if matches!(ending, Ending::Close) {
-        close_socket(&mut socket, &mut outbox, reason).await;
+    match ending {
+        Ending::Close => close_socket(stream, reader, connection, reason, true).await,
+        // Answer the client's close frame with ours, and go.
+        Ending::ClientClosed => close_socket(stream, reader, connection, reason, false).await,
+        Ending::Gone => {}
     }
     let (departures, offline) = app.hub.unregister(connection);
     // Shutdown closes every connection; announcing each one to the others
@@ -428,30 +487,46 @@ async fn finish(
     }
 }
 
-/// Sends what is still queued (unless the queue is what overflowed), then the
-/// close frame, and waits briefly for the client to answer it.
+/// Writes what is still queued (unless the queue is what overflowed), then
+/// the close frame; with `await_answer`, waits briefly for the client's own
+/// close frame, so that the socket is not reset under unread data.
 async fn close_socket(
-    socket: &mut WebSocket,
-    outbox: &mut mpsc::Receiver<Utf8Bytes>,
+    stream: &Stream,
+    reader: &mut Reader,
+    connection: &Connection,
     reason: CloseReason,
+    await_answer: bool,
 ) {
-    let deliver_queued = reason != CloseReason::SLOW_CONSUMER;
-    let close = CloseFrame {
-        code: reason.code,
-        reason: Utf8Bytes::from_static(reason.reason),
-    };
-    let closing = async {
-        if deliver_queued {
-            while let Ok(text) = outbox.try_recv() {
-                socket.feed(Message::Text(text)).await?;
+    let outbox = &connection.outbox;
+    outbox.seal(
+        frame::close(reason.code, reason.reason),
+        reason == CloseReason::SLOW_CONSUMER,
+    );
+    let writing = async {
+        loop {
+            match outbox.flush() {
+                Flush::Done => return true,
+                Flush::Failed => return false,
+                Flush::Blocked => {
+                    if stream.writable().await.is_err() {
+                        return false;
+                    }
+                }
             }
         }
-        socket.send(Message::Close(Some(close))).await?;
-        // Read until the client's close frame (or anything that ends the
-        // stream), so the socket is not reset under unread data.
-        while let Some(Ok(_)) = socket.recv().await {}
-        Ok::<(), axum::Error>(())
+    };
+    // A client that reads slowly still gets its close frame, within reason.
+    let written = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, writing).await;
+    if written != Ok(true) || !await_answer {
+        return;
+    }
+    let answer = async {
+        while let Ok(Some(message)) = reader.next().await {
+            if matches!(message, Incoming::Close(_)) {
+                break;
+            }
+        }
     };
     // The client may be gone or stuck; the close is best effort either way.
-    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, closing).await;
+    let _ = tokio::time::timeout(CLOSE_HANDSHAKE_TIMEOUT, answer).await;
 }

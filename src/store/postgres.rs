@@ -411,6 +411,9 @@ async fn write_loop(
             batch.clear();
             match outcome {
                 Ok(results) => {
+                    // The broadcasts of the whole batch reach each socket in
+                    // one write (no await while the batch is open).
+                    let _writes = crate::hub::Batch::start();
                     for (on_commit, result) in callbacks.drain(..).zip(results) {
                         on_commit(result);
                     }

@@ -349,6 +349,8 @@ fn commit(connection: &mut Connection, batch: &mut Vec<(Box<NewMessage>, CommitC
     let batch = std::mem::take(batch);
     match insert_all(connection, &batch) {
         Ok(results) => {
+            // The broadcasts of the whole batch reach each socket in one write.
+            let _writes = crate::hub::Batch::start();
             for ((_, on_commit), result) in batch.into_iter().zip(results) {
                 on_commit(result);
             }

@@ -1,0 +1,293 @@
+//! A connection's outgoing frames. A frame goes straight into the socket when
+//! nothing is queued before it, from whichever thread is broadcasting; what
+//! the socket cannot take at once waits here, in order, for the session task
+//! to write when the socket becomes writable. No task is woken for a frame
+//! the socket accepted.
+//!
+//! Inside a [`Batch`] (a storage commit delivering many messages at once),
+//! frames are only queued, and each socket gets all of its frames with one
+//! system call when the batch ends.
+
+use crate::wire::Stream;
+use bytes::Bytes;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::io::{ErrorKind, IoSlice};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+
+/// Frames handed to one `writev`, at most.
+const MAX_IOVECS: usize = 64;
+
+/// A drained queue keeps at most this many slots allocated.
+const IDLE_SLOTS: usize = 8;
+
+thread_local! {
+    /// Outboxes with frames queued by the batch running on this thread.
+    static BATCH: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+}
+
+/// While alive, frames delivered on this thread are queued, and written
+/// when it is dropped: one system call per socket for the whole batch.
+/// Must not be held across an `.await`.
+pub struct Batch {
+    outermost: bool,
+}
+
+impl Batch {
+    pub fn start() -> Batch {
+        let outermost = BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            let outermost = batch.is_none();
+            if outermost {
+                *batch = Some(Vec::new());
+            }
+            outermost
+        });
+        Batch { outermost }
+    }
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if !self.outermost {
+            return;
+        }
+        let touched = BATCH.with(|batch| batch.borrow_mut().take());
+        for outbox in touched.into_iter().flatten() {
+            if outbox.flush() == Flush::Blocked {
+                outbox.backlog.notify_one();
+            }
+        }
+    }
+}
+
+fn in_batch() -> bool {
+    BATCH.with(|batch| batch.borrow().is_some())
+}
+
+/// What [`Outbox::push`] did with a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Push {
+    /// Written, or queued behind earlier frames.
+    Queued,
+    /// The queue is at capacity; the frame was dropped.
+    Full,
+    /// The outbox is closed; the frame was dropped.
+    Closed,
+}
+
+/// What [`Outbox::flush`] achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flush {
+    /// Nothing is queued any more.
+    Done,
+    /// The socket takes no more for now.
+    Blocked,
+    /// The socket failed.
+    Failed,
+}
+
+#[derive(Debug)]
+pub struct Outbox {
+    /// `None` for an outbox that only queues (tests, tools).
+    stream: Option<Arc<Stream>>,
+    capacity: usize,
+    queue: Mutex<Queue>,
+    /// Tells the session task that frames wait for the socket.
+    backlog: Notify,
+    /// Tells patient senders that the queue has room again.
+    room: Notify,
+}
+
+#[derive(Debug, Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// Bytes of the first queued frame already written.
+    written: usize,
+    /// Listed in the running batch of some thread.
+    batched: bool,
+    /// Frames are only queued until the session releases them (the welcome
+    /// must be the first frame on the wire).
+    held: bool,
+    /// No more frames are accepted.
+    closed: bool,
+}
+
+impl Outbox {
+    /// An outbox writing to `stream`, holding frames until [`Outbox::release`].
+    pub fn new(stream: Option<Arc<Stream>>, capacity: usize) -> Arc<Outbox> {
+        Arc::new(Outbox {
+            stream,
+            capacity,
+            queue: Mutex::new(Queue {
+                held: true,
+                ..Queue::default()
+            }),
+            backlog: Notify::new(),
+            room: Notify::new(),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes or queues a frame, without waiting.
+    pub fn push(self: &Arc<Self>, frame: &Bytes) -> Push {
+        let mut queue = self.lock();
+        if queue.closed {
+            return Push::Closed;
+        }
+        if queue.frames.len() >= self.capacity {
+            return Push::Full;
+        }
+        if queue.held {
+            queue.frames.push_back(frame.clone());
+            return Push::Queued;
+        }
+        if in_batch() {
+            queue.frames.push_back(frame.clone());
+            if !queue.batched {
+                queue.batched = true;
+                BATCH.with(|batch| {
+                    if let Some(batch) = batch.borrow_mut().as_mut() {
+                        batch.push(self.clone());
+                    }
+                });
+            }
+            return Push::Queued;
+        }
+        if queue.frames.is_empty() {
+            let Some(stream) = &self.stream else {
+                queue.frames.push_back(frame.clone());
+                return Push::Queued;
+            };
+            match stream.try_write(frame) {
+                Ok(n) if n == frame.len() => return Push::Queued,
+                Ok(n) => queue.written = n,
+                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    queue.closed = true;
+                    return Push::Closed;
+                }
+            }
+            queue.frames.push_back(frame.clone());
+            drop(queue);
+            self.backlog.notify_one();
+            return Push::Queued;
+        }
+        // The session already knows about the frames before this one.
+        queue.frames.push_back(frame.clone());
+        Push::Queued
+    }
+
+    /// Writes as much of the queue as the socket takes, several frames per
+    /// system call.
+    pub fn flush(&self) -> Flush {
+        let mut queue = self.lock();
+        queue.batched = false;
+        let result = self.write_queued(&mut queue);
+        if queue.frames.is_empty() && queue.frames.capacity() > IDLE_SLOTS {
+            queue.frames = VecDeque::new();
+        }
+        drop(queue);
+        self.room.notify_waiters();
+        result
+    }
+
+    fn write_queued(&self, queue: &mut Queue) -> Flush {
+        let Some(stream) = &self.stream else {
+            return if queue.frames.is_empty() {
+                Flush::Done
+            } else {
+                Flush::Blocked
+            };
+        };
+        while !queue.frames.is_empty() {
+            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+            let mut count = 0;
+            for (slot, frame) in slices.iter_mut().zip(queue.frames.iter()) {
+                let skip = if count == 0 { queue.written } else { 0 };
+                *slot = IoSlice::new(&frame[skip..]);
+                count += 1;
+            }
+            match stream.try_write_vectored(&slices[..count]) {
+                Ok(0) => return Flush::Failed,
+                Ok(mut written) => {
+                    while let Some(first) = queue.frames.front() {
+                        let left = first.len() - queue.written;
+                        if written < left {
+                            queue.written += written;
+                            break;
+                        }
+                        written -= left;
+                        queue.written = 0;
+                        queue.frames.pop_front();
+                    }
+                }
+                Err(err) if err.kind() == ErrorKind::WouldBlock => return Flush::Blocked,
+                Err(_) => {
+                    queue.closed = true;
+                    return Flush::Failed;
+                }
+            }
+        }
+        Flush::Done
+    }
+
+    /// Puts `first` before everything queued so far and starts writing.
+    pub fn release(&self, first: Bytes) {
+        let mut queue = self.lock();
+        queue.frames.push_front(first);
+        queue.held = false;
+        drop(queue);
+        if self.flush() == Flush::Blocked {
+            self.backlog.notify_one();
+        }
+    }
+
+    /// Resolves when frames are waiting for the socket to become writable.
+    pub async fn backlog(&self) {
+        self.backlog.notified().await;
+    }
+
+    /// Resolves when a flush has made room (or may have).
+    pub fn room(&self) -> Notified<'_> {
+        self.room.notified()
+    }
+
+    /// Queues a last frame (a close frame) and accepts nothing after it.
+    /// With `discard`, frames not yet started are dropped first.
+    pub fn seal(&self, last: Bytes, discard: bool) {
+        let mut queue = self.lock();
+        if discard {
+            let keep = usize::from(queue.written > 0);
+            queue.frames.truncate(keep);
+        }
+        queue.frames.push_back(last);
+        queue.held = false;
+        queue.closed = true;
+    }
+
+    /// Frames waiting, including one partly written.
+    pub fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Takes every queued frame out (for outboxes without a socket).
+    pub fn take_queued(&self) -> Vec<Bytes> {
+        let frames = self.lock().frames.drain(..).collect();
+        self.room.notify_waiters();
+        frames
+    }
+}

@@ -1,0 +1,360 @@
+//! WebSocket frames (RFC 6455): decoding what clients send, encoding what the
+//! server sends. Server frames are never masked and never fragmented, so one
+//! encoded frame is a header and the payload, ready to be written to any
+//! number of sockets.
+
+use bytes::Bytes;
+
+const OP_CONTINUATION: u8 = 0x0;
+const OP_TEXT: u8 = 0x1;
+const OP_BINARY: u8 = 0x2;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// A complete message from a client.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Incoming {
+    Text(String),
+    /// Binary messages are refused by the protocol; their content is dropped.
+    Binary,
+    Ping(Vec<u8>),
+    Pong,
+    /// A close frame, with its code if it carried one.
+    Close(Option<u16>),
+}
+
+/// Why a client's bytes are not a valid WebSocket stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame larger than allowed")]
+    TooBig,
+    #[error("WebSocket protocol violation: {0}")]
+    Protocol(&'static str),
+    #[error("text frame is not valid UTF-8")]
+    InvalidUtf8,
+}
+
+/// Decodes client frames one at a time, joining fragmented messages.
+#[derive(Debug)]
+pub struct Decoder {
+    max_message: usize,
+    /// A fragmented message being received: whether it is text, and its data.
+    fragments: Option<(bool, Vec<u8>)>,
+}
+
+/// What one call to [`Decoder::decode`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Decoded {
+    /// Not a whole frame yet: read more.
+    Incomplete,
+    /// A frame was consumed; it completed a message if `Some`.
+    Frame(Option<Incoming>, usize),
+}
+
+impl Decoder {
+    /// Messages (and frames) over `max_message` bytes are [`FrameError::TooBig`].
+    pub fn new(max_message: usize) -> Self {
+        Decoder {
+            max_message,
+            fragments: None,
+        }
+    }
+
+    /// Decodes the first frame at the start of `buf`.
+    pub fn decode(&mut self, buf: &[u8]) -> Result<Decoded, FrameError> {
+        let [first, second, ..] = *buf else {
+            return Ok(Decoded::Incomplete);
+        };
+        if first & 0x70 != 0 {
+            return Err(FrameError::Protocol("reserved bits set"));
+        }
+        let fin = first & 0x80 != 0;
+        let opcode = first & 0x0F;
+        if second & 0x80 == 0 {
+            return Err(FrameError::Protocol("client frames must be masked"));
+        }
+        let (length, mut header) = match second & 0x7F {
+            126 => match buf.get(2..4) {
+                Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
+                None => return Ok(Decoded::Incomplete),
+            },
+            127 => match buf.get(2..10) {
+                Some(bytes) => {
+                    let mut length = [0; 8];
+                    length.copy_from_slice(bytes);
+                    (u64::from_be_bytes(length), 10)
+                }
+                None => return Ok(Decoded::Incomplete),
+            },
+            short => (u64::from(short), 2),
+        };
+        let control = opcode & 0x08 != 0;
+        if control && (!fin || length > 125) {
+            return Err(FrameError::Protocol(
+                "control frames must be whole and at most 125 bytes",
+            ));
+        }
+        let so_far = self.fragments.as_ref().map_or(0, |(_, data)| data.len());
+        let length = match usize::try_from(length) {
+            Ok(length) if !control && so_far.saturating_add(length) > self.max_message => {
+                return Err(FrameError::TooBig);
+            }
+            Ok(length) => length,
+            Err(_) => return Err(FrameError::TooBig),
+        };
+        let Some(mask) = buf.get(header..header + 4) else {
+            return Ok(Decoded::Incomplete);
+        };
+        let mask = [mask[0], mask[1], mask[2], mask[3]];
+        header += 4;
+        let Some(masked) = buf.get(header..header + length) else {
+            return Ok(Decoded::Incomplete);
+        };
+        let consumed = header + length;
+        let payload = unmask(masked, mask);
+        let complete = match opcode {
+            OP_TEXT | OP_BINARY => {
+                if self.fragments.is_some() {
+                    return Err(FrameError::Protocol(
+                        "a new message inside a fragmented one",
+                    ));
+                }
+                if fin {
+                    Some(finish(opcode == OP_TEXT, payload)?)
+                } else {
+                    self.fragments = Some((opcode == OP_TEXT, payload));
+                    None
+                }
+            }
+            OP_CONTINUATION => {
+                let Some((_, data)) = self.fragments.as_mut() else {
+                    return Err(FrameError::Protocol("continuation without a first frame"));
+                };
+                data.extend_from_slice(&payload);
+                match self.fragments.take() {
+                    Some((text, data)) if fin => Some(finish(text, data)?),
+                    pending => {
+                        self.fragments = pending;
+                        None
+                    }
+                }
+            }
+            OP_CLOSE => Some(Incoming::Close(match payload.len() {
+                0 => None,
+                1 => return Err(FrameError::Protocol("close frame with a one-byte body")),
+                _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+            })),
+            OP_PING => Some(Incoming::Ping(payload)),
+            OP_PONG => Some(Incoming::Pong),
+            _ => return Err(FrameError::Protocol("unknown opcode")),
+        };
+        Ok(Decoded::Frame(complete, consumed))
+    }
+}
+
+fn finish(text: bool, payload: Vec<u8>) -> Result<Incoming, FrameError> {
+    if text {
+        String::from_utf8(payload)
+            .map(Incoming::Text)
+            .map_err(|_| FrameError::InvalidUtf8)
+    } else {
+        Ok(Incoming::Binary)
+    }
+}
+
+fn unmask(masked: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    masked
+        .iter()
+        .enumerate()
+        .map(|(i, byte)| byte ^ mask[i & 3])
+        .collect()
+}
+
+/// Encodes a server frame (final, unmasked).
+fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(payload.len() + 10);
+    frame.push(0x80 | opcode);
+    match payload.len() {
+        short @ 0..=125 => frame.push(short as u8),
+        medium @ 126..=0xFFFF => {
+            frame.push(126);
+            frame.extend_from_slice(&(medium as u16).to_be_bytes());
+        }
+        long => {
+            frame.push(127);
+            frame.extend_from_slice(&(long as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(payload);
+    frame
+}
+
+/// A text frame carrying `payload`.
+pub fn text(payload: &str) -> Bytes {
+    Bytes::from(encode(OP_TEXT, payload.as_bytes()))
+}
+
+/// A close frame with a code and a reason.
+pub fn close(code: u16, reason: &str) -> Bytes {
+    let mut body = code.to_be_bytes().to_vec();
+    body.extend_from_slice(&reason.as_bytes()[..reason.len().min(123)]);
+    Bytes::from(encode(OP_CLOSE, &body))
+}
+
+/// A ping with no payload.
+pub fn ping() -> Bytes {
+    Bytes::from_static(&[0x80 | OP_PING, 0])
+}
+
+/// The answer to a ping: a pong with the same payload.
+pub fn pong(payload: &[u8]) -> Bytes {
+    Bytes::from(encode(OP_PONG, payload))
+}
+
+/// The payload of an encoded server text frame (for tests and tools).
+pub fn payload_of(frame: &[u8]) -> &[u8] {
+    let header = match frame.get(1).map(|b| b & 0x7F) {
+        Some(126) => 4,
+        Some(127) => 10,
+        _ => 2,
+    };
+    frame.get(header..).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client frame, masked as clients must.
+    fn client(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1, 2, 3, 4];
+        let mut frame = vec![first];
+        match payload.len() {
+            n @ 0..=125 => frame.push(0x80 | n as u8),
+            n @ 126..=0xFFFF => {
+                frame.push(0x80 | 126);
+                frame.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                frame.push(0x80 | 127);
+                frame.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        frame
+    }
+
+    #[test]
+    fn decodes_text_of_every_length_form() {
+        for size in [0, 5, 125, 126, 300, 65_535, 65_536, 70_000] {
+            let text = "x".repeat(size);
+            let frame = client(0x81, text.as_bytes());
+            let mut decoder = Decoder::new(100_000);
+            for cut in [0, 1, 2, frame.len() - 1] {
+                assert_eq!(decoder.decode(&frame[..cut]), Ok(Decoded::Incomplete));
+            }
+            assert_eq!(
+                decoder.decode(&frame),
+                Ok(Decoded::Frame(Some(Incoming::Text(text)), frame.len()))
+            );
+        }
+    }
+
+    #[test]
+    fn joins_fragments_with_control_frames_between() {
+        let mut decoder = Decoder::new(1000);
+        let mut stream = client(0x01, b"hel");
+        stream.extend(client(0x89, b"p"));
+        stream.extend(client(0x80, b"lo"));
+        let mut at = 0;
+        let mut seen = Vec::new();
+        while let Ok(Decoded::Frame(message, used)) = decoder.decode(&stream[at..]) {
+            at += used;
+            seen.extend(message);
+        }
+        assert_eq!(at, stream.len());
+        assert_eq!(
+            seen,
+            [
+                Incoming::Ping(b"p".to_vec()),
+                Incoming::Text("hello".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_what_the_rfc_forbids() {
+        let mut unmasked = client(0x81, b"hi");
+        unmasked[1] &= 0x7F;
+        let cases: Vec<(Vec<u8>, FrameError)> = vec![
+            (
+                unmasked,
+                FrameError::Protocol("client frames must be masked"),
+            ),
+            (
+                client(0xC1, b"hi"),
+                FrameError::Protocol("reserved bits set"),
+            ),
+            (client(0x83, b"hi"), FrameError::Protocol("unknown opcode")),
+            (
+                client(0x80, b"hi"),
+                FrameError::Protocol("continuation without a first frame"),
+            ),
+            (client(0x81, &[0xFF, 0xFE]), FrameError::InvalidUtf8),
+            (
+                client(0x09, b"p"),
+                FrameError::Protocol("control frames must be whole and at most 125 bytes"),
+            ),
+            (client(0x81, &[b'x'; 2000]), FrameError::TooBig),
+        ];
+        for (frame, error) in cases {
+            assert_eq!(Decoder::new(1000).decode(&frame), Err(error));
+        }
+        // Too big is known from the header alone.
+        let header = &client(0x81, &[b'x'; 2000])[..4];
+        assert_eq!(Decoder::new(1000).decode(header), Err(FrameError::TooBig));
+        // Fragments add up.
+        let mut decoder = Decoder::new(1000);
+        assert!(decoder.decode(&client(0x01, &[b'x'; 600])).is_ok());
+        assert_eq!(
+            decoder.decode(&client(0x80, &[b'x'; 600])),
+            Err(FrameError::TooBig)
+        );
+    }
+
+    #[test]
+    fn decodes_close_codes() {
+        let mut decoder = Decoder::new(100);
+        let frame = client(0x88, &1000u16.to_be_bytes());
+        assert_eq!(
+            decoder.decode(&frame),
+            Ok(Decoded::Frame(
+                Some(Incoming::Close(Some(1000))),
+                frame.len()
+            ))
+        );
+        let empty = client(0x88, b"");
+        assert_eq!(
+            decoder.decode(&empty),
+            Ok(Decoded::Frame(Some(Incoming::Close(None)), empty.len()))
+        );
+    }
+
+    #[test]
+    fn encodes_server_frames() {
+        for size in [0, 125, 126, 65_535, 65_536] {
+            let text_payload = "y".repeat(size);
+            let frame = text(&text_payload);
+            assert_eq!(frame[0], 0x81);
+            assert_eq!(payload_of(&frame), text_payload.as_bytes());
+        }
+        assert_eq!(
+            &close(4002, "slow")[..],
+            &[0x88, 6, 0x0F, 0xA2, b's', b'l', b'o', b'w']
+        );
+        assert_eq!(&ping()[..], &[0x89, 0]);
+        assert_eq!(&pong(b"ab")[..], &[0x8A, 2, b'a', b'b']);
+    }
+}

@@ -1,0 +1,189 @@
+//! The opening handshake of RFC 6455, read straight off a TCP socket: the
+//! request head is parsed once, and only what the upgrade needs is kept.
+
+/// Longest request head accepted; a longer one is answered with 431.
+pub const MAX_HEAD_BYTES: usize = 8192;
+
+/// Headers parsed at most; more is a malformed request.
+const MAX_HEADERS: usize = 64;
+
+/// What the first bytes of a connection are.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opening {
+    /// The head is not complete yet.
+    Incomplete,
+    /// An ordinary HTTP request (or one this module cannot judge): for the
+    /// HTTP server.
+    Http,
+    /// A WebSocket upgrade of `GET /ws`; the head is `head_len` bytes long.
+    WebSocket(Upgrade, usize),
+    /// An upgrade request for `/ws` that RFC 6455 says to refuse with 400.
+    Invalid(&'static str),
+}
+
+/// The parts of an upgrade request that roomcast looks at.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Upgrade {
+    pub key: String,
+    pub origin: Option<String>,
+    pub user_agent: Option<String>,
+    /// The `Authorization` header, as sent.
+    pub authorization: Option<String>,
+    /// The `token` query parameter, decoded.
+    pub query_token: Option<String>,
+}
+
+/// Looks at the bytes read so far from a new connection.
+pub fn classify(buf: &[u8]) -> Opening {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let head_len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Opening::Incomplete,
+        // Let the HTTP server answer malformed requests its own way.
+        Err(_) => return Opening::Http,
+    };
+    let (path, query) = match request.path.unwrap_or("").split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (request.path.unwrap_or(""), None),
+    };
+    let header = |name: &str| {
+        request
+            .headers
+            .iter()
+            .find(|header| header.name.eq_ignore_ascii_case(name))
+            .and_then(|header| std::str::from_utf8(header.value).ok())
+            .map(str::trim)
+    };
+    let has_token = |name: &str, token: &str| {
+        header(name).is_some_and(|value| {
+            value
+                .split(',')
+                .any(|part| part.trim().eq_ignore_ascii_case(token))
+        })
+    };
+    if request.method != Some("GET")
+        || path != "/ws"
+        || !has_token("upgrade", "websocket")
+        || !has_token("connection", "upgrade")
+    {
+        return Opening::Http;
+    }
+    if header("sec-websocket-version") != Some("13") {
+        return Opening::Invalid("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = header("sec-websocket-key").filter(|key| key.len() == 24) else {
+        return Opening::Invalid("Sec-WebSocket-Key is missing or malformed");
+    };
+    let owned = |value: Option<&str>| value.map(str::to_owned);
+    Opening::WebSocket(
+        Upgrade {
+            key: key.to_owned(),
+            origin: owned(header("origin")),
+            user_agent: owned(header("user-agent")),
+            authorization: owned(header("authorization")),
+            query_token: query.and_then(|query| query_parameter(query, "token")),
+        },
+        head_len,
+    )
+}
+
+/// The `101 Switching Protocols` answer to a client's key.
+pub fn accept_response(key: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {}\r\n\r\n",
+        accept_key(key)
+    )
+    .into_bytes()
+}
+
+/// `Sec-WebSocket-Accept` for a `Sec-WebSocket-Key`.
+pub fn accept_key(key: &str) -> String {
+    tungstenite::handshake::derive_accept_key(key.as_bytes())
+}
+
+/// A plain HTTP answer with a JSON body, for refusals before the upgrade.
+pub fn http_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// The decoded value of `name` in a query string.
+pub fn query_parameter(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|pair| {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        (percent_decode(key)? == name).then(|| percent_decode(value))?
+    })
+}
+
+fn percent_decode(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            byte => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const UPGRADE: &str = "GET /ws?room=x&token=a.b%2Dc HTTP/1.1\r\nHost: h\r\n\
+        Upgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+        Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+        Origin: https://chat.example\r\nUser-Agent: test\r\n\r\n";
+
+    #[test]
+    fn recognises_an_upgrade() {
+        let Opening::WebSocket(upgrade, len) = classify(UPGRADE.as_bytes()) else {
+            panic!("not an upgrade");
+        };
+        assert_eq!(len, UPGRADE.len());
+        assert_eq!(upgrade.query_token.as_deref(), Some("a.b-c"));
+        assert_eq!(upgrade.origin.as_deref(), Some("https://chat.example"));
+        assert_eq!(upgrade.user_agent.as_deref(), Some("test"));
+        assert_eq!(classify(&UPGRADE.as_bytes()[..40]), Opening::Incomplete);
+        // The RFC's own example.
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+    }
+
+    #[test]
+    fn leaves_other_requests_to_http() {
+        for request in [
+            "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n",
+            "GET /ws HTTP/1.1\r\nHost: h\r\n\r\n",
+            "POST /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "\x16\x03\x01 not http at all\r\n\r\n",
+        ] {
+            assert_eq!(classify(request.as_bytes()), Opening::Http, "{request}");
+        }
+        let old = UPGRADE.replace("Version: 13", "Version: 8");
+        assert!(matches!(classify(old.as_bytes()), Opening::Invalid(_)));
+        let keyless = UPGRADE.replace("Sec-WebSocket-Key", "X-Key");
+        assert!(matches!(classify(keyless.as_bytes()), Opening::Invalid(_)));
+    }
+}

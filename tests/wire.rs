@@ -1,0 +1,240 @@
+//! The WebSocket layer itself, spoken byte by byte over raw TCP: the
+//! handshake and its refusals, frames a library client would never send, and
+//! the connection limit.
+
+mod support;
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use support::{TestServer, args};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+fn upgrade_request(query: &str, extra: &str) -> String {
+    format!(
+        "GET /ws{query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
+         Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    )
+}
+
+/// A client frame, masked unless told otherwise.
+fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+    let mask = [7, 1, 9, 3];
+    let mut out = vec![first];
+    let flag = if masked { 0x80 } else { 0 };
+    match payload.len() {
+        n @ 0..=125 => out.push(flag | n as u8),
+        n => {
+            out.push(flag | 126);
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    if masked {
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+    } else {
+        out.extend_from_slice(payload);
+    }
+    out
+}
+
+/// A raw client: reads the handshake answer, then server frames.
+struct Raw {
+    stream: TcpStream,
+    buffer: Vec<u8>,
+}
+
+impl Raw {
+    async fn open(server: &TestServer, request: &str) -> (Raw, String) {
+        Raw::open_bytes(server, request.as_bytes()).await
+    }
+
+    async fn open_bytes(server: &TestServer, request: &[u8]) -> (Raw, String) {
+        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
+        stream.write_all(request).await.expect("write");
+        let mut raw = Raw {
+            stream,
+            buffer: Vec::new(),
+        };
+        let head = loop {
+            if let Some(end) = raw.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw.buffer[..end]).into_owned();
+                raw.buffer.drain(..end + 4);
+                break head;
+            }
+            assert!(
+                raw.fill().await > 0,
+                "connection closed during the handshake"
+            );
+        };
+        (raw, head)
+    }
+
+    async fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
+            .await
+            .expect("no data within 5s")
+            .unwrap_or(0);
+        self.buffer.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// The next server frame: opcode and payload; `None` at end of stream.
+    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
+        loop {
+            if self.buffer.len() >= 2 {
+                let (len, header) = match self.buffer[1] & 0x7F {
+                    126 if self.buffer.len() >= 4 => (
+                        u16::from_be_bytes([self.buffer[2], self.buffer[3]]) as usize,
+                        4,
+                    ),
+                    127 if self.buffer.len() >= 10 => {
+                        let mut n = [0; 8];
+                        n.copy_from_slice(&self.buffer[2..10]);
+                        (u64::from_be_bytes(n) as usize, 10)
+                    }
+                    126 | 127 => (usize::MAX, 0),
+                    n => (n as usize, 2),
+                };
+                if len != usize::MAX && self.buffer.len() >= header + len {
+                    let opcode = self.buffer[0] & 0x0F;
+                    let payload = self.buffer[header..header + len].to_vec();
+                    self.buffer.drain(..header + len);
+                    return Some((opcode, payload));
+                }
+            }
+            if self.fill().await == 0 {
+                return None;
+            }
+        }
+    }
+
+    async fn json(&mut self) -> Value {
+        loop {
+            let (opcode, payload) = self.next().await.expect("a frame");
+            if opcode == 1 {
+                return serde_json::from_slice(&payload).expect("JSON");
+            }
+        }
+    }
+
+    /// Reads until the server's close frame and returns its code.
+    async fn close_code(&mut self) -> Option<u16> {
+        while let Some((opcode, payload)) = self.next().await {
+            if opcode == 8 {
+                return payload
+                    .get(..2)
+                    .map(|code| u16::from_be_bytes([code[0], code[1]]));
+            }
+        }
+        None
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+}
+
+#[tokio::test]
+async fn the_handshake_answers_with_the_rfc_accept_key() {
+    let server = TestServer::start().await;
+    let (mut raw, head) = Raw::open(&server, &upgrade_request("", "")).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        "{head}"
+    );
+    let welcome = raw.json().await;
+    assert_eq!(welcome["type"], "welcome");
+}
+
+#[tokio::test]
+async fn frames_sent_with_the_handshake_are_not_lost() {
+    let server = TestServer::start().await;
+    let token = server.token("alice");
+    let mut request = upgrade_request(&format!("?token={token}"), "").into_bytes();
+    let ping = json!({"type": "ping", "ref": "early"}).to_string();
+    request.extend(frame(0x81, ping.as_bytes(), true));
+    let (mut raw, head) = Raw::open_bytes(&server, &request).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_eq!(raw.json().await["type"], "welcome");
+    let pong = raw.json().await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["ref"], "early");
+}
+
+#[tokio::test]
+async fn bad_handshakes_are_refused_before_the_upgrade() {
+    let server = TestServer::start().await;
+    let old = upgrade_request("", "").replace("Version: 13", "Version: 8");
+    let (_, head) = Raw::open(&server, &old).await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    let (_, head) = Raw::open(&server, &upgrade_request("?token=forged.token.here", "")).await;
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
+    let (_, head) = Raw::open(&server, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+    // The HTTP API still answers on the same port.
+    let (_, head) = Raw::open(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+}
+
+#[tokio::test]
+async fn fragments_are_joined_and_pings_answered() {
+    let server = TestServer::start().await;
+    let token = server.token("alice");
+    let (mut raw, _) = Raw::open(&server, &upgrade_request(&format!("?token={token}"), "")).await;
+    raw.json().await;
+    let text = json!({"type": "ping", "ref": "in-pieces"}).to_string();
+    let (first, rest) = text.as_bytes().split_at(10);
+    raw.send(&frame(0x01, first, true)).await;
+    raw.send(&frame(0x89, b"hb", true)).await;
+    raw.send(&frame(0x80, rest, true)).await;
+    let (opcode, payload) = raw.next().await.expect("pong frame");
+    assert_eq!((opcode, payload.as_slice()), (0x0A, &b"hb"[..]));
+    let pong = raw.json().await;
+    assert_eq!(pong["ref"], "in-pieces");
+}
+
+#[tokio::test]
+async fn framing_violations_close_with_the_rfc_codes_and_spare_others() {
+    let server = TestServer::start().await;
+    let mut bystander = server.user("bob").await;
+    let token = server.token("alice");
+    let request = upgrade_request(&format!("?token={token}"), "");
+    let cases: [(Vec<u8>, u16); 4] = [
+        (frame(0x81, b"{}", false), 1002),        // unmasked
+        (frame(0xC1, b"{}", true), 1002),         // a reserved bit
+        (frame(0x83, b"{}", true), 1002),         // an unknown opcode
+        (frame(0x81, &[0xC3, 0x28], true), 1007), // not UTF-8
+    ];
+    for (bytes, code) in cases {
+        let (mut raw, _) = Raw::open(&server, &request).await;
+        raw.json().await;
+        raw.send(&bytes).await;
+        assert_eq!(raw.close_code().await, Some(code));
+    }
+    // Over `max_frame_bytes` (64 KiB): 1009, known from the header alone.
+    let (mut raw, _) = Raw::open(&server, &request).await;
+    raw.json().await;
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 40).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    raw.send(&header).await;
+    assert_eq!(raw.close_code().await, Some(1009));
+    bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn past_max_connections_new_connections_get_503() {
+    let mut settings = args();
+    settings.max_connections = Some(2);
+    let server = TestServer::with(settings).await;
+    let _a = server.user("a").await;
+    let mut b = server.user("b").await;
+    let (_, head) = Raw::open(&server, &upgrade_request("", "")).await;
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    b.assert_alive().await;
+}

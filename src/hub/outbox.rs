@@ -213,7 +213,13 @@ impl Outbox {
                 *slot = IoSlice::new(&frame[skip..]);
                 count += 1;
             }
-            match stream.try_write_vectored(&slices[..count]) {
+            // One frame: `send` is a shorter path through the kernel than `writev`.
+            let result = if count == 1 {
+                stream.try_write(&slices[0])
+            } else {
+                stream.try_write_vectored(&slices[..count])
+            };
+            match result {
                 Ok(0) => return Flush::Failed,
                 Ok(mut written) => {
                     while let Some(first) = queue.frames.front() {

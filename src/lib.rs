@@ -88,6 +88,10 @@ pub async fn serve(
         config.retention_interval,
     ));
     let hub = Arc::new(Hub::new(config.outbox_capacity));
+    let flusher = tokio::spawn({
+        let hub = hub.clone();
+        async move { hub.run_flusher().await }
+    });
     let mut tokens = Tokens::new(&config.jwt_secret);
     if let Some(path) = &config.jwt_public_key {
         tokens = tokens.with_public_key(path)?;
@@ -154,6 +158,7 @@ pub async fn serve(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     retention.abort();
+    flusher.abort();
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())

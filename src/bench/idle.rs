@@ -14,8 +14,12 @@ pub async fn run(
     concurrency: usize,
     server_pid: Option<u32>,
     hold: u64,
+    users: usize,
 ) -> Report {
-    let mut report = Report::new(format!("idle: {connections} authenticated connections"));
+    let users = if users == 0 { connections } else { users };
+    let mut report = Report::new(format!(
+        "idle: {connections} authenticated connections of {users} users"
+    ));
     let tokens = Tokens::new(&target.jwt_secret);
     let rss_before = server_pid.and_then(rss_kib);
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
@@ -33,7 +37,7 @@ pub async fn run(
             let (held, latencies, failures) = (held.clone(), latencies.clone(), failures.clone());
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
-                match connect(&target, &tokens, index, &format!("idle-{index}")).await {
+                match connect(&target, &tokens, index, &format!("idle-{}", index % users)).await {
                     Ok(mut socket) => {
                         latencies
                             .lock()

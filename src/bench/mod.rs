@@ -64,6 +64,11 @@ pub enum Scenario {
         /// Seconds to hold the connections before closing them.
         #[arg(long, default_value_t = 2)]
         hold: u64,
+        /// Distinct users the connections log in as (0: one per connection).
+        /// The protocol announces each user's first connection to every
+        /// connection, so N users cost N²/2 announcements.
+        #[arg(long, default_value_t = 0)]
+        users: usize,
     },
     /// R rooms × M members, K senders per room at a rate.
     Fanout {
@@ -135,7 +140,18 @@ pub async fn run(args: &BenchArgs) -> Report {
             concurrency,
             server_pid,
             hold,
-        } => idle::run(target, *connections, *concurrency, *server_pid, *hold).await,
+            users,
+        } => {
+            idle::run(
+                target,
+                *connections,
+                *concurrency,
+                *server_pid,
+                *hold,
+                *users,
+            )
+            .await
+        }
         Scenario::Fanout {
             target,
             rooms,

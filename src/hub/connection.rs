@@ -6,7 +6,7 @@
 //! into the outbox with `try_send`, and a full outbox closes the connection as
 //! a slow consumer instead of slowing the sender down.
 
-use super::outbox::{Outbox, Push};
+use super::outbox::{Flusher, Outbox, Push};
 use crate::protocol::{CloseReason, Timestamp, User, UserKind};
 use crate::wire::Stream;
 use bytes::Bytes;
@@ -120,9 +120,10 @@ impl Connection {
         client_addr: SocketAddr,
         user_agent: Option<String>,
         stream: Option<Arc<Stream>>,
+        flusher: Option<Arc<Flusher>>,
         outbox_capacity: usize,
     ) -> Arc<Connection> {
-        let outbox = Outbox::new(stream, outbox_capacity);
+        let outbox = Outbox::new(stream, flusher, outbox_capacity);
         let now = Timestamp::now();
         let connection = Connection {
             id,

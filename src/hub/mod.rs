@@ -17,7 +17,7 @@ mod room;
 mod stats;
 
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
-pub use outbox::{Batch, Flush, Outbox};
+pub use outbox::{Batch, Flush, Flusher, Outbox};
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 
 use crate::protocol::{CloseReason, Frame, ServerType, User, UserKind};
@@ -167,9 +167,17 @@ pub struct Hub {
     /// closed at once.
     closing: AtomicBool,
     stats: HubStats,
+    /// Writes announcements to everyone, coalesced per socket.
+    flusher: Arc<Flusher>,
 }
 
 impl Hub {
+    /// Runs the task that writes deferred batches (announcements to
+    /// everyone); without it they are written at once by the announcer.
+    pub async fn run_flusher(&self) {
+        self.flusher.run().await;
+    }
+
     pub fn new(outbox_capacity: usize) -> Hub {
         Hub {
             node_id: node_id(),
@@ -181,6 +189,7 @@ impl Hub {
             per_ip: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             stats: HubStats::default(),
+            flusher: Arc::new(Flusher::default()),
         }
     }
 
@@ -203,6 +212,7 @@ impl Hub {
             client_addr,
             user_agent,
             stream,
+            Some(self.flusher.clone()),
             self.outbox_capacity,
         );
         self.connections.write(&id).insert(id, connection.clone());
@@ -501,6 +511,7 @@ impl Hub {
                 }
             }
             Audience::Everyone => {
+                let _writes = Batch::deferred();
                 for shard in self.connections.shards.iter() {
                     let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
                     shard

@@ -33,10 +33,23 @@ thread_local! {
 /// Must not be held across an `.await`.
 pub struct Batch {
     outermost: bool,
+    deferred: bool,
 }
 
 impl Batch {
+    /// A batch written by this thread when it ends.
     pub fn start() -> Batch {
+        Batch::begin(false)
+    }
+
+    /// A batch handed to the hub's [`Flusher`] when it ends: announcements
+    /// to everyone arriving close together then share one write per socket
+    /// instead of one each.
+    pub fn deferred() -> Batch {
+        Batch::begin(true)
+    }
+
+    fn begin(deferred: bool) -> Batch {
         let outermost = BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             let outermost = batch.is_none();
@@ -45,7 +58,10 @@ impl Batch {
             }
             outermost
         });
-        Batch { outermost }
+        Batch {
+            outermost,
+            deferred,
+        }
     }
 }
 
@@ -56,8 +72,59 @@ impl Drop for Batch {
         }
         let touched = BATCH.with(|batch| batch.borrow_mut().take());
         for outbox in touched.into_iter().flatten() {
+            if self.deferred
+                && let Some(flusher) = outbox.flusher.as_ref().filter(|f| f.is_running())
+            {
+                flusher.enqueue(outbox.clone());
+                continue;
+            }
             if outbox.flush() == Flush::Blocked {
                 outbox.backlog.notify_one();
+            }
+        }
+    }
+}
+
+/// Writes deferred batches: one task per hub, woken when outboxes wait.
+#[derive(Debug, Default)]
+pub struct Flusher {
+    waiting: Mutex<Vec<Arc<Outbox>>>,
+    wake: Notify,
+    running: std::sync::atomic::AtomicBool,
+}
+
+impl Flusher {
+    fn is_running(&self) -> bool {
+        self.running.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn enqueue(&self, outbox: Arc<Outbox>) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let first = waiting.is_empty();
+        waiting.push(outbox);
+        drop(waiting);
+        if first {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Runs for as long as the server does.
+    pub async fn run(&self) {
+        self.running
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut taken = Vec::new();
+        loop {
+            self.wake.notified().await;
+            // Let announcements that are being made right now join this round.
+            tokio::task::yield_now().await;
+            std::mem::swap(
+                &mut taken,
+                &mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner),
+            );
+            for outbox in taken.drain(..) {
+                if outbox.flush() == Flush::Blocked {
+                    outbox.backlog.notify_one();
+                }
             }
         }
     }
@@ -93,6 +160,8 @@ pub enum Flush {
 pub struct Outbox {
     /// `None` for an outbox that only queues (tests, tools).
     stream: Option<Arc<Stream>>,
+    /// Where deferred batches go.
+    flusher: Option<Arc<Flusher>>,
     capacity: usize,
     queue: Mutex<Queue>,
     /// Tells the session task that frames wait for the socket.
@@ -117,9 +186,14 @@ struct Queue {
 
 impl Outbox {
     /// An outbox writing to `stream`, holding frames until [`Outbox::release`].
-    pub fn new(stream: Option<Arc<Stream>>, capacity: usize) -> Arc<Outbox> {
+    pub fn new(
+        stream: Option<Arc<Stream>>,
+        flusher: Option<Arc<Flusher>>,
+        capacity: usize,
+    ) -> Arc<Outbox> {
         Arc::new(Outbox {
             stream,
+            flusher,
             capacity,
             queue: Mutex::new(Queue {
                 held: true,

@@ -58,9 +58,14 @@ pub async fn serve_plain(
             let opening = tokio::time::timeout(HEAD_TIMEOUT, read_opening(&stream)).await;
             handshaking.fetch_sub(1, Ordering::Relaxed);
             match opening {
-                Ok(Ok((Opening::WebSocket(upgrade, head_len), mut head))) => {
-                    let early = head.split_off(head_len);
-                    ws::accept_raw(app, stream, addr, upgrade, early).await;
+                Ok(Ok((Opening::WebSocket(upgrade, head_len), head))) => {
+                    // Only what followed the head is kept; the head's buffer
+                    // is freed before the connection settles in.
+                    let early = head[head_len..].to_vec();
+                    drop(head);
+                    // Boxed, like the HTTP branch: this task then holds only
+                    // what the branch it took needs, for as long as it lives.
+                    Box::pin(ws::accept_raw(app, stream, addr, upgrade, early)).await;
                 }
                 Ok(Ok((Opening::Invalid(reason), _))) => {
                     let body = serde_json::json!({
@@ -70,7 +75,9 @@ pub async fn serve_plain(
                     let response = handshake::http_response(400, "Bad Request", &body.to_string());
                     let _ = stream.write_all(&response).await;
                 }
-                Ok(Ok((_, head))) => serve_http(router, Replay::new(head, stream), addr).await,
+                Ok(Ok((_, head))) => {
+                    Box::pin(serve_http(router, Replay::new(head, stream), addr)).await;
+                }
                 Ok(Err(_)) | Err(_) => {}
             }
         });

@@ -122,7 +122,7 @@ pub async fn run(
         Box::pin(send_welcome(&app, &connection)).await;
         Box::pin(session.serve(&app, &stream, &mut reader)).await
     };
-    finish(&app, &stream, &mut reader, &connection, ending).await;
+    Box::pin(finish(&app, &stream, &mut reader, &connection, ending)).await;
 }
 
 /// Reads client frames with no buffer of its own between messages: one is

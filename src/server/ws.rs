@@ -167,13 +167,7 @@ pub async fn upgrade(
 /// The upgrade a request asks for, if it is a valid WebSocket upgrade.
 fn upgrade_of(headers: &HeaderMap, query: Option<&str>) -> Option<Upgrade> {
     let text = |name| headers.get(name).and_then(|value| value.to_str().ok());
-    let has = |name, token: &str| {
-        text(name).is_some_and(|value: &str| {
-            value
-                .split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
-    };
+    let has = |name, token: &str| text(name).is_some_and(|value| handshake::lists(value, token));
     if !has(UPGRADE, "websocket")
         || !has(CONNECTION, "upgrade")
         || text(SEC_WEBSOCKET_VERSION) != Some("13")

@@ -55,13 +55,7 @@ pub fn classify(buf: &[u8]) -> Opening {
             .and_then(|header| std::str::from_utf8(header.value).ok())
             .map(str::trim)
     };
-    let has_token = |name: &str, token: &str| {
-        header(name).is_some_and(|value| {
-            value
-                .split(',')
-                .any(|part| part.trim().eq_ignore_ascii_case(token))
-        })
-    };
+    let has_token = |name: &str, token: &str| header(name).is_some_and(|v| lists(v, token));
     if request.method != Some("GET")
         || path != "/ws"
         || !has_token("upgrade", "websocket")
@@ -86,6 +80,13 @@ pub fn classify(buf: &[u8]) -> Opening {
         },
         head_len,
     )
+}
+
+/// Whether a comma-separated header value lists `token` (case-insensitively).
+pub fn lists(value: &str, token: &str) -> bool {
+    value
+        .split(',')
+        .any(|part| part.trim().eq_ignore_ascii_case(token))
 }
 
 /// The `101 Switching Protocols` answer to a client's key.

@@ -120,67 +120,50 @@ fn fan_out(members: usize, out: &OutFrame) {
     drain(&mut clients);
     let audience = Audience::Room("dev".into());
 
-    let rounds = (400_000 / members as u64).max(20);
-    let deliveries = rounds * members as u64;
-    let report = |name: String, total: Duration| {
-        let per = total.as_nanos() as f64 / deliveries as f64;
-        println!("{name:<48} {per:>10.1} ns/delivery");
-    };
-
-    // One frame per socket per round.
-    let mut floor = Duration::ZERO;
-    let mut hub_time = Duration::ZERO;
-    for _ in 0..rounds {
-        let started = Instant::now();
-        for (_, mut raw) in servers.iter().map(|(c, r)| (c, r)) {
-            black_box(raw.write(&out.bytes).ok());
-        }
-        floor += started.elapsed();
-        drain(&mut clients);
-        let started = Instant::now();
-        hub.broadcast(&audience, out, None);
-        hub_time += started.elapsed();
-        drain(&mut clients);
-    }
-    report(format!("floor: write 1 frame to {members} sockets"), floor);
-    report(format!("broadcast 1 frame to {members} sockets"), hub_time);
-
-    // Twenty frames per socket per round, as when a burst is committed at once.
-    const BURST: usize = 20;
-    let rounds = rounds.div_ceil(BURST as u64);
-    let deliveries = rounds * (members * BURST) as u64;
-    let report = |name: String, total: Duration| {
-        let per = total.as_nanos() as f64 / deliveries as f64;
-        println!("{name:<48} {per:>10.1} ns/delivery");
-    };
-    let mut floor = Duration::ZERO;
-    let mut hub_time = Duration::ZERO;
-    for _ in 0..rounds {
-        let started = Instant::now();
-        for (_, mut raw) in servers.iter().map(|(c, r)| (c, r)) {
-            let slices = [IoSlice::new(&out.bytes); BURST];
-            black_box(raw.write_vectored(&slices).ok());
-        }
-        floor += started.elapsed();
-        drain(&mut clients);
-        let started = Instant::now();
-        {
-            let _batch = Batch::start();
-            for _ in 0..BURST {
-                hub.broadcast(&audience, out, None);
+    // One frame per socket per round, then twenty, as when a burst is
+    // committed at once (written as one batch).
+    for burst in [1usize, 20] {
+        let rounds = (400_000 / (members * burst) as u64).max(20);
+        let slices = vec![IoSlice::new(&out.bytes); burst];
+        let mut floor = Duration::ZERO;
+        let mut hub_time = Duration::ZERO;
+        for _ in 0..rounds {
+            let started = Instant::now();
+            for (_, mut raw) in servers.iter().map(|(c, r)| (c, r)) {
+                let written = if burst == 1 {
+                    raw.write(&out.bytes)
+                } else {
+                    raw.write_vectored(&slices)
+                };
+                black_box(written.ok());
             }
+            floor += started.elapsed();
+            drain(&mut clients);
+            let started = Instant::now();
+            {
+                let _batch = (burst > 1).then(Batch::start);
+                for _ in 0..burst {
+                    hub.broadcast(&audience, out, None);
+                }
+            }
+            hub_time += started.elapsed();
+            drain(&mut clients);
         }
-        hub_time += started.elapsed();
-        drain(&mut clients);
+        let deliveries = (rounds * (members * burst) as u64) as f64;
+        for (name, total) in [
+            (
+                format!("floor: {burst} frame(s) to {members} sockets"),
+                floor,
+            ),
+            (
+                format!("broadcast {burst} frame(s) to {members} sockets"),
+                hub_time,
+            ),
+        ] {
+            let per = total.as_nanos() as f64 / deliveries;
+            println!("{name:<48} {per:>10.1} ns/delivery");
+        }
     }
-    report(
-        format!("floor: writev {BURST} frames to {members} sockets"),
-        floor,
-    );
-    report(
-        format!("broadcast {BURST} frames to {members} sockets, batched"),
-        hub_time,
-    );
     let queued: usize = servers.iter().map(|(c, _)| c.outbox.len()).sum();
     assert_eq!(queued, 0, "every frame went straight into its socket");
 }

@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use futures_util::StreamExt;
+use roomcast::config::ServeArgs;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -150,10 +151,16 @@ async fn fake_provider() -> (String, Arc<Mutex<Seen>>) {
     (format!("http://{addr}/v1"), seen)
 }
 
-async fn server_with(model: &str, base_url: &str) -> TestServer {
+/// Settings for a server whose assistant is `model` at `base_url`.
+fn ai_args(model: &str, base_url: &str) -> ServeArgs {
     let mut settings = args();
     settings.ai_base_url = Some(base_url.into());
     settings.ai_model = Some(model.into());
+    settings
+}
+
+async fn server_with(model: &str, base_url: &str) -> TestServer {
+    let mut settings = ai_args(model, base_url);
     settings.ai_timeout_ms = Some(500);
     TestServer::with(settings).await
 }
@@ -291,9 +298,7 @@ async fn a_wrong_url_is_unavailable_and_the_key_never_leaks() {
     std::fs::write(&key_file, "sk-very-secret-key\n").expect("key");
     let (url, seen) = fake_provider().await;
 
-    let mut settings = args();
-    settings.ai_base_url = Some(url.clone());
-    settings.ai_model = Some("normal".into());
+    let mut settings = ai_args("normal", &url);
     settings.ai_api_key_file = Some(key_file.clone());
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
@@ -353,9 +358,7 @@ async fn bad_ai_requests_are_refused_before_the_provider() {
 #[tokio::test]
 async fn a_mention_gets_an_answer_in_the_room_and_assistants_never_answer_themselves() {
     let (url, seen) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("normal".into());
+    let mut settings = ai_args("normal", &url);
     settings.ai_name = Some("helper".into());
     settings.ai_answer_all_rooms = Some(vec!["support".into()]);
     let server = TestServer::with(settings).await;
@@ -422,9 +425,7 @@ async fn a_mention_gets_an_answer_in_the_room_and_assistants_never_answer_themse
 #[tokio::test]
 async fn requests_past_the_limits_are_rate_limited() {
     let (url, _) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("normal".into());
+    let mut settings = ai_args("normal", &url);
     settings.ai_requests_per_user_per_minute = Some(2);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
@@ -451,10 +452,7 @@ async fn requests_past_the_limits_are_rate_limited() {
 #[tokio::test]
 async fn a_request_can_be_cancelled() {
     let (url, _) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("slow".into());
-    let server = TestServer::with(settings).await;
+    let server = TestServer::with(ai_args("slow", &url)).await;
     let mut alice = server.user("alice").await;
     alice
         .send(json!({"type": "ai_request", "prompt": "take your time"}))
@@ -490,9 +488,7 @@ async fn a_request_can_be_cancelled() {
 #[tokio::test]
 async fn a_slow_client_gets_merged_chunks_and_never_loses_the_answer() {
     let (url, seen) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("flood".into());
+    let mut settings = ai_args("flood", &url);
     // A small outbox, which 20,000 chunks would overflow many times over.
     settings.outbox_capacity = Some(32);
     settings.max_pending_writes = Some(8);
@@ -545,9 +541,7 @@ async fn a_slow_client_gets_merged_chunks_and_never_loses_the_answer() {
 #[tokio::test]
 async fn the_room_context_keeps_the_newest_messages_within_the_budget() {
     let (url, seen) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("normal".into());
+    let mut settings = ai_args("normal", &url);
     settings.ai_context_chars = Some(40);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
@@ -580,9 +574,7 @@ async fn the_room_context_keeps_the_newest_messages_within_the_budget() {
 #[tokio::test]
 async fn a_slow_stream_arrives_piece_by_piece_while_the_session_goes_on() {
     let (url, _) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("trickle".into());
+    let mut settings = ai_args("trickle", &url);
     settings.ai_timeout_ms = Some(10_000);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
@@ -631,9 +623,7 @@ async fn a_slow_stream_arrives_piece_by_piece_while_the_session_goes_on() {
 #[tokio::test]
 async fn requests_in_flight_are_limited_per_user_and_per_room() {
     let (url, _) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("slow".into());
+    let mut settings = ai_args("slow", &url);
     settings.ai_max_concurrent = Some(10);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
@@ -688,9 +678,7 @@ async fn requests_in_flight_are_limited_per_user_and_per_room() {
 #[tokio::test]
 async fn past_the_global_cap_requests_wait_their_turn_in_order() {
     let (url, seen) = fake_provider().await;
-    let mut settings = args();
-    settings.ai_base_url = Some(url);
-    settings.ai_model = Some("slow".into());
+    let mut settings = ai_args("slow", &url);
     settings.ai_max_concurrent = Some(1);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;

@@ -7,7 +7,7 @@
 //! while the model thinks; if the requester disconnects, the provider call
 //! is dropped.
 
-use super::{HandlerError, require_joined};
+use super::{HandlerError, require_joined, send_error_patiently};
 use crate::ai::{Admission, AiError, Completion, Provider, Turn};
 use crate::app::App;
 use crate::hub::{Audience, Connection};
@@ -232,19 +232,15 @@ impl Job {
                 };
                 if let Some(connection) = &self.connection {
                     // The request's last word: waits for room like `ai_response`.
-                    self.app.hub.stats().count_error(code);
-                    self.app
-                        .send_patiently(
-                            connection,
-                            &ServerMessage::Error {
-                                error_code: code,
-                                message,
-                                retry_after_ms: None,
-                            },
-                            self.reference.as_deref(),
-                            FINAL_FRAME_PATIENCE,
-                        )
-                        .await;
+                    send_error_patiently(
+                        &self.app,
+                        connection,
+                        code,
+                        message,
+                        self.reference.as_deref(),
+                        FINAL_FRAME_PATIENCE,
+                    )
+                    .await;
                 }
             }
             None => {
@@ -295,15 +291,14 @@ impl Job {
             unsent.clear();
             return;
         };
-        if unsent.is_empty() || connection.spare() < connection.outbox_size() / 4 {
+        // Over three quarters full: keep merging.
+        let outbox = &connection.outbox;
+        if unsent.is_empty() || outbox.len() * 4 > outbox.capacity() * 3 {
             return;
         }
         self.app.send(
             connection,
-            &ServerMessage::AiResponseChunk {
-                request_id: &self.request_id,
-                delta: unsent,
-            },
+            &self.chunk_of(unsent),
             self.reference.as_deref(),
         );
         unsent.clear();
@@ -320,14 +315,18 @@ impl Job {
         self.app
             .send_patiently(
                 connection,
-                &ServerMessage::AiResponseChunk {
-                    request_id: &self.request_id,
-                    delta: unsent,
-                },
+                &self.chunk_of(unsent),
                 self.reference.as_deref(),
                 FINAL_FRAME_PATIENCE,
             )
             .await;
+    }
+
+    fn chunk_of<'a>(&'a self, delta: &'a str) -> ServerMessage<'a> {
+        ServerMessage::AiResponseChunk {
+            request_id: &self.request_id,
+            delta,
+        }
     }
 
     /// The system prompt, the room's recent messages (the assistant's own as

@@ -201,6 +201,26 @@ pub fn send_error(
     );
 }
 
+/// Like [`send_error`] for an error that ends a long request and must not be
+/// dropped: waits up to `patience` for room in the outbox.
+pub async fn send_error_patiently(
+    app: &App,
+    connection: &Connection,
+    code: ErrorCode,
+    message: &str,
+    reference: Option<&str>,
+    patience: std::time::Duration,
+) {
+    app.hub.stats().count_error(code);
+    let error = ServerMessage::Error {
+        error_code: code,
+        message,
+        retry_after_ms: None,
+    };
+    app.send_patiently(connection, &error, reference, patience)
+        .await;
+}
+
 /// Sends the `error` frame for a handler failure.
 pub fn report(app: &App, connection: &Connection, error: &HandlerError, reference: Option<&str>) {
     send_error(

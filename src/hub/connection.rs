@@ -6,7 +6,7 @@
 //! into the outbox with `try_send`, and a full outbox closes the connection as
 //! a slow consumer instead of slowing the sender down.
 
-use super::outbox::{Flusher, Outbox, Push};
+use super::outbox::{Outbox, Push};
 use crate::protocol::{CloseReason, Timestamp, User, UserKind};
 use crate::wire::Stream;
 use bytes::Bytes;
@@ -120,10 +120,9 @@ impl Connection {
         client_addr: SocketAddr,
         user_agent: Option<String>,
         stream: Option<Arc<Stream>>,
-        flusher: Option<Arc<Flusher>>,
         outbox_capacity: usize,
     ) -> Arc<Connection> {
-        let outbox = Outbox::new(stream, flusher, outbox_capacity);
+        let outbox = Outbox::new(stream, outbox_capacity);
         let now = Timestamp::now();
         let connection = Connection {
             id,
@@ -145,14 +144,8 @@ impl Connection {
 
     /// Queues a frame without waiting. A full outbox closes the connection.
     pub fn deliver(&self, frame: &Bytes) -> Delivery {
-        if self.close_code.load(Ordering::Relaxed) != 0 {
-            return Delivery::Closed;
-        }
-        match self.outbox.push(frame) {
-            Push::Queued => Delivery::Queued,
-            Push::Full => self.overflowed(),
-            Push::Closed => Delivery::Closed,
-        }
+        self.deliver_unless_full(frame)
+            .unwrap_or_else(|| self.overflowed())
     }
 
     fn overflowed(&self) -> Delivery {
@@ -185,6 +178,7 @@ impl Connection {
         }
     }
 
+    /// Queues a frame; `None` if the outbox is full (nothing else happens).
     fn deliver_unless_full(&self, frame: &Bytes) -> Option<Delivery> {
         if self.close_code.load(Ordering::Relaxed) != 0 {
             return Some(Delivery::Closed);
@@ -194,16 +188,6 @@ impl Connection {
             Push::Full => None,
             Push::Closed => Some(Delivery::Closed),
         }
-    }
-
-    /// Free places in the outbox right now.
-    pub fn spare(&self) -> usize {
-        self.outbox.capacity().saturating_sub(self.outbox.len())
-    }
-
-    /// Size of the outbox.
-    pub fn outbox_size(&self) -> usize {
-        self.outbox.capacity()
     }
 
     /// Asks the session to close the socket with `reason`. Returns whether

@@ -51,6 +51,23 @@ impl From<Frame> for OutFrame {
     }
 }
 
+/// How many of `connections` are of each kind (user, guest, assistant, system).
+pub fn count_by_kind(connections: &[Arc<Connection>]) -> [(UserKind, u64); 4] {
+    let mut counts = [
+        (UserKind::User, 0),
+        (UserKind::Guest, 0),
+        (UserKind::Assistant, 0),
+        (UserKind::System, 0),
+    ];
+    for connection in connections {
+        let kind = connection.kind();
+        if let Some(entry) = counts.iter_mut().find(|(k, _)| *k == kind) {
+            entry.1 += 1;
+        }
+    }
+    counts
+}
+
 /// Who a broadcast goes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Audience {
@@ -212,7 +229,6 @@ impl Hub {
             client_addr,
             user_agent,
             stream,
-            Some(self.flusher.clone()),
             self.outbox_capacity,
         );
         self.connections.write(&id).insert(id, connection.clone());
@@ -286,19 +302,7 @@ impl Hub {
 
     /// Open connections by kind (user, guest, assistant, system).
     pub fn connections_by_kind(&self) -> [(UserKind, u64); 4] {
-        let mut counts = [
-            (UserKind::User, 0),
-            (UserKind::Guest, 0),
-            (UserKind::Assistant, 0),
-            (UserKind::System, 0),
-        ];
-        for connection in self.connections.values() {
-            let kind = connection.kind();
-            if let Some(entry) = counts.iter_mut().find(|(k, _)| *k == kind) {
-                entry.1 += 1;
-            }
-        }
-        counts
+        count_by_kind(&self.connections.values())
     }
 
     /// Sets who is on a connection, keeping the online list in step. The
@@ -511,7 +515,7 @@ impl Hub {
                 }
             }
             Audience::Everyone => {
-                let _writes = Batch::deferred();
+                let _writes = Batch::deferred(&self.flusher);
                 for shard in self.connections.shards.iter() {
                     let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
                     shard

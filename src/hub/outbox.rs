@@ -33,23 +33,24 @@ thread_local! {
 /// Must not be held across an `.await`.
 pub struct Batch {
     outermost: bool,
-    deferred: bool,
+    /// Where the batch goes when it ends; `None`: written by this thread.
+    flusher: Option<Arc<Flusher>>,
 }
 
 impl Batch {
     /// A batch written by this thread when it ends.
     pub fn start() -> Batch {
-        Batch::begin(false)
+        Batch::begin(None)
     }
 
-    /// A batch handed to the hub's [`Flusher`] when it ends: announcements
-    /// to everyone arriving close together then share one write per socket
-    /// instead of one each.
-    pub fn deferred() -> Batch {
-        Batch::begin(true)
+    /// A batch handed to `flusher` when it ends (if its task runs):
+    /// announcements to everyone arriving close together then share one
+    /// write per socket instead of one each.
+    pub fn deferred(flusher: &Arc<Flusher>) -> Batch {
+        Batch::begin(Some(flusher.clone()).filter(|flusher| flusher.is_running()))
     }
 
-    fn begin(deferred: bool) -> Batch {
+    fn begin(flusher: Option<Arc<Flusher>>) -> Batch {
         let outermost = BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
             let outermost = batch.is_none();
@@ -58,10 +59,7 @@ impl Batch {
             }
             outermost
         });
-        Batch {
-            outermost,
-            deferred,
-        }
+        Batch { outermost, flusher }
     }
 }
 
@@ -71,16 +69,9 @@ impl Drop for Batch {
             return;
         }
         let touched = BATCH.with(|batch| batch.borrow_mut().take());
-        for outbox in touched.into_iter().flatten() {
-            if self.deferred
-                && let Some(flusher) = outbox.flusher.as_ref().filter(|f| f.is_running())
-            {
-                flusher.enqueue(outbox.clone());
-                continue;
-            }
-            if outbox.flush() == Flush::Blocked {
-                outbox.backlog.notify_one();
-            }
+        match &self.flusher {
+            Some(flusher) => flusher.enqueue(touched.into_iter().flatten()),
+            None => touched.into_iter().flatten().for_each(|o| o.write_out()),
         }
     }
 }
@@ -98,12 +89,13 @@ impl Flusher {
         self.running.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn enqueue(&self, outbox: Arc<Outbox>) {
+    fn enqueue(&self, outboxes: impl Iterator<Item = Arc<Outbox>>) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let first = waiting.is_empty();
-        waiting.push(outbox);
+        waiting.extend(outboxes);
+        let wake = first && !waiting.is_empty();
         drop(waiting);
-        if first {
+        if wake {
             self.wake.notify_one();
         }
     }
@@ -121,11 +113,7 @@ impl Flusher {
                 &mut taken,
                 &mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner),
             );
-            for outbox in taken.drain(..) {
-                if outbox.flush() == Flush::Blocked {
-                    outbox.backlog.notify_one();
-                }
-            }
+            taken.drain(..).for_each(|outbox| outbox.write_out());
         }
     }
 }
@@ -160,8 +148,6 @@ pub enum Flush {
 pub struct Outbox {
     /// `None` for an outbox that only queues (tests, tools).
     stream: Option<Arc<Stream>>,
-    /// Where deferred batches go.
-    flusher: Option<Arc<Flusher>>,
     capacity: usize,
     queue: Mutex<Queue>,
     /// Tells the session task that frames wait for the socket.
@@ -186,14 +172,9 @@ struct Queue {
 
 impl Outbox {
     /// An outbox writing to `stream`, holding frames until [`Outbox::release`].
-    pub fn new(
-        stream: Option<Arc<Stream>>,
-        flusher: Option<Arc<Flusher>>,
-        capacity: usize,
-    ) -> Arc<Outbox> {
+    pub fn new(stream: Option<Arc<Stream>>, capacity: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
             stream,
-            flusher,
             capacity,
             queue: Mutex::new(Queue {
                 held: true,
@@ -233,28 +214,29 @@ impl Outbox {
             }
             return Push::Queued;
         }
-        if queue.frames.is_empty() {
-            let Some(stream) = &self.stream else {
-                queue.frames.push_back(frame.clone());
-                return Push::Queued;
-            };
-            match stream.try_write(frame) {
-                Ok(n) if n == frame.len() => return Push::Queued,
-                Ok(n) => queue.written = n,
-                Err(err) if err.kind() == ErrorKind::WouldBlock => {}
-                Err(_) => {
-                    queue.closed = true;
-                    return Push::Closed;
-                }
-            }
-            queue.frames.push_back(frame.clone());
-            drop(queue);
-            self.backlog.notify_one();
+        let was_empty = queue.frames.is_empty();
+        queue.frames.push_back(frame.clone());
+        if !was_empty {
+            // The session already knows about the frames before this one.
             return Push::Queued;
         }
-        // The session already knows about the frames before this one.
-        queue.frames.push_back(frame.clone());
-        Push::Queued
+        match self.write_queued(&mut queue) {
+            Flush::Done => Push::Queued,
+            Flush::Blocked => {
+                drop(queue);
+                self.backlog.notify_one();
+                Push::Queued
+            }
+            Flush::Failed => Push::Closed,
+        }
+    }
+
+    /// Flushes, and leaves what the socket would not take to the session
+    /// task, which writes it when the socket drains.
+    fn write_out(&self) {
+        if self.flush() == Flush::Blocked {
+            self.backlog.notify_one();
+        }
     }
 
     /// Writes as much of the queue as the socket takes, several frames per
@@ -279,22 +261,25 @@ impl Outbox {
                 Flush::Blocked
             };
         };
-        while !queue.frames.is_empty() {
-            let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
-            let mut count = 0;
-            for (slot, frame) in slices.iter_mut().zip(queue.frames.iter()) {
-                let skip = if count == 0 { queue.written } else { 0 };
-                *slot = IoSlice::new(&frame[skip..]);
-                count += 1;
-            }
-            // One frame: `send` is a shorter path through the kernel than `writev`.
-            let result = if count == 1 {
-                stream.try_write(&slices[0])
+        while let Some(first) = queue.frames.front() {
+            // One frame (the common case): `send`, a shorter path through the
+            // kernel than `writev`, and no slice table to fill.
+            let result = if queue.frames.len() == 1 {
+                stream.try_write(&first[queue.written..])
             } else {
+                let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
+                for (slot, frame) in slices.iter_mut().zip(queue.frames.iter()) {
+                    *slot = IoSlice::new(frame);
+                }
+                slices[0] = IoSlice::new(&first[queue.written..]);
+                let count = queue.frames.len().min(MAX_IOVECS);
                 stream.try_write_vectored(&slices[..count])
             };
             match result {
-                Ok(0) => return Flush::Failed,
+                Ok(0) => {
+                    queue.closed = true;
+                    return Flush::Failed;
+                }
                 Ok(mut written) => {
                     while let Some(first) = queue.frames.front() {
                         let left = first.len() - queue.written;
@@ -323,8 +308,14 @@ impl Outbox {
         queue.frames.push_front(first);
         queue.held = false;
         drop(queue);
-        if self.flush() == Flush::Blocked {
-            self.backlog.notify_one();
+        self.write_out();
+    }
+
+    /// Resolves when the socket may take more (never, without a socket).
+    pub async fn writable(&self) -> std::io::Result<()> {
+        match &self.stream {
+            Some(stream) => stream.writable().await,
+            None => std::future::pending().await,
         }
     }
 

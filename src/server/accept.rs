@@ -3,11 +3,12 @@
 //! socket; anything else goes to the HTTP server with those bytes replayed.
 //! Over TLS every connection goes to the HTTP server.
 
-use super::{ClientAddr, ws};
+use super::{ApiError, ClientAddr, ws};
 use crate::app::App;
 use crate::wire::handshake::{self, MAX_HEAD_BYTES, Opening};
 use axum::Router;
 use axum::extract::ConnectInfo;
+use axum::http::StatusCode;
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use std::future::Future;
@@ -68,12 +69,8 @@ pub async fn serve_plain(
                     Box::pin(ws::accept_raw(app, stream, addr, upgrade, early)).await;
                 }
                 Ok(Ok((Opening::Invalid(reason), _))) => {
-                    let body = serde_json::json!({
-                        "error_code": "validation_error",
-                        "message": reason,
-                    });
-                    let response = handshake::http_response(400, "Bad Request", &body.to_string());
-                    let _ = stream.write_all(&response).await;
+                    let refusal = ApiError::bad_request(reason).to_http_bytes();
+                    let _ = stream.write_all(&refusal).await;
                 }
                 Ok(Ok((_, head))) => {
                     Box::pin(serve_http(router, Replay::new(head, stream), addr)).await;
@@ -118,7 +115,7 @@ pub fn connection_capacity() -> usize {
 /// Answers a connection beyond capacity with 503 and closes it.
 async fn refuse(mut stream: TcpStream) {
     let body = r#"{"error_code":"connection_limit","message":"the server is at its connection limit; try again later"}"#;
-    let response = handshake::http_response(503, "Service Unavailable", body);
+    let response = super::raw_http_response(StatusCode::SERVICE_UNAVAILABLE, body);
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(&response)).await;
 }
 

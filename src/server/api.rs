@@ -4,7 +4,7 @@
 use super::{ApiError, require_admin, require_user};
 use crate::app::App;
 use crate::handlers::may_enter;
-use crate::hub::Connection;
+use crate::hub::{Connection, count_by_kind};
 use crate::protocol::{CloseReason, ErrorCode, GLOBAL_ROOM, validate_room_name};
 use crate::store::{Page, RoomRecord};
 use axum::Json;
@@ -52,10 +52,10 @@ pub async fn stats(
         "messages_out_by_type": counts(&mut stats.messages_out()),
         "errors": counts(&mut stats.errors()),
         "slow_consumer_disconnects": stats.slow_consumer_disconnects(),
-        "assistant_connections": open
+        "assistant_connections": count_by_kind(&open)
             .iter()
-            .filter(|c| c.kind() == crate::protocol::UserKind::Assistant)
-            .count(),
+            .find(|(kind, _)| *kind == crate::protocol::UserKind::Assistant)
+            .map_or(0, |(_, count)| *count),
         "ai": ai_stats(&app),
         "connections": open.iter().map(|c| connection_entry(c)).collect::<Vec<_>>(),
     })))

@@ -183,26 +183,41 @@ impl ApiError {
 }
 
 impl ApiError {
-    /// The status and the JSON body, for answers written without the HTTP
-    /// server.
-    pub fn status_and_body(&self) -> (StatusCode, String) {
-        let body = serde_json::json!({
-            "error_code": self.code.as_str(),
-            "message": self.message,
-        });
-        (self.status, body.to_string())
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+    fn body(&self) -> serde_json::Value {
         let mut body = serde_json::json!({
             "error_code": self.code.as_str(),
             "message": self.message,
         });
+        if let Some(wait) = self.retry_after_ms {
+            body["retry_after_ms"] = wait.into();
+        }
+        body
+    }
+
+    /// The whole HTTP answer, for refusals written before any HTTP server
+    /// is involved (a WebSocket handshake read straight off the socket).
+    pub fn to_http_bytes(&self) -> Vec<u8> {
+        raw_http_response(self.status, &self.body().to_string())
+    }
+}
+
+/// An HTTP/1.1 answer with a JSON body that closes the connection.
+pub fn raw_http_response(status: StatusCode, body: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error"),
+        body.len()
+    )
+    .into_bytes()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
         let mut response = match self.retry_after_ms {
             Some(wait) => {
-                body["retry_after_ms"] = wait.into();
                 let seconds = wait.div_ceil(1000).to_string();
                 (
                     self.status,

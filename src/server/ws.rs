@@ -15,10 +15,7 @@ use crate::session;
 use crate::wire::Stream;
 use crate::wire::handshake::{self, Upgrade};
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::header::{
-    AUTHORIZATION, CONNECTION, ORIGIN, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
-    SEC_WEBSOCKET_VERSION, UPGRADE, USER_AGENT,
-};
+use axum::http::header::{AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use hyper_util::rt::TokioIo;
@@ -78,10 +75,7 @@ pub async fn accept_raw(
     let admission = match admit(&app, &upgrade) {
         Ok(admission) => admission,
         Err(err) => {
-            let (status, body) = err.status_and_body();
-            let reason = status.canonical_reason().unwrap_or("Error");
-            let response = handshake::http_response(status.as_u16(), reason, &body);
-            let _ = stream.write_all(&response).await;
+            let _ = stream.write_all(&err.to_http_bytes()).await;
             return;
         }
     };
@@ -111,13 +105,18 @@ pub async fn upgrade(
     mut request: Request,
 ) -> Response {
     let headers = request.headers();
-    let Some(upgrade) = upgrade_of(headers, request.uri().query()) else {
-        return (
-            StatusCode::UPGRADE_REQUIRED,
-            [(UPGRADE, "websocket")],
-            "this endpoint speaks WebSocket (RFC 6455, version 13)\n",
-        )
-            .into_response();
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let upgrade = match Upgrade::from_headers(header, request.uri().query()) {
+        Ok(Some(upgrade)) => upgrade,
+        Ok(None) => {
+            return (
+                StatusCode::UPGRADE_REQUIRED,
+                [(UPGRADE, "websocket")],
+                "this endpoint speaks WebSocket (RFC 6455, version 13)\n",
+            )
+                .into_response();
+        }
+        Err(reason) => return ApiError::bad_request(reason).into_response(),
     };
     let admission = match admit(&app, &upgrade) {
         Ok(admission) => admission,
@@ -162,26 +161,6 @@ pub async fn upgrade(
         ],
     )
         .into_response()
-}
-
-/// The upgrade a request asks for, if it is a valid WebSocket upgrade.
-fn upgrade_of(headers: &HeaderMap, query: Option<&str>) -> Option<Upgrade> {
-    let text = |name| headers.get(name).and_then(|value| value.to_str().ok());
-    let has = |name, token: &str| text(name).is_some_and(|value| handshake::lists(value, token));
-    if !has(UPGRADE, "websocket")
-        || !has(CONNECTION, "upgrade")
-        || text(SEC_WEBSOCKET_VERSION) != Some("13")
-    {
-        return None;
-    }
-    let owned = |name| text(name).map(str::to_owned);
-    Some(Upgrade {
-        key: owned(SEC_WEBSOCKET_KEY).filter(|key| key.len() == 24)?,
-        origin: owned(ORIGIN),
-        user_agent: owned(USER_AGENT),
-        authorization: owned(AUTHORIZATION),
-        query_token: query.and_then(|query| handshake::query_parameter(query, "token")),
-    })
 }
 
 /// The token of an `Authorization: Bearer ...` header.

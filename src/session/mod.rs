@@ -120,9 +120,9 @@ pub async fn run(
     } else {
         // Boxed: the welcome's history read is large and only needed once.
         Box::pin(send_welcome(&app, &connection)).await;
-        Box::pin(session.serve(&app, &stream, &mut reader)).await
+        Box::pin(session.serve(&app, &mut reader)).await
     };
-    Box::pin(finish(&app, &stream, &mut reader, &connection, ending)).await;
+    Box::pin(finish(&app, &mut reader, &connection, ending)).await;
 }
 
 /// Reads client frames with no buffer of its own between messages: one is
@@ -197,7 +197,7 @@ impl Reader {
 }
 
 impl Session {
-    async fn serve(&mut self, app: &Arc<App>, stream: &Stream, reader: &mut Reader) -> Ending {
+    async fn serve(&mut self, app: &Arc<App>, reader: &mut Reader) -> Ending {
         let connection = self.connection.clone();
         let outbox = connection.outbox.clone();
         let config = &app.config;
@@ -231,7 +231,7 @@ impl Session {
                 biased;
                 () = connection.closed() => return Ending::Close,
                 () = outbox.backlog(), if !blocked => blocked = true,
-                ready = stream.writable(), if blocked => {
+                ready = outbox.writable(), if blocked => {
                     if ready.is_err() {
                         return Ending::Gone;
                     }
@@ -451,13 +451,7 @@ async fn send_welcome(app: &App, connection: &Connection) {
 
 /// Closes the socket as the ending requires and takes the connection out of
 /// the hub, announcing departures unless the server is shutting down.
-async fn finish(
-    app: &App,
-    stream: &Stream,
-    reader: &mut Reader,
-    connection: &Connection,
-    ending: Ending,
-) {
+async fn finish(app: &App, reader: &mut Reader, connection: &Connection, ending: Ending) {
     let reason = match ending {
         Ending::Close => connection
             .close_requested()
@@ -471,9 +465,9 @@ async fn finish(
         connection.set_state(ConnectionState::Disconnected);
     }
     match ending {
-        Ending::Close => close_socket(stream, reader, connection, reason, true).await,
+        Ending::Close => close_socket(reader, connection, reason, true).await,
         // Answer the client's close frame with ours, and go.
-        Ending::ClientClosed => close_socket(stream, reader, connection, reason, false).await,
+        Ending::ClientClosed => close_socket(reader, connection, reason, false).await,
         Ending::Gone => {}
     }
     let (departures, offline) = app.hub.unregister(connection);
@@ -491,7 +485,6 @@ async fn finish(
 /// the close frame; with `await_answer`, waits briefly for the client's own
 /// close frame, so that the socket is not reset under unread data.
 async fn close_socket(
-    stream: &Stream,
     reader: &mut Reader,
     connection: &Connection,
     reason: CloseReason,
@@ -508,7 +501,7 @@ async fn close_socket(
                 Flush::Done => return true,
                 Flush::Failed => return false,
                 Flush::Blocked => {
-                    if stream.writable().await.is_err() {
+                    if outbox.writable().await.is_err() {
                         return false;
                     }
                 }

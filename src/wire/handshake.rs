@@ -47,39 +47,51 @@ pub fn classify(buf: &[u8]) -> Opening {
         Some((path, query)) => (path, Some(query)),
         None => (request.path.unwrap_or(""), None),
     };
+    if request.method != Some("GET") || path != "/ws" {
+        return Opening::Http;
+    }
+    let headers = request.headers;
     let header = |name: &str| {
-        request
-            .headers
+        headers
             .iter()
             .find(|header| header.name.eq_ignore_ascii_case(name))
             .and_then(|header| std::str::from_utf8(header.value).ok())
-            .map(str::trim)
     };
-    let has_token = |name: &str, token: &str| header(name).is_some_and(|v| lists(v, token));
-    if request.method != Some("GET")
-        || path != "/ws"
-        || !has_token("upgrade", "websocket")
-        || !has_token("connection", "upgrade")
-    {
-        return Opening::Http;
+    match Upgrade::from_headers(header, query) {
+        Ok(Some(upgrade)) => Opening::WebSocket(upgrade, head_len),
+        Ok(None) => Opening::Http,
+        Err(reason) => Opening::Invalid(reason),
     }
-    if header("sec-websocket-version") != Some("13") {
-        return Opening::Invalid("Sec-WebSocket-Version must be 13");
-    }
-    let Some(key) = header("sec-websocket-key").filter(|key| key.len() == 24) else {
-        return Opening::Invalid("Sec-WebSocket-Key is missing or malformed");
-    };
-    let owned = |value: Option<&str>| value.map(str::to_owned);
-    Opening::WebSocket(
-        Upgrade {
+}
+
+impl Upgrade {
+    /// Reads an upgrade from a request's headers (looked up by lower-case
+    /// name) and query: `Ok(None)` when the request does not ask for a
+    /// WebSocket, `Err` when it asks in a way RFC 6455 refuses.
+    pub fn from_headers<'h>(
+        header: impl Fn(&str) -> Option<&'h str>,
+        query: Option<&str>,
+    ) -> Result<Option<Upgrade>, &'static str> {
+        let header = |name: &str| header(name).map(str::trim);
+        let has_token = |name: &str, token: &str| header(name).is_some_and(|v| lists(v, token));
+        if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
+            return Ok(None);
+        }
+        if header("sec-websocket-version") != Some("13") {
+            return Err("Sec-WebSocket-Version must be 13");
+        }
+        let Some(key) = header("sec-websocket-key").filter(|key| key.len() == 24) else {
+            return Err("Sec-WebSocket-Key is missing or malformed");
+        };
+        let owned = |name: &str| header(name).map(str::to_owned);
+        Ok(Some(Upgrade {
             key: key.to_owned(),
-            origin: owned(header("origin")),
-            user_agent: owned(header("user-agent")),
-            authorization: owned(header("authorization")),
+            origin: owned("origin"),
+            user_agent: owned("user-agent"),
+            authorization: owned("authorization"),
             query_token: query.and_then(|query| query_parameter(query, "token")),
-        },
-        head_len,
-    )
+        }))
+    }
 }
 
 /// Whether a comma-separated header value lists `token` (case-insensitively).
@@ -104,18 +116,8 @@ pub fn accept_key(key: &str) -> String {
     tungstenite::handshake::derive_accept_key(key.as_bytes())
 }
 
-/// A plain HTTP answer with a JSON body, for refusals before the upgrade.
-pub fn http_response(status: u16, reason: &str, body: &str) -> Vec<u8> {
-    format!(
-        "HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
 /// The decoded value of `name` in a query string.
-pub fn query_parameter(query: &str, name: &str) -> Option<String> {
+fn query_parameter(query: &str, name: &str) -> Option<String> {
     query.split('&').find_map(|pair| {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         (percent_decode(key)? == name).then(|| percent_decode(value))?

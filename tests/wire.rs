@@ -238,3 +238,70 @@ async fn past_max_connections_new_connections_get_503() {
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     b.assert_alive().await;
 }
+
+#[tokio::test]
+async fn pongs_or_pings_alone_keep_a_connection_alive() {
+    let mut settings = args();
+    settings.heartbeat_interval_ms = Some(100);
+    settings.idle_timeout_ms = Some(400);
+    let server = TestServer::with(settings).await;
+    let request = upgrade_request(&format!("?token={}", server.token("alice")), "");
+    let (mut ponger, _) = Raw::open(&server, &request).await;
+    ponger.json().await;
+    let (mut pinger, _) = Raw::open(&server, &request).await;
+    pinger.json().await;
+    // For three idle timeouts, one answers every server ping with a pong
+    // and the other sends pings of its own; neither sends a data frame.
+    let until = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let mut pongs_sent = 0;
+    while tokio::time::Instant::now() < until {
+        let (opcode, payload) = ponger.next().await.expect("open");
+        assert_eq!(opcode, 0x9, "only pings arrive");
+        ponger.send(&frame(0x8A, &payload, true)).await;
+        pongs_sent += 1;
+        pinger.send(&frame(0x89, b"hi", true)).await;
+    }
+    assert!(pongs_sent >= 6, "{pongs_sent} pings in 1.2 s");
+    for raw in [&mut ponger, &mut pinger] {
+        raw.send(&frame(0x81, br#"{"type":"ping","ref":"still"}"#, true))
+            .await;
+        assert_eq!(raw.json().await["ref"], "still");
+    }
+}
+
+#[tokio::test]
+async fn a_client_close_frame_is_answered_and_others_see_the_user_leave() {
+    let server = TestServer::start().await;
+    let mut bob = server.user("bob").await;
+    let request = upgrade_request(&format!("?token={}", server.token("alice")), "");
+    let (mut alice, _) = Raw::open(&server, &request).await;
+    alice.json().await;
+    assert_eq!(bob.recv_type("user_join").await["user"]["id"], "alice");
+    alice.send(&frame(0x88, &1000u16.to_be_bytes(), true)).await;
+    assert_eq!(alice.close_code().await, Some(1000));
+    assert_eq!(alice.next().await, None, "the server ends the stream");
+    assert_eq!(bob.recv_type("user_leave").await["user"]["id"], "alice");
+}
+
+#[tokio::test]
+async fn the_welcome_comes_first_while_broadcasts_race_it() {
+    let server = TestServer::start().await;
+    let mut talker = server.user("talker").await;
+    let flood = tokio::spawn(async move {
+        for n in 0..400 {
+            talker
+                .send(json!({"type": "chat_message", "content": format!("m{n}")}))
+                .await;
+        }
+        talker
+    });
+    // Every newcomer is announced to everyone and gets global chat while it
+    // connects; its first frame must still be its welcome (asserted by
+    // `user`).
+    let mut newcomers = Vec::new();
+    for n in 0..40 {
+        newcomers.push(server.user(&format!("newcomer{n}")).await);
+    }
+    let mut talker = flood.await.expect("flood");
+    talker.assert_alive().await;
+}

@@ -197,8 +197,7 @@ fn serve(args: ServeArgs) -> ExitCode {
 }
 
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = tokio::net::TcpListener::bind(config.bind)
-        .await
+    let listener = roomcast::server::listen(config.bind)
         .map_err(|err| format!("cannot listen on {}: {err}", config.bind))?;
     let address = listener.local_addr()?;
     if !config.jwt_secret_configured {

@@ -1,11 +1,8 @@
 //! `burst`: one connection sends as fast as a window of unacknowledged
 //! messages allows; reports acknowledged (durably stored) messages per second.
 
-use super::client::{connect, next_json, send_json};
+use super::client::{Endpoint, Socket, TokenBook};
 use super::{Report, Target, interrupted};
-use crate::auth::Tokens;
-use futures_util::StreamExt;
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Semaphore;
@@ -14,8 +11,12 @@ pub async fn run(target: &Target, messages: u64, window: usize) -> Report {
     let mut report = Report::new(format!(
         "burst: {messages} messages from one connection, {window} in flight"
     ));
-    let tokens = Tokens::new(&target.jwt_secret);
-    let mut socket = match connect(target, &tokens, 0, "burst-sender").await {
+    let tokens = TokenBook::mint(target, "burst-sender-", 1);
+    let connected = match Endpoint::parse(&target.url) {
+        Ok(endpoint) => Socket::connect(&endpoint, target, 0, tokens.get(0)).await,
+        Err(err) => Err(err),
+    };
+    let mut socket = match connected {
         Ok(socket) => socket,
         Err(err) => {
             report.add("error", err, "");
@@ -23,34 +24,25 @@ pub async fn run(target: &Target, messages: u64, window: usize) -> Report {
         }
     };
     let room = "bench-burst";
-    if send_json(&mut socket, &json!({"type": "room_join", "room": room}))
-        .await
-        .is_err()
-    {
-        report.add("error", "cannot join", "");
+    let join = format!(r#"{{"type":"room_join","room":"{room}"}}"#);
+    if let Err(err) = socket.request(&join, "room_joined").await {
+        report.add("error", format!("cannot join: {err}"), "");
         return report;
     }
-    while let Some(frame) = next_json(&mut socket).await {
-        if frame["type"] == "room_joined" {
-            break;
-        }
-    }
-    let (mut sink, mut stream) = socket.split();
+    let Socket { mut reader, writer } = socket;
     let window = Arc::new(Semaphore::new(window.max(1)));
     let started = Instant::now();
     let sending = {
         let window = window.clone();
         tokio::spawn(async move {
-            use futures_util::SinkExt;
             for n in 0..messages {
                 let Ok(permit) = window.acquire().await else {
                     return;
                 };
                 permit.forget();
                 let frame =
-                    json!({"type": "chat_message", "room": room, "content": format!("burst {n}")});
-                let text = tokio_tungstenite::tungstenite::Message::Text(frame.to_string().into());
-                if sink.send(text).await.is_err() {
+                    format!(r#"{{"type":"chat_message","room":"{room}","content":"burst {n}"}}"#);
+                if writer.send_text(&frame).await.is_err() {
                     return;
                 }
             }
@@ -61,21 +53,17 @@ pub async fn run(target: &Target, messages: u64, window: usize) -> Report {
     let mut last_progress = Instant::now();
     let receiving = async {
         while acked + errors.values().sum::<u64>() < messages {
-            let Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))) = stream.next().await
-            else {
+            let Some(head) = reader.next_head().await else {
                 break;
             };
-            let Ok(frame) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            match frame["type"].as_str() {
-                Some("message_ack") => {
+            match head.kind {
+                "message_ack" => {
                     acked += 1;
                     window.add_permits(1);
                 }
-                Some("error") => {
+                "error" => {
                     *errors
-                        .entry(frame["error_code"].as_str().unwrap_or("?").to_owned())
+                        .entry(head.error_code.unwrap_or("?").to_owned())
                         .or_default() += 1;
                     window.add_permits(1);
                 }

@@ -2,17 +2,16 @@
 //! member measures the latency of each message from the send timestamp it
 //! carries, and the run counts what was expected against what arrived.
 
-use super::client::{Socket, connect, cpu_seconds, next_json, now_micros, send_json};
+use super::client::{
+    Endpoint, Head, Reader, Socket, TokenBook, Writer, cpu_seconds, now_micros, sent_micros,
+};
 use super::{Report, Target, interrupted};
-use crate::auth::Tokens;
-use futures_util::{SinkExt, StreamExt};
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Semaphore, watch};
-use tokio_tungstenite::tungstenite::Message;
 
 /// The size of a fan-out run.
 #[derive(Debug, Clone, Copy)]
@@ -39,8 +38,7 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
         "fanout: {} rooms x {} members, {} sender(s) per room at {} msg/s for {:?}",
         shape.rooms, shape.members, shape.senders, shape.rate, shape.duration
     ));
-    let tokens = Tokens::new(&target.jwt_secret);
-    let sockets = match join_all(target, &tokens, shape).await {
+    let sockets = match join_all(target, shape).await {
         Ok(sockets) => sockets,
         Err(err) => {
             report.add("error", err, "");
@@ -56,17 +54,17 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
     let mut readers = Vec::new();
     let mut senders = Vec::new();
     for (index, (room, socket)) in sockets.into_iter().enumerate() {
-        let (sink, stream) = socket.split();
+        let Socket { reader, writer } = socket;
         let window = Arc::new(Semaphore::new(shape.window.max(1)));
         readers.push(tokio::spawn(read(
-            stream,
+            reader,
             counters.clone(),
             window.clone(),
             readers_stopped.clone(),
         )));
         if index % shape.members < shape.senders {
             senders.push(tokio::spawn(send(
-                sink,
+                writer,
                 room,
                 shape.rate,
                 window,
@@ -184,31 +182,28 @@ async fn settle(frames: &AtomicU64) {
 }
 
 /// Connects every member and joins it to its room.
-async fn join_all(
-    target: &Target,
-    tokens: &Tokens,
-    shape: Shape,
-) -> Result<Vec<(String, Socket)>, String> {
+async fn join_all(target: &Target, shape: Shape) -> Result<Vec<(String, Socket)>, String> {
+    let endpoint = Arc::new(Endpoint::parse(&target.url)?);
+    let members = shape.rooms * shape.members;
+    let tokens = Arc::new(TokenBook::mint(target, "fan-", members));
     let permits = Arc::new(Semaphore::new(256));
-    let mut tasks = Vec::new();
+    let mut tasks = Vec::with_capacity(members);
     for room in 0..shape.rooms {
         for member in 0..shape.members {
             let index = room * shape.members + member;
-            let (target, tokens, permits) = (target.clone(), tokens.clone(), permits.clone());
+            let (target, tokens, endpoint) = (target.clone(), tokens.clone(), endpoint.clone());
+            let permits = permits.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;
                 let name = format!("bench-{room}");
                 let mut socket =
-                    connect(&target, &tokens, index, &format!("fan-{room}-{member}")).await?;
-                send_json(&mut socket, &json!({"type": "room_join", "room": name})).await?;
-                loop {
-                    let frame = next_json(&mut socket).await.ok_or("closed while joining")?;
-                    match frame["type"].as_str() {
-                        Some("room_joined") => return Ok::<_, String>((name, socket)),
-                        Some("error") => return Err(format!("room_join failed: {frame}")),
-                        _ => {}
-                    }
-                }
+                    Socket::connect(&endpoint, &target, index, tokens.get(index)).await?;
+                let join = json!({"type": "room_join", "room": name}).to_string();
+                socket
+                    .request(&join, "room_joined")
+                    .await
+                    .map_err(|err| format!("room_join failed: {err}"))?;
+                Ok::<_, String>((name, socket))
             }));
         }
     }
@@ -221,7 +216,7 @@ async fn join_all(
 
 /// Reads one member's frames until told to stop; returns latency samples (µs).
 async fn read(
-    mut stream: futures_util::stream::SplitStream<Socket>,
+    mut reader: Reader,
     counters: Arc<Counters>,
     window: Arc<Semaphore>,
     mut stop: watch::Receiver<bool>,
@@ -229,36 +224,27 @@ async fn read(
     let mut samples = Vec::new();
     loop {
         counters.frames.fetch_add(1, Ordering::Relaxed);
-        let frame = tokio::select! {
-            frame = stream.next() => frame,
+        let text = tokio::select! {
+            text = reader.next_text() => text,
             _ = stop.changed() => return samples,
         };
-        let Some(Ok(Message::Text(text))) = frame else {
-            if matches!(frame, Some(Ok(_))) {
-                continue;
-            }
+        let Some(text) = text else {
             return samples;
         };
-        let Ok(frame) = serde_json::from_str::<Value>(&text) else {
-            continue;
-        };
-        match frame["type"].as_str() {
-            Some("chat_message") => {
+        let head = Head::of(text);
+        match head.kind {
+            "chat_message" => {
                 counters.delivered.fetch_add(1, Ordering::Relaxed);
-                let sent = frame["message"]["content"]
-                    .as_str()
-                    .and_then(|content| content.strip_prefix("t:"))
-                    .and_then(|micros| micros.parse::<u64>().ok());
-                if let Some(sent) = sent {
+                if let Some(sent) = sent_micros(text) {
                     samples.push(now_micros().saturating_sub(sent));
                 }
             }
-            Some("message_ack") => {
+            "message_ack" => {
                 counters.acked.fetch_add(1, Ordering::Relaxed);
                 window.add_permits(1);
             }
-            Some("error") => {
-                let code = frame["error_code"].as_str().unwrap_or("?").to_owned();
+            "error" => {
+                let code = head.error_code.unwrap_or("?").to_owned();
                 *counters.errors.lock().await.entry(code).or_default() += 1;
                 window.add_permits(1);
             }
@@ -270,7 +256,7 @@ async fn read(
 /// Sends timestamped messages at `rate` per second (0: as fast as the window
 /// allows) until told to stop.
 async fn send(
-    mut sink: futures_util::stream::SplitSink<Socket, Message>,
+    writer: Writer,
     room: String,
     rate: u64,
     window: Arc<Semaphore>,
@@ -285,6 +271,7 @@ async fn send(
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         ticker
     });
+    let room = serde_json::to_string(&room).unwrap_or_default();
     loop {
         if let Some(ticker) = &mut ticker {
             tokio::select! {
@@ -298,13 +285,11 @@ async fn send(
         };
         let Ok(permit) = permit else { return };
         permit.forget();
-        let frame =
-            json!({"type": "chat_message", "room": room, "content": format!("t:{}", now_micros())});
-        if sink
-            .send(Message::Text(frame.to_string().into()))
-            .await
-            .is_err()
-        {
+        let frame = format!(
+            r#"{{"type":"chat_message","room":{room},"content":"t:{}"}}"#,
+            now_micros()
+        );
+        if writer.send_text(&frame).await.is_err() {
             return;
         }
         if *stop.borrow() {

@@ -1,12 +1,12 @@
 //! `idle`: open many authenticated connections, wait for every welcome, and
 //! hold them.
 
-use super::client::{connect, next_json, rss_kib};
+use super::client::{Endpoint, Socket, TokenBook, rss_kib};
 use super::{Report, Target, interrupted};
-use crate::auth::Tokens;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 pub async fn run(
     target: &Target,
@@ -20,46 +20,55 @@ pub async fn run(
     let mut report = Report::new(format!(
         "idle: {connections} authenticated connections of {users} users"
     ));
-    let tokens = Tokens::new(&target.jwt_secret);
+    let endpoint = match Endpoint::parse(&target.url) {
+        Ok(endpoint) => Arc::new(endpoint),
+        Err(err) => {
+            report.add("error", err, "");
+            return report;
+        }
+    };
+    let tokens = Arc::new(TokenBook::mint(target, "idle-", users));
     let rss_before = server_pid.and_then(rss_kib);
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));
-    let held = Arc::new(Mutex::new(Vec::with_capacity(connections)));
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(connections)));
-    let failures = Arc::new(Mutex::new(Vec::new()));
+    let mut held: Vec<JoinHandle<()>> = Vec::with_capacity(connections);
+    let mut latencies = Vec::with_capacity(connections);
+    let mut failures = Vec::new();
     let started = Instant::now();
-    let mut tasks = Vec::with_capacity(connections);
     let opening = async {
+        let mut tasks = Vec::with_capacity(connections);
         for index in 0..connections {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let (target, tokens) = (target.clone(), tokens.clone());
-            let (held, latencies, failures) = (held.clone(), latencies.clone(), failures.clone());
+            let (target, tokens, endpoint) = (target.clone(), tokens.clone(), endpoint.clone());
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
-                match connect(&target, &tokens, index, &format!("idle-{}", index % users)).await {
-                    Ok(mut socket) => {
-                        latencies
-                            .lock()
-                            .await
-                            .push(u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX));
-                        // Read (and drop) whatever arrives — announcements of
-                        // the other connections — as a live client would, so
-                        // that nothing piles up on the server.
-                        held.lock().await.push(tokio::spawn(async move {
-                            while next_json(&mut socket).await.is_some() {}
-                        }));
-                    }
-                    Err(err) => failures.lock().await.push(err),
-                }
+                let socket = Socket::connect(&endpoint, &target, index, tokens.get(index)).await;
                 drop(permit);
+                let Socket { mut reader, writer } = socket?;
+                let latency = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
+                // Read (and drop) whatever arrives — announcements of the
+                // other connections — as a live client would, so that
+                // nothing piles up on the server; answer its pings.
+                let holder = tokio::spawn(async move {
+                    let _writer = writer;
+                    while reader.next_text().await.is_some() {}
+                });
+                Ok::<_, String>((latency, holder))
             }));
             if index % 1000 == 999 {
                 eprintln!("idle: {} connections opening or open", index + 1);
             }
         }
         for task in tasks {
-            let _ = task.await;
+            match task.await {
+                Ok(Ok((latency, holder))) => {
+                    latencies.push(latency);
+                    held.push(holder);
+                }
+                Ok(Err(err)) => failures.push(err),
+                Err(err) => failures.push(err.to_string()),
+            }
         }
     };
     tokio::select! {
@@ -67,15 +76,14 @@ pub async fn run(
         () = interrupted() => report.partial = true,
     }
     let elapsed = started.elapsed();
-    let open = held.lock().await.len();
+    let open = held.len();
     report.add("connections_open", open as u64, "");
     report.add(
         "connect_rate",
         (open as f64 / elapsed.as_secs_f64()).round(),
         "connections/s",
     );
-    report.add_latency("connect_latency", &mut latencies.lock().await);
-    let failures = failures.lock().await;
+    report.add_latency("connect_latency", &mut latencies);
     report.add("failures", failures.len() as u64, "");
     if let Some(first) = failures.first() {
         report.add("first_failure", first.clone(), "");
@@ -101,7 +109,7 @@ pub async fn run(
             () = interrupted() => {}
         }
     }
-    for connection in held.lock().await.drain(..) {
+    for connection in held {
         connection.abort();
     }
     report

@@ -54,6 +54,24 @@ pub fn router(app: Arc<App>) -> Router {
 #[derive(Debug, Clone, Copy)]
 pub struct ClientAddr(pub std::net::SocketAddr);
 
+/// Pending connections the kernel may queue before `accept` (it caps this
+/// at `net.core.somaxconn`). The standard library's 128 overflows when
+/// thousands of clients connect at once, and a dropped SYN costs the client
+/// a one-second retransmission.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on `addr` with a backlog fit for connection storms.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Turns Nagle's algorithm off on an accepted socket: the welcome frame
 /// follows the upgrade response at once, and with Nagle it would wait for
 /// the client's (delayed) acknowledgement of the response.

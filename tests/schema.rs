@@ -90,6 +90,13 @@ fn sqlite_history_reads_use_the_room_index() {
     let path = dir.path().join("plans.db");
     drop(SqliteStore::open(Some(&path)).expect("create"));
     let connection = rusqlite::Connection::open(&path).expect("open");
+    // As the store plans them: once, whatever the bound values.
+    connection
+        .set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .expect("qpsg");
     for sql in SQLITE_HISTORY_QUERIES {
         let mut statement = connection
             .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))

@@ -95,6 +95,7 @@ impl SqliteStore {
             connection.pragma_update(None, "synchronous", "FULL")?;
         }
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
+        plan_once(&connection)?;
         migrate(&mut connection)?;
         let (commands, queue) = mpsc::channel();
         std::thread::Builder::new()
@@ -536,6 +537,17 @@ fn schema_version(connection: &Connection) -> Result<i64, StoreError> {
 }
 
 /// Brings the schema up to date.
+/// Plans each statement once. Without this, SQLite weighs the partial index
+/// on `client_msg_id` against every newly bound value and re-parses the
+/// statement on each run: the welcome's history read, on every connection.
+fn plan_once(connection: &Connection) -> Result<(), StoreError> {
+    connection.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let found = schema_version(connection)?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {
@@ -614,6 +626,29 @@ mod tests {
         assert!(!first.duplicate);
         assert!(again.duplicate);
         assert_eq!(first.message.id, again.message.id);
+    }
+
+    #[tokio::test]
+    async fn history_reads_reuse_their_plan() {
+        let store = SqliteStore::open(None).expect("open");
+        append(&store, new_message("general", "hello", Some("c1")))
+            .await
+            .expect("append");
+        for room in ["general", "other", "general"] {
+            store.history(room, Page::Newest, 20).await.expect("page");
+        }
+        let (runs, reprepares) = store
+            .run(|connection| {
+                let statement = connection.prepare_cached(HISTORY_QUERIES[0])?;
+                Ok((
+                    statement.get_status(rusqlite::StatementStatus::Run),
+                    statement.get_status(rusqlite::StatementStatus::RePrepare),
+                ))
+            })
+            .await
+            .expect("status");
+        assert_eq!(runs, 3);
+        assert_eq!(reprepares, 0, "the history query was parsed again");
     }
 
     #[tokio::test]

@@ -61,12 +61,11 @@ pub async fn serve_plain(
             match opening {
                 Ok(Ok((Opening::WebSocket(upgrade, head_len), head))) => {
                     // Only what followed the head is kept; the head's buffer
-                    // is freed before the connection settles in.
+                    // is freed before the connection settles in (in a task
+                    // of its own: this one ends with the handshake).
                     let early = head[head_len..].to_vec();
                     drop(head);
-                    // Boxed, like the HTTP branch: this task then holds only
-                    // what the branch it took needs, for as long as it lives.
-                    Box::pin(ws::accept_raw(app, stream, addr, upgrade, early)).await;
+                    ws::accept_raw(app, stream, addr, upgrade, early).await;
                 }
                 Ok(Ok((Opening::Invalid(reason), _))) => {
                     let refusal = ApiError::bad_request(reason).to_http_bytes();

@@ -63,8 +63,10 @@ pub fn admit(app: &App, upgrade: &Upgrade) -> Result<Admission, ApiError> {
     })
 }
 
-/// Completes an upgrade read straight off a TCP socket. `early` holds bytes
-/// the client sent after its request head.
+/// Completes an upgrade read straight off a TCP socket and starts the
+/// session in a task of its own, so that nothing of the handshake stays in
+/// memory for the connection's lifetime. `early` holds bytes the client sent
+/// after its request head.
 pub async fn accept_raw(
     app: Arc<App>,
     mut stream: TcpStream,
@@ -86,7 +88,7 @@ pub async fn accept_raw(
     {
         return;
     }
-    session::run(
+    tokio::spawn(session::run(
         app,
         Stream::Tcp(stream),
         early,
@@ -94,8 +96,7 @@ pub async fn accept_raw(
         admission.user_agent,
         admission.identity,
         admission.refusal,
-    )
-    .await;
+    ));
 }
 
 /// `GET /ws` through the HTTP server.

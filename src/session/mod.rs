@@ -26,7 +26,7 @@ use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::Instant;
 
 /// Consecutive failed authentications after which the connection is closed.
 const MAX_FAILED_AUTHENTICATIONS: u32 = 5;
@@ -38,18 +38,19 @@ const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for the client's answer to our close frame.
 const CLOSE_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A deadline that never comes (for timers with nothing to wait for).
-const FAR_FUTURE: Duration = Duration::from_secs(365 * 86_400);
+/// The `Instant` of a wall-clock time.
+fn instant_of(at: Timestamp) -> Instant {
+    let from_now = at.as_millis().saturating_sub(Timestamp::now().as_millis());
+    later(
+        Instant::now(),
+        Duration::from_millis(u64::try_from(from_now).unwrap_or(0)),
+    )
+}
 
-/// The `Instant` of a wall-clock time (far away for `None`).
-fn instant_of(at: Option<Timestamp>) -> Instant {
-    match at {
-        Some(at) => {
-            let from_now = at.as_millis().saturating_sub(Timestamp::now().as_millis());
-            Instant::now() + Duration::from_millis(u64::try_from(from_now).unwrap_or(0))
-        }
-        None => Instant::now() + FAR_FUTURE,
-    }
+/// `from + wait`, or a time that never comes when the sum overflows.
+fn later(from: Instant, wait: Duration) -> Instant {
+    from.checked_add(wait)
+        .unwrap_or_else(|| from + Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// Per-connection state that only the session task touches (the shared part
@@ -120,7 +121,7 @@ pub async fn run(
     } else {
         // Boxed: the welcome's history read is large and only needed once.
         Box::pin(send_welcome(&app, &connection)).await;
-        Box::pin(session.serve(&app, &mut reader)).await
+        session.serve(&app, &mut reader).await
     };
     Box::pin(finish(&app, &mut reader, &connection, ending)).await;
 }
@@ -196,33 +197,64 @@ impl Reader {
     }
 }
 
+/// When the session's timer must next wake it.
+struct Deadlines {
+    /// The next ping.
+    heartbeat: Instant,
+    /// When the connection counts as idle (pushed back by every frame).
+    idle: Instant,
+    /// The token's expiry, or the end of the grace period after it.
+    token: Option<Instant>,
+    in_grace: bool,
+}
+
+impl Deadlines {
+    fn new(now: Instant, config: &crate::config::Config) -> Deadlines {
+        Deadlines {
+            heartbeat: later(now, config.heartbeat_interval),
+            idle: later(now, config.idle_timeout),
+            token: None,
+            in_grace: false,
+        }
+    }
+
+    /// A new token (or none) restarts the expiry watch.
+    fn watch_token(&mut self, expiry: Option<Instant>) {
+        self.token = expiry;
+        self.in_grace = false;
+    }
+
+    fn next(&self) -> Instant {
+        let first = self.heartbeat.min(self.idle);
+        self.token.map_or(first, |token| first.min(token))
+    }
+}
+
 impl Session {
     async fn serve(&mut self, app: &Arc<App>, reader: &mut Reader) -> Ending {
         let connection = self.connection.clone();
         let outbox = connection.outbox.clone();
         let config = &app.config;
-        let mut heartbeat = tokio::time::interval_at(
-            Instant::now() + config.heartbeat_interval,
-            config.heartbeat_interval,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let idle = tokio::time::sleep(config.idle_timeout);
-        tokio::pin!(idle);
+        // One timer serves the heartbeat, the idle limit and the token's
+        // expiry: it is set to the earliest of them, and moved later lazily
+        // (a frame that pushes the idle limit back does not touch it).
+        let mut deadlines = Deadlines::new(Instant::now(), config);
+        let clock = tokio::time::sleep_until(deadlines.next());
+        tokio::pin!(clock);
         // A frame that must wait for earlier chat messages to be stored.
-        let mut waiting: Option<Inbound> = None;
-        // The token's expiry, then the end of the grace period after it.
-        let token_clock = tokio::time::sleep(FAR_FUTURE);
-        tokio::pin!(token_clock);
+        let mut waiting: Option<Box<Inbound>> = None;
         let mut watched_expiry: Option<Timestamp> = None;
-        let mut in_grace = false;
         // Frames are waiting for the socket to take them.
         let mut blocked = false;
         loop {
             let expiry = connection.expires_at();
             if expiry != watched_expiry {
                 watched_expiry = expiry;
-                in_grace = false;
-                token_clock.as_mut().reset(instant_of(expiry));
+                deadlines.watch_token(expiry.map(instant_of));
+            }
+            let due = deadlines.next();
+            if due < clock.deadline() {
+                clock.as_mut().reset(due);
             }
             let wait_limit = waiting
                 .as_ref()
@@ -243,7 +275,7 @@ impl Session {
                 }
                 () = self.pending_writes.below(wait_limit), if waiting.is_some() => {
                     if let Some(inbound) = waiting.take() {
-                        Box::pin(self.process(app, inbound)).await;
+                        Box::pin(self.process(app, *inbound)).await;
                     }
                 }
                 incoming = reader.next(), if waiting.is_none() => {
@@ -260,7 +292,7 @@ impl Session {
                         }
                     };
                     connection.touch();
-                    idle.as_mut().reset(Instant::now() + config.idle_timeout);
+                    deadlines.idle = later(Instant::now(), config.idle_timeout);
                     let inbound = match message {
                         Incoming::Text(text) => Envelope::parse(&text),
                         Incoming::Binary => Err(Rejection::new(
@@ -278,35 +310,43 @@ impl Session {
                     if self.pending_writes.count() < self.write_limit(app, &inbound) {
                         Box::pin(self.process(app, inbound)).await;
                     } else {
-                        waiting = Some(inbound);
+                        waiting = Some(Box::new(inbound));
                     }
                 }
-                () = &mut token_clock, if watched_expiry.is_some() => {
-                    if in_grace {
-                        connection.close(CloseReason::TOKEN_EXPIRED);
+                () = &mut clock => {
+                    let now = Instant::now();
+                    match deadlines.token {
+                        Some(at) if at <= now && deadlines.in_grace => {
+                            connection.close(CloseReason::TOKEN_EXPIRED);
+                            return Ending::Close;
+                        }
+                        Some(at) if at <= now => {
+                            deadlines.token = Some(later(now, config.token_grace));
+                            deadlines.in_grace = true;
+                            send_error(
+                                app,
+                                &connection,
+                                ErrorCode::TokenExpired,
+                                &format!(
+                                    "your token has expired: send `authentication` with a new one within {} ms",
+                                    config.token_grace.as_millis()
+                                ),
+                                None,
+                                None,
+                            );
+                        }
+                        _ => {}
+                    }
+                    if deadlines.idle <= now {
+                        connection.set_state(ConnectionState::Inactive);
+                        connection.close(CloseReason::IDLE);
                         return Ending::Close;
                     }
-                    in_grace = true;
-                    token_clock.as_mut().reset(Instant::now() + config.token_grace);
-                    send_error(
-                        app,
-                        &connection,
-                        ErrorCode::TokenExpired,
-                        &format!(
-                            "your token has expired: send `authentication` with a new one within {} ms",
-                            config.token_grace.as_millis()
-                        ),
-                        None,
-                        None,
-                    );
-                }
-                _ = heartbeat.tick() => {
-                    connection.deliver(&frame::ping());
-                }
-                () = &mut idle => {
-                    connection.set_state(ConnectionState::Inactive);
-                    connection.close(CloseReason::IDLE);
-                    return Ending::Close;
+                    if deadlines.heartbeat <= now {
+                        connection.deliver(&frame::ping());
+                        deadlines.heartbeat = later(now, config.heartbeat_interval);
+                    }
+                    clock.as_mut().reset(deadlines.next());
                 }
             }
         }

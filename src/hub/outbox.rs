@@ -312,11 +312,12 @@ impl Outbox {
     }
 
     /// Resolves when the socket may take more (never, without a socket).
-    pub async fn writable(&self) -> std::io::Result<()> {
-        match &self.stream {
-            Some(stream) => stream.writable().await,
-            None => std::future::pending().await,
-        }
+    /// Only the session task waits for this.
+    pub fn writable(&self) -> impl Future<Output = std::io::Result<()>> + '_ {
+        std::future::poll_fn(move |cx| match &self.stream {
+            Some(stream) => stream.poll_write_ready(cx),
+            None => std::task::Poll::Pending,
+        })
     }
 
     /// Resolves when frames are waiting for the socket to become writable.

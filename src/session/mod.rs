@@ -25,6 +25,7 @@ use crate::store::Page;
 use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -78,8 +79,11 @@ enum Ending {
     Gone,
 }
 
-/// Runs a connection from the end of its handshake to close.
-pub async fn run(
+/// Registers a connection whose handshake is done, and returns the future
+/// that runs it to close. The setup happens here, outside the future, so the
+/// future (which lives as long as the connection) holds only what the
+/// session needs.
+pub fn run(
     app: Arc<App>,
     stream: Stream,
     early: Vec<u8>,
@@ -87,7 +91,7 @@ pub async fn run(
     user_agent: Option<String>,
     identity: Option<Identity>,
     refusal: Option<CloseReason>,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
     let stream = Arc::new(stream);
     let connection = app
         .hub
@@ -114,16 +118,18 @@ pub async fn run(
             .rate_limit
             .map(|(rate, burst)| TokenBucket::new(f64::from(rate), burst)),
     };
-    let mut reader = Reader::new(stream.clone(), early, app.config.max_frame_bytes);
-    // A connection refused at the door gets its close code and nothing else.
-    let ending = if connection.close_requested().is_some() {
-        Ending::Close
-    } else {
-        // Boxed: the welcome's history read is large and only needed once.
-        Box::pin(send_welcome(&app, &connection)).await;
-        session.serve(&app, &mut reader).await
-    };
-    Box::pin(finish(&app, &mut reader, &connection, ending)).await;
+    let mut reader = Reader::new(stream, early, app.config.max_frame_bytes);
+    async move {
+        // A connection refused at the door gets its close code and nothing else.
+        let ending = if connection.close_requested().is_some() {
+            Ending::Close
+        } else {
+            // Boxed: the welcome's history read is large and only needed once.
+            Box::pin(send_welcome(&app, &connection)).await;
+            session.serve(&app, &mut reader).await
+        };
+        Box::pin(finish(&app, &mut reader, &connection, ending)).await;
+    }
 }
 
 /// Reads client frames with no buffer of its own between messages: one is
@@ -160,7 +166,11 @@ impl Reader {
 
     /// The next complete message, or `None` when the client has closed the
     /// TCP stream. Cancel-safe: bytes read are kept in `self`.
-    async fn next(&mut self) -> Result<Option<Incoming>, ReadError> {
+    fn next(&mut self) -> impl Future<Output = Result<Option<Incoming>, ReadError>> + '_ {
+        std::future::poll_fn(move |cx| self.poll_next(cx))
+    }
+
+    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, ReadError>> {
         loop {
             while self.consumed < self.buffer.len() {
                 match self.decoder.decode(&self.buffer[self.consumed..]) {
@@ -172,23 +182,25 @@ impl Reader {
                             self.consumed = 0;
                         }
                         if let Some(message) = message {
-                            return Ok(Some(message));
+                            return Poll::Ready(Ok(Some(message)));
                         }
                     }
-                    Err(err) => return Err(ReadError::Frame(err)),
+                    Err(err) => return Poll::Ready(Err(ReadError::Frame(err))),
                 }
             }
-            self.stream.readable().await.map_err(|_| ReadError::Io)?;
+            if ready!(self.stream.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(Err(ReadError::Io));
+            }
             if self.consumed > 0 {
                 self.buffer.drain(..self.consumed);
                 self.consumed = 0;
             }
             self.buffer.reserve(READ_CHUNK);
             match self.stream.try_read_buf(&mut self.buffer) {
-                Ok(0) => return Ok(None),
+                Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(_) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(_) => return Err(ReadError::Io),
+                Err(_) => return Poll::Ready(Err(ReadError::Io)),
             }
             if self.buffer.is_empty() {
                 self.buffer = Vec::new();

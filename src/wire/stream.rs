@@ -4,6 +4,7 @@
 //! its session task reads from it.
 
 use std::io::{self, IoSlice};
+use std::task::{Context, Poll};
 use tokio::net::{TcpStream, UnixStream};
 
 #[derive(Debug)]
@@ -13,17 +14,21 @@ pub enum Stream {
 }
 
 impl Stream {
-    pub async fn readable(&self) -> io::Result<()> {
+    // Readiness is polled rather than awaited: a poll keeps no future
+    // (of some 170 bytes) in every idle connection's task. Only the task
+    // polling last is woken, which is the session task, the one reader.
+
+    pub fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Tcp(stream) => stream.readable().await,
-            Stream::Unix(stream) => stream.readable().await,
+            Stream::Tcp(stream) => stream.poll_read_ready(cx),
+            Stream::Unix(stream) => stream.poll_read_ready(cx),
         }
     }
 
-    pub async fn writable(&self) -> io::Result<()> {
+    pub fn poll_write_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self {
-            Stream::Tcp(stream) => stream.writable().await,
-            Stream::Unix(stream) => stream.writable().await,
+            Stream::Tcp(stream) => stream.poll_write_ready(cx),
+            Stream::Unix(stream) => stream.poll_write_ready(cx),
         }
     }
 

@@ -86,7 +86,8 @@ pub struct Connection {
     pub outbox: Arc<Outbox>,
     /// Close code requested by anyone (0 while open); the first request wins.
     close_code: AtomicU16,
-    /// Wakes the session task when `close_code` is set.
+    /// Wakes whoever waits in [`Connection::closed`] when `close_code` is
+    /// set (the session task hears it through the outbox's bell).
     close_signal: Notify,
     state: AtomicU8,
     /// Set by authentication or by a guest naming itself; read by every
@@ -198,7 +199,8 @@ impl Connection {
             .compare_exchange(0, reason.code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if started {
-            self.close_signal.notify_one();
+            self.close_signal.notify_waiters();
+            self.outbox.ring();
         }
         started
     }

@@ -13,15 +13,13 @@ use bytes::Bytes;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::{ErrorKind, IoSlice};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Notify;
 use tokio::sync::futures::Notified;
 
 /// Frames handed to one `writev`, at most.
 const MAX_IOVECS: usize = 64;
-
-/// A drained queue keeps at most this many slots allocated.
-const IDLE_SLOTS: usize = 8;
 
 thread_local! {
     /// Outboxes with frames queued by the batch running on this thread.
@@ -150,8 +148,13 @@ pub struct Outbox {
     stream: Option<Arc<Stream>>,
     capacity: usize,
     queue: Mutex<Queue>,
-    /// Tells the session task that frames wait for the socket.
-    backlog: Notify,
+    /// Frames wait for the socket to become writable; the session task
+    /// takes this flag when its bell rings.
+    backlog: AtomicBool,
+    /// The session task's one wake-up: rung when frames wait for the
+    /// socket, when a close is requested, when a pending write finishes.
+    /// One signal keeps one small future in every idle task, not three.
+    bell: Notify,
     /// Tells patient senders that the queue has room again.
     room: Notify,
 }
@@ -180,7 +183,8 @@ impl Outbox {
                 held: true,
                 ..Queue::default()
             }),
-            backlog: Notify::new(),
+            backlog: AtomicBool::new(false),
+            bell: Notify::new(),
             room: Notify::new(),
         })
     }
@@ -224,7 +228,7 @@ impl Outbox {
             Flush::Done => Push::Queued,
             Flush::Blocked => {
                 drop(queue);
-                self.backlog.notify_one();
+                self.report_backlog();
                 Push::Queued
             }
             Flush::Failed => Push::Closed,
@@ -235,8 +239,13 @@ impl Outbox {
     /// task, which writes it when the socket drains.
     fn write_out(&self) {
         if self.flush() == Flush::Blocked {
-            self.backlog.notify_one();
+            self.report_backlog();
         }
+    }
+
+    fn report_backlog(&self) {
+        self.backlog.store(true, Ordering::Release);
+        self.ring();
     }
 
     /// Writes as much of the queue as the socket takes, several frames per
@@ -245,7 +254,9 @@ impl Outbox {
         let mut queue = self.lock();
         queue.batched = false;
         let result = self.write_queued(&mut queue);
-        if queue.frames.is_empty() && queue.frames.capacity() > IDLE_SLOTS {
+        // A drained queue gives its slots back: most connections are idle
+        // most of the time, and a slot table costs more than its refill.
+        if queue.frames.is_empty() {
             queue.frames = VecDeque::new();
         }
         drop(queue);
@@ -320,9 +331,19 @@ impl Outbox {
         })
     }
 
-    /// Resolves when frames are waiting for the socket to become writable.
-    pub async fn backlog(&self) {
-        self.backlog.notified().await;
+    /// Wakes the session task (or makes its next wait return at once).
+    pub fn ring(&self) {
+        self.bell.notify_one();
+    }
+
+    /// Resolves when [`Outbox::ring`] was called since the last wait.
+    pub fn rung(&self) -> Notified<'_> {
+        self.bell.notified()
+    }
+
+    /// Whether frames were left waiting for the socket since the last call.
+    pub fn take_backlog(&self) -> bool {
+        self.backlog.swap(false, Ordering::AcqRel)
     }
 
     /// Resolves when a flush has made room (or may have).

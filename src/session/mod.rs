@@ -111,7 +111,7 @@ pub fn run(
     }
     let mut session = Session {
         connection: connection.clone(),
-        pending_writes: Arc::new(PendingWrites::default()),
+        pending_writes: Arc::new(PendingWrites::new(connection.outbox.clone())),
         failed_authentications: 0,
         rate: app
             .config
@@ -268,13 +268,23 @@ impl Session {
             if due < clock.deadline() {
                 clock.as_mut().reset(due);
             }
-            let wait_limit = waiting
-                .as_ref()
-                .map_or(0, |inbound| self.write_limit(app, inbound));
+            // What the bell may have rung for: a close, frames left for the
+            // socket, a stored chat message letting a waiting frame through.
+            if connection.close_requested().is_some() {
+                return Ending::Close;
+            }
+            if outbox.take_backlog() {
+                blocked = true;
+            }
+            if let Some(inbound) = waiting
+                .take_if(|inbound| self.pending_writes.count() < self.write_limit(app, inbound))
+            {
+                Box::pin(self.process(app, *inbound)).await;
+                continue;
+            }
             tokio::select! {
                 biased;
-                () = connection.closed() => return Ending::Close,
-                () = outbox.backlog(), if !blocked => blocked = true,
+                () = outbox.rung() => {}
                 ready = outbox.writable(), if blocked => {
                     if ready.is_err() {
                         return Ending::Gone;
@@ -283,11 +293,6 @@ impl Session {
                         Flush::Done => blocked = false,
                         Flush::Blocked => {}
                         Flush::Failed => return Ending::Gone,
-                    }
-                }
-                () = self.pending_writes.below(wait_limit), if waiting.is_some() => {
-                    if let Some(inbound) = waiting.take() {
-                        Box::pin(self.process(app, *inbound)).await;
                     }
                 }
                 incoming = reader.next(), if waiting.is_none() => {

@@ -53,6 +53,7 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
     let (stop_senders_ready, senders_may_start) = watch::channel(false);
     let mut readers = Vec::new();
     let mut senders = Vec::new();
+    let sender_count = shape.rooms * shape.senders.min(shape.members);
     for (index, (room, socket)) in sockets.into_iter().enumerate() {
         let Socket { reader, writer } = socket;
         let window = Arc::new(Semaphore::new(shape.window.max(1)));
@@ -63,10 +64,15 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
             readers_stopped.clone(),
         )));
         if index % shape.members < shape.senders {
+            // Senders are spread evenly over the period, as independent
+            // clients would be: started together, every room would send in
+            // the same instant, and latency would measure that burst.
+            let phase = senders.len() as f64 / sender_count.max(1) as f64;
             senders.push(tokio::spawn(send(
                 writer,
                 room,
                 shape.rate,
+                phase,
                 window,
                 senders_may_start.clone(),
                 senders_stopped.clone(),
@@ -254,11 +260,12 @@ async fn read(
 }
 
 /// Sends timestamped messages at `rate` per second (0: as fast as the window
-/// allows) until told to stop.
+/// allows) until told to stop, the first after `phase` of a period.
 async fn send(
     writer: Writer,
     room: String,
     rate: u64,
+    phase: f64,
     window: Arc<Semaphore>,
     mut start: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
@@ -267,7 +274,9 @@ async fn send(
         return;
     }
     let mut ticker = (rate > 0).then(|| {
-        let mut ticker = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+        let period = Duration::from_micros(1_000_000 / rate);
+        let first = tokio::time::Instant::now() + period.mul_f64(phase);
+        let mut ticker = tokio::time::interval_at(first, period);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         ticker
     });

@@ -279,6 +279,7 @@ impl Session {
             if let Some(inbound) = waiting
                 .take_if(|inbound| self.pending_writes.count() < self.write_limit(app, inbound))
             {
+                self.pending_writes.watch(false);
                 Box::pin(self.process(app, *inbound)).await;
                 continue;
             }
@@ -327,6 +328,8 @@ impl Session {
                     if self.pending_writes.count() < self.write_limit(app, &inbound) {
                         Box::pin(self.process(app, inbound)).await;
                     } else {
+                        // Watch before the count is read again at the top.
+                        self.pending_writes.watch(true);
                         waiting = Some(Box::new(inbound));
                     }
                 }

@@ -2,15 +2,18 @@
 
 use crate::hub::Outbox;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Chat messages of one connection handed to the store and not yet
 /// acknowledged. The handler counts one up, the commit callback counts it
-/// down and rings the session's bell; the session waits for the count to
-/// fall to keep replies in order.
+/// down; the session waits for the count to fall to keep replies in order,
+/// and only then does a commit ring its bell (a wake-up per stored message
+/// would cost a burst a third of its rate).
 #[derive(Debug)]
 pub struct PendingWrites {
     count: AtomicUsize,
+    /// The session has a frame waiting for the count to fall.
+    watched: AtomicBool,
     /// The outbox whose bell wakes the session task.
     session: Arc<Outbox>,
 }
@@ -19,6 +22,7 @@ impl PendingWrites {
     pub fn new(session: Arc<Outbox>) -> PendingWrites {
         PendingWrites {
             count: AtomicUsize::new(0),
+            watched: AtomicBool::new(false),
             session,
         }
     }
@@ -27,12 +31,24 @@ impl PendingWrites {
         self.count.fetch_add(1, Ordering::AcqRel);
     }
 
+    // Sequentially consistent: the session sets `watched` then reads the
+    // count, a commit lowers the count then reads `watched`; one of the two
+    // sees the other, so a waiting session is never left asleep.
+
     pub fn finish(&self) {
-        self.count.fetch_sub(1, Ordering::AcqRel);
-        self.session.ring();
+        self.count.fetch_sub(1, Ordering::SeqCst);
+        if self.watched.load(Ordering::SeqCst) {
+            self.session.ring();
+        }
     }
 
     pub fn count(&self) -> usize {
-        self.count.load(Ordering::Acquire)
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Whether the session waits for the count to fall (and wants its bell
+    /// rung when it does).
+    pub fn watch(&self, watched: bool) {
+        self.watched.store(watched, Ordering::SeqCst);
     }
 }

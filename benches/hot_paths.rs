@@ -88,10 +88,8 @@ fn fan_out(members: usize, out: &OutFrame) {
         server.set_nonblocking(true).expect("nonblocking");
         client.set_nonblocking(true).expect("nonblocking");
         let raw = server.try_clone().expect("dup");
-        let stream = Arc::new(Stream::Tcp(
-            tokio::net::TcpStream::from_std(server).expect("register"),
-        ));
-        let connection = hub.register(peer, None, Some(stream.clone()));
+        let stream = Stream::Tcp(tokio::net::TcpStream::from_std(server).expect("register"));
+        let connection = hub.register(peer, None, Some(stream));
         connection.outbox.release(out.bytes.clone());
         hub.set_identity(
             &connection,

@@ -40,8 +40,7 @@ pub fn send(
     };
     let app = app.clone();
     let reference = reference.map(str::to_owned);
-    let pending = session.pending_writes.clone();
-    pending.start();
+    connection.pending_writes.start();
     app.store.clone().append(
         message,
         Box::new(move |result| {
@@ -75,7 +74,7 @@ pub fn send(
                     reference.as_deref(),
                 ),
             }
-            pending.finish();
+            connection.write_stored();
         }),
     );
     Ok(())

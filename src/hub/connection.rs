@@ -7,6 +7,7 @@
 //! a slow consumer instead of slowing the sender down.
 
 use super::outbox::{Outbox, Push};
+use super::pending::PendingWrites;
 use crate::protocol::{CloseReason, Timestamp, User, UserKind};
 use crate::wire::Stream;
 use bytes::Bytes;
@@ -84,6 +85,8 @@ pub struct Connection {
     pub connected_at: Timestamp,
     /// Frames on their way to the socket. Bounded: see [`Delivery::Overflowed`].
     pub outbox: Arc<Outbox>,
+    /// Chat messages sent on this connection and not yet stored.
+    pub pending_writes: PendingWrites,
     /// Close code requested by anyone (0 while open); the first request wins.
     close_code: AtomicU16,
     /// Wakes whoever waits in [`Connection::closed`] when `close_code` is
@@ -120,7 +123,7 @@ impl Connection {
         id: Arc<str>,
         client_addr: SocketAddr,
         user_agent: Option<String>,
-        stream: Option<Arc<Stream>>,
+        stream: Option<Stream>,
         outbox_capacity: usize,
     ) -> Arc<Connection> {
         let outbox = Outbox::new(stream, outbox_capacity);
@@ -131,6 +134,7 @@ impl Connection {
             user_agent,
             connected_at: now,
             outbox,
+            pending_writes: PendingWrites::default(),
             close_code: AtomicU16::new(0),
             close_signal: Notify::new(),
             state: AtomicU8::new(ConnectionState::Connected as u8),
@@ -210,6 +214,14 @@ impl Connection {
         match self.close_code.load(Ordering::Acquire) {
             0 => None,
             code => Some(code),
+        }
+    }
+
+    /// A chat message sent on this connection is stored (or failed to be):
+    /// wakes the session if a frame waits for it.
+    pub fn write_stored(&self) {
+        if self.pending_writes.finish() {
+            self.outbox.ring();
         }
     }
 

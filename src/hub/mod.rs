@@ -13,11 +13,13 @@
 
 mod connection;
 mod outbox;
+mod pending;
 mod room;
 mod stats;
 
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
 pub use outbox::{Batch, Flush, Flusher, Outbox};
+pub use pending::PendingWrites;
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 
 use crate::protocol::{CloseReason, Frame, ServerType, User, UserKind};
@@ -220,7 +222,7 @@ impl Hub {
         &self,
         client_addr: SocketAddr,
         user_agent: Option<String>,
-        stream: Option<Arc<Stream>>,
+        stream: Option<Stream>,
     ) -> Arc<Connection> {
         let number = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let id: Arc<str> = format!("{}-{number}", self.node_id).into();

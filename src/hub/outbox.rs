@@ -144,8 +144,9 @@ pub enum Flush {
 
 #[derive(Debug)]
 pub struct Outbox {
-    /// `None` for an outbox that only queues (tests, tools).
-    stream: Option<Arc<Stream>>,
+    /// `None` for an outbox that only queues (tests, tools). The session
+    /// reads from it too, through [`Outbox::stream`].
+    stream: Option<Stream>,
     capacity: usize,
     queue: Mutex<Queue>,
     /// Frames wait for the socket to become writable; the session task
@@ -175,7 +176,7 @@ struct Queue {
 
 impl Outbox {
     /// An outbox writing to `stream`, holding frames until [`Outbox::release`].
-    pub fn new(stream: Option<Arc<Stream>>, capacity: usize) -> Arc<Outbox> {
+    pub fn new(stream: Option<Stream>, capacity: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
             stream,
             capacity,
@@ -187,6 +188,11 @@ impl Outbox {
             bell: Notify::new(),
             room: Notify::new(),
         })
+    }
+
+    /// The socket this outbox writes to.
+    pub fn stream(&self) -> Option<&Stream> {
+        self.stream.as_ref()
     }
 
     fn lock(&self) -> MutexGuard<'_, Queue> {

@@ -9,13 +9,9 @@
 //! waits until the chat messages before it are acknowledged, so replies still
 //! come out in the order of the frames that caused them.
 
-mod pending;
-
-pub use pending::PendingWrites;
-
 use crate::app::App;
 use crate::handlers::{self, announce_departures, announce_offline, send_error};
-use crate::hub::{Connection, ConnectionState, Flush, Identity, OutFrame};
+use crate::hub::{Connection, ConnectionState, Flush, Identity, OutFrame, Outbox};
 use crate::limits::TokenBucket;
 use crate::protocol::{
     CloseReason, Envelope, ErrorCode, GLOBAL_ROOM, Limits, MessageType, Rejection, ServerInfo,
@@ -58,8 +54,6 @@ fn later(from: Instant, wait: Duration) -> Instant {
 /// is the [`Connection`]).
 pub struct Session {
     pub connection: Arc<Connection>,
-    /// Chat messages handed to the store and not yet acknowledged.
-    pub pending_writes: Arc<PendingWrites>,
     /// `auth_failed` errors in a row; reset by a successful authentication.
     failed_authentications: u32,
     /// Frames this connection may still send (`None`: no limit).
@@ -92,10 +86,7 @@ pub fn run(
     identity: Option<Identity>,
     refusal: Option<CloseReason>,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let stream = Arc::new(stream);
-    let connection = app
-        .hub
-        .register(client_addr, user_agent, Some(stream.clone()));
+    let connection = app.hub.register(client_addr, user_agent, Some(stream));
     if let Some(reason) = refusal {
         connection.close(reason);
     }
@@ -111,14 +102,13 @@ pub fn run(
     }
     let mut session = Session {
         connection: connection.clone(),
-        pending_writes: Arc::new(PendingWrites::new(connection.outbox.clone())),
         failed_authentications: 0,
         rate: app
             .config
             .rate_limit
             .map(|(rate, burst)| TokenBucket::new(f64::from(rate), burst)),
     };
-    let mut reader = Reader::new(stream, early, app.config.max_frame_bytes);
+    let mut reader = Reader::new(connection.outbox.clone(), early, app.config.max_frame_bytes);
     async move {
         // A connection refused at the door gets its close code and nothing else.
         let ending = if connection.close_requested().is_some() {
@@ -135,7 +125,8 @@ pub fn run(
 /// Reads client frames with no buffer of its own between messages: one is
 /// allocated when bytes arrive and freed once they are all consumed.
 struct Reader {
-    stream: Arc<Stream>,
+    /// Holds the socket (broadcasters write to it through the outbox).
+    socket: Arc<Outbox>,
     buffer: Vec<u8>,
     /// Bytes of `buffer` already decoded.
     consumed: usize,
@@ -155,9 +146,9 @@ const READ_CHUNK: usize = 4096;
 
 impl Reader {
     /// `early`: bytes already read from the stream.
-    fn new(stream: Arc<Stream>, early: Vec<u8>, max_message: usize) -> Reader {
+    fn new(socket: Arc<Outbox>, early: Vec<u8>, max_message: usize) -> Reader {
         Reader {
-            stream,
+            socket,
             buffer: early,
             consumed: 0,
             decoder: Decoder::new(max_message),
@@ -188,7 +179,10 @@ impl Reader {
                     Err(err) => return Poll::Ready(Err(ReadError::Frame(err))),
                 }
             }
-            if ready!(self.stream.poll_read_ready(cx)).is_err() {
+            let Some(stream) = self.socket.stream() else {
+                return Poll::Ready(Err(ReadError::Io));
+            };
+            if ready!(stream.poll_read_ready(cx)).is_err() {
                 return Poll::Ready(Err(ReadError::Io));
             }
             if self.consumed > 0 {
@@ -196,7 +190,7 @@ impl Reader {
                 self.consumed = 0;
             }
             self.buffer.reserve(READ_CHUNK);
-            match self.stream.try_read_buf(&mut self.buffer) {
+            match stream.try_read_buf(&mut self.buffer) {
                 Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(_) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -276,10 +270,10 @@ impl Session {
             if outbox.take_backlog() {
                 blocked = true;
             }
-            if let Some(inbound) = waiting
-                .take_if(|inbound| self.pending_writes.count() < self.write_limit(app, inbound))
-            {
-                self.pending_writes.watch(false);
+            if let Some(inbound) = waiting.take_if(|inbound| {
+                self.connection.pending_writes.count() < self.write_limit(app, inbound)
+            }) {
+                self.connection.pending_writes.watch(false);
                 Box::pin(self.process(app, *inbound)).await;
                 continue;
             }
@@ -325,11 +319,11 @@ impl Session {
                         Incoming::Close(_) => return Ending::ClientClosed,
                     };
                     connection.count_message();
-                    if self.pending_writes.count() < self.write_limit(app, &inbound) {
+                    if self.connection.pending_writes.count() < self.write_limit(app, &inbound) {
                         Box::pin(self.process(app, inbound)).await;
                     } else {
                         // Watch before the count is read again at the top.
-                        self.pending_writes.watch(true);
+                        self.connection.pending_writes.watch(true);
                         waiting = Some(Box::new(inbound));
                     }
                 }

@@ -11,7 +11,6 @@ use roomcast::protocol::{Envelope, Limits, Message, ServerMessage, Timestamp, Us
 use roomcast::wire::Stream;
 use std::hint::black_box;
 use std::io::{IoSlice, Read, Write};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn measure(name: &str, operations: u64, mut body: impl FnMut()) {

@@ -92,6 +92,7 @@ pub async fn serve(
         let hub = hub.clone();
         async move { hub.run_flusher().await }
     });
+    store.write_through(hub.flusher());
     let mut tokens = Tokens::new(&config.jwt_secret);
     if let Some(path) = &config.jwt_public_key {
         tokens = tokens.with_public_key(path)?;

@@ -186,15 +186,22 @@ pub struct Hub {
     /// closed at once.
     closing: AtomicBool,
     stats: HubStats,
-    /// Writes announcements to everyone, coalesced per socket.
+    /// Writes deferred batches (announcements to everyone, the frames of
+    /// storage commits), coalesced per socket.
     flusher: Arc<Flusher>,
 }
 
 impl Hub {
     /// Runs the task that writes deferred batches (announcements to
-    /// everyone); without it they are written at once by the announcer.
+    /// everyone, commits' frames); without it they are written at once by
+    /// whoever made them.
     pub async fn run_flusher(&self) {
         self.flusher.run().await;
+    }
+
+    /// The task-side writer of deferred batches (see [`Batch::deferred`]).
+    pub fn flusher(&self) -> Arc<Flusher> {
+        self.flusher.clone()
     }
 
     pub fn new(outbox_capacity: usize) -> Hub {

@@ -42,8 +42,9 @@ impl Batch {
     }
 
     /// A batch handed to `flusher` when it ends (if its task runs):
-    /// announcements to everyone arriving close together then share one
-    /// write per socket instead of one each.
+    /// announcements to everyone, or the frames of storage commits, arriving
+    /// close together then share one write per socket instead of one each,
+    /// and the thread that made them does not wait for the writes.
     pub fn deferred(flusher: &Arc<Flusher>) -> Batch {
         Batch::begin(Some(flusher.clone()).filter(|flusher| flusher.is_running()))
     }

@@ -22,6 +22,7 @@ pub use postgres::{HISTORY_QUERIES as POSTGRES_HISTORY_QUERIES, PostgresStore};
 pub use retention::{Retention, enforce_retention};
 pub use sqlite::{HISTORY_QUERIES as SQLITE_HISTORY_QUERIES, SqliteStore};
 
+use crate::hub::Flusher;
 use crate::protocol::{FileInfo, Message, Timestamp, User};
 use std::future::Future;
 use std::pin::Pin;
@@ -208,4 +209,11 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Resolves when everything appended before the call is committed.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Hands the socket writes of every commit's callbacks to `flusher`
+    /// (the hub's writer task), so that the store can start its next commit
+    /// while they go out, and frames of commits made meanwhile share a write.
+    /// Without it (or where a store does not implement it), the store writes
+    /// them itself when a commit's callbacks have run.
+    fn write_through(&self, _flusher: Arc<Flusher>) {}
 }

@@ -14,6 +14,7 @@ use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
     NewRoom, Page, Retention, RoomRecord, StoreError,
 };
+use crate::hub::{Batch, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 use std::path::Path;
@@ -61,6 +62,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 enum Command {
     Append(Box<NewMessage>, CommitCallback),
     Run(Job),
+    WriteThrough(Arc<Flusher>),
 }
 
 /// Message store on an embedded SQLite database.
@@ -315,11 +317,18 @@ impl MessageStore for SqliteStore {
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.run(|_| Ok(()))
     }
+
+    fn write_through(&self, flusher: Arc<Flusher>) {
+        // Refused only when the writer has stopped, and then nothing is left
+        // to write.
+        let _ = self.commands.send(Command::WriteThrough(flusher));
+    }
 }
 
 /// The writer thread: runs until every `SqliteStore` handle is dropped.
 fn work(mut connection: Connection, queue: mpsc::Receiver<Command>) {
     let mut batch: Vec<(Box<NewMessage>, CommitCallback)> = Vec::new();
+    let mut flusher: Option<Arc<Flusher>> = None;
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(command) = next {
@@ -327,31 +336,41 @@ fn work(mut connection: Connection, queue: mpsc::Receiver<Command>) {
                 Command::Append(message, on_commit) => {
                     batch.push((message, on_commit));
                     if batch.len() >= MAX_BATCH {
-                        commit(&mut connection, &mut batch);
+                        commit(&mut connection, &mut batch, flusher.as_ref());
                     }
                 }
                 Command::Run(job) => {
                     // Earlier appends first, so the job sees them.
-                    commit(&mut connection, &mut batch);
+                    commit(&mut connection, &mut batch, flusher.as_ref());
                     job(&mut connection);
                 }
+                Command::WriteThrough(to) => flusher = Some(to),
             }
             next = queue.try_recv().ok();
         }
-        commit(&mut connection, &mut batch);
+        commit(&mut connection, &mut batch, flusher.as_ref());
     }
 }
 
 /// Writes the batch in one transaction, then runs the callbacks in order.
-fn commit(connection: &mut Connection, batch: &mut Vec<(Box<NewMessage>, CommitCallback)>) {
+/// Their frames go out in one write per socket: from the flusher's task when
+/// there is one (this thread goes on to the next commit meanwhile), else
+/// from this thread.
+fn commit(
+    connection: &mut Connection,
+    batch: &mut Vec<(Box<NewMessage>, CommitCallback)>,
+    flusher: Option<&Arc<Flusher>>,
+) {
     if batch.is_empty() {
         return;
     }
     let batch = std::mem::take(batch);
     match insert_all(connection, &batch) {
         Ok(results) => {
-            // The broadcasts of the whole batch reach each socket in one write.
-            let _writes = crate::hub::Batch::start();
+            let _writes = match flusher {
+                Some(flusher) => Batch::deferred(flusher),
+                None => Batch::start(),
+            };
             for ((_, on_commit), result) in batch.into_iter().zip(results) {
                 on_commit(result);
             }

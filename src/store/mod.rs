@@ -213,7 +213,7 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Hands the socket writes of every commit's callbacks to `flusher`
     /// (the hub's writer task), so that the store can start its next commit
     /// while they go out, and frames of commits made meanwhile share a write.
-    /// Without it (or where a store does not implement it), the store writes
-    /// them itself when a commit's callbacks have run.
-    fn write_through(&self, _flusher: Arc<Flusher>) {}
+    /// Until it is called, the store writes them itself when a commit's
+    /// callbacks have run.
+    fn write_through(&self, flusher: Arc<Flusher>);
 }

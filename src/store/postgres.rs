@@ -15,6 +15,7 @@ use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
     NewRoom, Page, Retention, RoomRecord, StoreError,
 };
+use crate::hub::{Batch, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -61,6 +62,7 @@ pub const HISTORY_QUERIES: [&str; 3] = [
 enum Command {
     Append(Box<NewMessage>, CommitCallback),
     Flush(oneshot::Sender<()>),
+    WriteThrough(Arc<Flusher>),
 }
 
 /// Message store on PostgreSQL.
@@ -371,6 +373,12 @@ impl MessageStore for PostgresStore {
             flushed.await.map_err(|_| StoreError::Closed)
         })
     }
+
+    fn write_through(&self, flusher: Arc<Flusher>) {
+        // Refused only when the writer has stopped, and then nothing is left
+        // to write.
+        let _ = self.commands.send(Command::WriteThrough(flusher));
+    }
 }
 
 /// The writer task: commits queued appends in batches until the store is dropped.
@@ -384,6 +392,7 @@ async fn write_loop(
     let mut batch: Vec<Box<NewMessage>> = Vec::new();
     let mut callbacks: Vec<CommitCallback> = Vec::new();
     let mut flushes = Vec::new();
+    let mut flusher: Option<Arc<Flusher>> = None;
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         while let Some(command) = next {
@@ -393,6 +402,7 @@ async fn write_loop(
                     callbacks.push(on_commit);
                 }
                 Command::Flush(done) => flushes.push(done),
+                Command::WriteThrough(to) => flusher = Some(to),
             }
             next = if batch.len() < MAX_BATCH {
                 queue.try_recv().ok()
@@ -412,8 +422,12 @@ async fn write_loop(
             match outcome {
                 Ok(results) => {
                     // The broadcasts of the whole batch reach each socket in
-                    // one write (no await while the batch is open).
-                    let _writes = crate::hub::Batch::start();
+                    // one write (no await while the batch is open), made by
+                    // the hub's flusher while this task goes on.
+                    let _writes = match &flusher {
+                        Some(flusher) => Batch::deferred(flusher),
+                        None => Batch::start(),
+                    };
                     for (on_commit, result) in callbacks.drain(..).zip(results) {
                         on_commit(result);
                     }

@@ -171,6 +171,9 @@ struct Queue {
     /// Frames are only queued until the session releases them (the welcome
     /// must be the first frame on the wire).
     held: bool,
+    /// The first queued bytes are the handshake's answer, which goes out
+    /// with the welcome in one write.
+    prefaced: bool,
     /// No more frames are accepted.
     closed: bool,
 }
@@ -320,10 +323,21 @@ impl Outbox {
         Flush::Done
     }
 
-    /// Puts `first` before everything queued so far and starts writing.
+    /// Queues the handshake's answer (`101 Switching Protocols`) ahead of
+    /// everything, to be written with the welcome: one write and one TCP
+    /// segment where there were two. Only while the outbox is held.
+    pub fn preface(&self, answer: Bytes) {
+        let mut queue = self.lock();
+        queue.frames.push_front(answer);
+        queue.prefaced = true;
+    }
+
+    /// Puts `first` before everything queued so far (after the handshake's
+    /// answer) and starts writing.
     pub fn release(&self, first: Bytes) {
         let mut queue = self.lock();
-        queue.frames.push_front(first);
+        let at = usize::from(std::mem::take(&mut queue.prefaced));
+        queue.frames.insert(at, first);
         queue.held = false;
         drop(queue);
         self.write_out();
@@ -363,7 +377,7 @@ impl Outbox {
     pub fn seal(&self, last: Bytes, discard: bool) {
         let mut queue = self.lock();
         if discard {
-            let keep = usize::from(queue.written > 0);
+            let keep = usize::from(queue.written > 0 || queue.prefaced);
             queue.frames.truncate(keep);
         }
         queue.frames.push_back(last);

@@ -11,7 +11,7 @@ use super::{ApiError, ClientAddr};
 use crate::app::App;
 use crate::hub::Identity;
 use crate::protocol::CloseReason;
-use crate::session;
+use crate::session::{self, Accepted};
 use crate::wire::Stream;
 use crate::wire::handshake::{self, Upgrade};
 use axum::extract::{ConnectInfo, Request, State};
@@ -65,8 +65,9 @@ pub fn admit(app: &App, upgrade: &Upgrade) -> Result<Admission, ApiError> {
 
 /// Completes an upgrade read straight off a TCP socket and starts the
 /// session in a task of its own, so that nothing of the handshake stays in
-/// memory for the connection's lifetime. `early` holds bytes the client sent
-/// after its request head.
+/// memory for the connection's lifetime. The `101` answer is left to the
+/// session, which writes it together with the welcome. `early` holds bytes
+/// the client sent after its request head.
 pub async fn accept_raw(
     app: Arc<App>,
     mut stream: TcpStream,
@@ -81,21 +82,18 @@ pub async fn accept_raw(
             return;
         }
     };
-    if stream
-        .write_all(&handshake::accept_response(&upgrade.key))
-        .await
-        .is_err()
-    {
-        return;
-    }
+    let answer = handshake::accept_response(&upgrade.key);
     tokio::spawn(session::run(
         app,
-        Stream::Tcp(stream),
-        early,
-        client_addr,
-        admission.user_agent,
-        admission.identity,
-        admission.refusal,
+        Accepted {
+            stream: Stream::Tcp(stream),
+            answer: Some(answer.into()),
+            early,
+            client_addr,
+            user_agent: admission.user_agent,
+            identity: admission.identity,
+            refusal: admission.refusal,
+        },
     ));
 }
 
@@ -144,12 +142,15 @@ pub async fn upgrade(
         });
         session::run(
             app,
-            Stream::Unix(inner),
-            Vec::new(),
-            client_addr,
-            admission.user_agent,
-            admission.identity,
-            admission.refusal,
+            Accepted {
+                stream: Stream::Unix(inner),
+                answer: None,
+                early: Vec::new(),
+                client_addr,
+                user_agent: admission.user_agent,
+                identity: admission.identity,
+                refusal: admission.refusal,
+            },
         )
         .await;
     });

@@ -19,6 +19,7 @@ use crate::protocol::{
 };
 use crate::store::Page;
 use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
+use bytes::Bytes;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -73,20 +74,41 @@ enum Ending {
     Gone,
 }
 
+/// A socket whose WebSocket handshake is done, and what the handshake
+/// decided about it.
+pub struct Accepted {
+    pub stream: Stream,
+    /// The handshake's answer, still to be written: it goes out with the
+    /// welcome, in one write.
+    pub answer: Option<Bytes>,
+    /// Bytes the client sent after its request head.
+    pub early: Vec<u8>,
+    pub client_addr: SocketAddr,
+    pub user_agent: Option<String>,
+    /// Who the token says this is (`None`: not authenticated yet).
+    pub identity: Option<Identity>,
+    /// Set when the socket is to be closed right after the upgrade.
+    pub refusal: Option<CloseReason>,
+}
+
 /// Registers a connection whose handshake is done, and returns the future
 /// that runs it to close. The setup happens here, outside the future, so the
 /// future (which lives as long as the connection) holds only what the
 /// session needs.
-pub fn run(
-    app: Arc<App>,
-    stream: Stream,
-    early: Vec<u8>,
-    client_addr: SocketAddr,
-    user_agent: Option<String>,
-    identity: Option<Identity>,
-    refusal: Option<CloseReason>,
-) -> impl Future<Output = ()> + Send + 'static {
+pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send + 'static {
+    let Accepted {
+        stream,
+        answer,
+        early,
+        client_addr,
+        user_agent,
+        identity,
+        refusal,
+    } = accepted;
     let connection = app.hub.register(client_addr, user_agent, Some(stream));
+    if let Some(answer) = answer {
+        connection.outbox.preface(answer);
+    }
     if let Some(reason) = refusal {
         connection.close(reason);
     }

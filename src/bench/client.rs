@@ -349,6 +349,17 @@ pub fn now_micros() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
+/// TCP sockets of this machine in TIME_WAIT (from `/proc/net/sockstat`).
+pub fn sockets_in_time_wait() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let tcp = stat.lines().find_map(|line| line.strip_prefix("TCP:"))?;
+    let fields: Vec<&str> = tcp.split_whitespace().collect();
+    fields
+        .windows(2)
+        .find(|pair| pair[0] == "tw")
+        .and_then(|pair| pair[1].parse().ok())
+}
+
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -371,6 +382,12 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_wait_sockets_are_read_from_the_kernel() {
+        // Present on every Linux; the count itself depends on the machine.
+        assert!(sockets_in_time_wait().is_some());
+    }
 
     #[test]
     fn masked_frames_decode_with_the_server_decoder() {

@@ -1,7 +1,7 @@
 //! `idle`: open many authenticated connections, wait for every welcome, and
 //! hold them.
 
-use super::client::{Endpoint, Socket, TokenBook, rss_kib};
+use super::client::{Endpoint, Socket, TokenBook, rss_kib, sockets_in_time_wait};
 use super::{Report, Target, interrupted};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +27,16 @@ pub async fn run(
             return report;
         }
     };
+    // A previous run's sockets linger in TIME_WAIT for a minute and make
+    // the kernel's search for a free local port slow: the connect rate
+    // would measure that.
+    if let Some(lingering) = sockets_in_time_wait().filter(|&n| n > 1000) {
+        eprintln!(
+            "idle: warning: {lingering} TCP sockets in TIME_WAIT (from an earlier run?) \
+             slow down new connections; wait a minute for them to clear"
+        );
+        report.add("sockets_in_time_wait_at_start", lingering, "");
+    }
     let tokens = Arc::new(TokenBook::mint(target, "idle-", users));
     let rss_before = server_pid.and_then(rss_kib);
     let permits = Arc::new(Semaphore::new(concurrency.max(1)));

@@ -26,9 +26,13 @@ fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
     let flag = if masked { 0x80 } else { 0 };
     match payload.len() {
         n @ 0..=125 => out.push(flag | n as u8),
-        n => {
+        n @ 126..=0xFFFF => {
             out.push(flag | 126);
             out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            out.push(flag | 127);
+            out.extend_from_slice(&(n as u64).to_be_bytes());
         }
     }
     if masked {
@@ -225,6 +229,46 @@ async fn framing_violations_close_with_the_rfc_codes_and_spare_others() {
     raw.send(&header).await;
     assert_eq!(raw.close_code().await, Some(1009));
     bystander.assert_alive().await;
+}
+
+#[tokio::test]
+async fn an_oversize_frame_followed_by_more_bytes_still_gets_its_1009() {
+    let server = TestServer::start().await;
+    let token = server.token("alice");
+    let request = upgrade_request(&format!("?token={token}"), "");
+    let (mut raw, _) = Raw::open(&server, &request).await;
+    raw.json().await;
+    // The whole oversize frame and more frames behind it, in one write: the
+    // server stops reading at the header, and must not reset the socket
+    // under the unread bytes (the client would lose the close frame).
+    let mut bytes = frame(0x81, &vec![b'x'; 100_000], true);
+    for _ in 0..10 {
+        bytes.extend_from_slice(&frame(0x81, br#"{"type":"ping"}"#, true));
+    }
+    raw.send(&bytes).await;
+    // Keep sending for a while, as a client that has not read the close
+    // frame yet would.
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let ping = frame(0x81, br#"{"type":"ping"}"#, true);
+        if raw.stream.write_all(&ping).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(raw.close_code().await, Some(1009));
+    // The server read what it could not decode instead of resetting the
+    // connection under it: our close frame and our end of the stream are
+    // answered by its end of the stream, not by a reset.
+    raw.send(&frame(0x88, &1009u16.to_be_bytes(), true)).await;
+    raw.stream.shutdown().await.expect("shutdown");
+    let mut rest = Vec::new();
+    let end = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        raw.stream.read_to_end(&mut rest),
+    )
+    .await
+    .expect("the server closes its end");
+    assert!(end.is_ok(), "the connection was reset: {end:?}");
 }
 
 #[tokio::test]

@@ -183,6 +183,32 @@ impl Reader {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 
+    /// Reads and throws away whatever the client sends, until it closes the
+    /// connection or the socket fails.
+    async fn drain(&mut self) {
+        self.buffer = Vec::new();
+        self.consumed = 0;
+        let mut scratch = Vec::with_capacity(READ_CHUNK);
+        std::future::poll_fn(|cx| {
+            loop {
+                let Some(stream) = self.socket.stream() else {
+                    return Poll::Ready(());
+                };
+                if ready!(stream.poll_read_ready(cx)).is_err() {
+                    return Poll::Ready(());
+                }
+                scratch.clear();
+                match stream.try_read_buf(&mut scratch) {
+                    Ok(0) => return Poll::Ready(()),
+                    Ok(_) => {}
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return Poll::Ready(()),
+                }
+            }
+        })
+        .await;
+    }
+
     fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, ReadError>> {
         loop {
             while self.consumed < self.buffer.len() {
@@ -590,9 +616,17 @@ async fn close_socket(
         return;
     }
     let answer = async {
-        while let Ok(Some(message)) = reader.next().await {
-            if matches!(message, Incoming::Close(_)) {
-                break;
+        loop {
+            match reader.next().await {
+                Ok(Some(Incoming::Close(_)) | None) | Err(ReadError::Io) => break,
+                Ok(Some(_)) => {}
+                // Past a framing error nothing more can be decoded; the
+                // bytes are still read, or closing the socket under them
+                // would reset it and could cost the client our close frame.
+                Err(ReadError::Frame(_)) => {
+                    reader.drain().await;
+                    break;
+                }
             }
         }
     };

@@ -512,7 +512,7 @@ impl Session {
 /// Sends the welcome as the connection's first frame, ahead of anything
 /// broadcast to it meanwhile, and starts its outbox.
 async fn send_welcome(app: &App, connection: &Connection) {
-    let recent = if connection.is_announced() {
+    let recent = if connection.is_announced() && app.config.welcome_history > 0 {
         match app
             .store
             .history(GLOBAL_ROOM, Page::Newest, app.config.welcome_history)

@@ -21,27 +21,7 @@ fn upgrade_request(query: &str, extra: &str) -> String {
 
 /// A client frame, masked unless told otherwise.
 fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mask = [7, 1, 9, 3];
-    let mut out = vec![first];
-    let flag = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n @ 0..=125 => out.push(flag | n as u8),
-        n @ 126..=0xFFFF => {
-            out.push(flag | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            out.push(flag | 127);
-            out.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-    } else {
-        out.extend_from_slice(payload);
-    }
-    out
+    roomcast::wire::frame::encode_frame(first, payload, masked.then_some([7, 1, 9, 3]))
 }
 
 /// A raw client: reads the handshake answer, then server frames.

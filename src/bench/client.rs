@@ -323,22 +323,7 @@ fn encode_masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
     let mask = NEXT_MASK
         .fetch_add(0x9E37_79B9, Ordering::Relaxed)
         .to_be_bytes();
-    let mut frame = Vec::with_capacity(payload.len() + 14);
-    frame.push(0x80 | opcode);
-    match payload.len() {
-        len @ 0..=125 => frame.push(0x80 | len as u8),
-        len @ 126..=0xFFFF => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
-        }
-        len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-    frame.extend_from_slice(&mask);
-    frame.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
-    frame
+    crate::wire::frame::encode_frame(0x80 | opcode, payload, Some(mask))
 }
 
 /// Microseconds since the Unix epoch (the load generator and the receivers

@@ -173,20 +173,34 @@ fn unmask(masked: &[u8], mask: [u8; 4]) -> Vec<u8> {
 
 /// Encodes a server frame (final, unmasked).
 fn encode(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mut frame = Vec::with_capacity(payload.len() + 10);
-    frame.push(0x80 | opcode);
+    encode_frame(0x80 | opcode, payload, None)
+}
+
+/// Encodes a frame whose first byte (FIN, reserved bits, opcode) is
+/// `first`: unmasked as a server sends it, or masked with `mask` as a client
+/// must (the load generator and tests speak as clients).
+pub fn encode_frame(first: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let masked = if mask.is_some() { 0x80 } else { 0 };
+    let mut frame = Vec::with_capacity(payload.len() + 14);
+    frame.push(first);
     match payload.len() {
-        short @ 0..=125 => frame.push(short as u8),
+        short @ 0..=125 => frame.push(masked | short as u8),
         medium @ 126..=0xFFFF => {
-            frame.push(126);
+            frame.push(masked | 126);
             frame.extend_from_slice(&(medium as u16).to_be_bytes());
         }
         long => {
-            frame.push(127);
+            frame.push(masked | 127);
             frame.extend_from_slice(&(long as u64).to_be_bytes());
         }
     }
-    frame.extend_from_slice(payload);
+    match mask {
+        None => frame.extend_from_slice(payload),
+        Some(mask) => {
+            frame.extend_from_slice(&mask);
+            frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        }
+    }
     frame
 }
 
@@ -228,22 +242,7 @@ mod tests {
 
     /// A client frame, masked as clients must.
     fn client(first: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [1, 2, 3, 4];
-        let mut frame = vec![first];
-        match payload.len() {
-            n @ 0..=125 => frame.push(0x80 | n as u8),
-            n @ 126..=0xFFFF => {
-                frame.push(0x80 | 126);
-                frame.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                frame.push(0x80 | 127);
-                frame.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        frame.extend_from_slice(&mask);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
-        frame
+        encode_frame(first, payload, Some([1, 2, 3, 4]))
     }
 
     #[test]

@@ -449,8 +449,9 @@ async fn requests_past_the_limits_are_rate_limited() {
     bob.recv_type("ai_response").await;
 }
 
-#[tokio::test]
-async fn a_request_can_be_cancelled() {
+/// A server on the slow provider, and alice with the first chunk of an
+/// answer that takes seconds.
+async fn slow_answer_under_way() -> (TestServer, Client, Value) {
     let (url, _) = fake_provider().await;
     let server = TestServer::with(ai_args("slow", &url)).await;
     let mut alice = server.user("alice").await;
@@ -458,6 +459,12 @@ async fn a_request_can_be_cancelled() {
         .send(json!({"type": "ai_request", "prompt": "take your time"}))
         .await;
     let first = alice.recv_type("ai_response_chunk").await;
+    (server, alice, first)
+}
+
+#[tokio::test]
+async fn a_request_can_be_cancelled() {
+    let (server, mut alice, first) = slow_answer_under_way().await;
     let request_id = first["request_id"].as_str().expect("request_id").to_owned();
 
     let mut bob = server.user("bob").await;
@@ -483,6 +490,25 @@ async fn a_request_can_be_cancelled() {
     assert_eq!(error["error_code"], "not_found");
     let stats = server.stats().await;
     assert_eq!(stats["ai"]["cancelled"], 1, "{stats}");
+}
+
+#[tokio::test]
+async fn a_kick_during_an_answer_closes_with_4003() {
+    // The answer's job and the session both wait for the close; the kick
+    // must reach the session, not only the job.
+    let (server, mut alice, _) = slow_answer_under_way().await;
+    let path = format!("/api/connections/{}/kick", alice.connection_id());
+    let (status, body) = support::http_request(
+        server.addr,
+        "POST",
+        &path,
+        Some(support::ADMIN_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(alice.closed().await, Some(4003));
 }
 
 #[tokio::test]

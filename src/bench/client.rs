@@ -286,31 +286,21 @@ enum Parsed {
 
 /// Parses one unmasked server frame at the start of `buf`.
 fn parse_frame(buf: &[u8]) -> Parsed {
-    let [first, second, ..] = *buf else {
+    let Some((len, header)) = crate::wire::frame::payload_length(buf) else {
         return Parsed::Incomplete;
     };
-    if second & 0x80 != 0 {
+    if buf[1] & 0x80 != 0 {
         return Parsed::Invalid;
     }
-    let (len, header) = match second & 0x7F {
-        126 => match buf.get(2..4) {
-            Some(b) => (usize::from(u16::from_be_bytes([b[0], b[1]])), 4),
-            None => return Parsed::Incomplete,
-        },
-        127 => match buf.get(2..10).and_then(|b| <[u8; 8]>::try_from(b).ok()) {
-            Some(b) => match usize::try_from(u64::from_be_bytes(b)) {
-                Ok(len) if len <= MAX_FRAME => (len, 10),
-                _ => return Parsed::Invalid,
-            },
-            None => return Parsed::Incomplete,
-        },
-        short => (usize::from(short), 2),
+    let len = match usize::try_from(len) {
+        Ok(len) if len <= MAX_FRAME => len,
+        _ => return Parsed::Invalid,
     };
     if buf.len() < header + len {
         return Parsed::Incomplete;
     }
     Parsed::Frame {
-        opcode: first & 0x0F,
+        opcode: buf[0] & 0x0F,
         payload: header..header + len,
         len: header + len,
     }

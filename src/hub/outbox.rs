@@ -21,6 +21,10 @@ use tokio::sync::futures::Notified;
 /// Frames handed to one `writev`, at most.
 const MAX_IOVECS: usize = 64;
 
+/// A drained queue keeps at most this many slots allocated, so that a busy
+/// socket does not allocate per delivery.
+const IDLE_SLOTS: usize = 8;
+
 thread_local! {
     /// Outboxes with frames queued by the batch running on this thread.
     static BATCH: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
@@ -46,7 +50,13 @@ impl Batch {
     /// close together then share one write per socket instead of one each,
     /// and the thread that made them does not wait for the writes.
     pub fn deferred(flusher: &Arc<Flusher>) -> Batch {
-        Batch::begin(Some(flusher.clone()).filter(|flusher| flusher.is_running()))
+        Batch::written_by(Some(flusher))
+    }
+
+    /// [`Batch::deferred`] to `flusher` if there is one, else
+    /// [`Batch::start`].
+    pub fn written_by(flusher: Option<&Arc<Flusher>>) -> Batch {
+        Batch::begin(flusher.filter(|flusher| flusher.is_running()).cloned())
     }
 
     fn begin(flusher: Option<Arc<Flusher>>) -> Batch {
@@ -264,9 +274,7 @@ impl Outbox {
         let mut queue = self.lock();
         queue.batched = false;
         let result = self.write_queued(&mut queue);
-        // A drained queue gives its slots back: most connections are idle
-        // most of the time, and a slot table costs more than its refill.
-        if queue.frames.is_empty() {
+        if queue.frames.is_empty() && queue.frames.capacity() > IDLE_SLOTS {
             queue.frames = VecDeque::new();
         }
         drop(queue);
@@ -341,6 +349,12 @@ impl Outbox {
         queue.held = false;
         drop(queue);
         self.write_out();
+        // Most connections sit idle after their welcome: they get slots
+        // again with their first broadcast, and keep those.
+        let mut queue = self.lock();
+        if queue.frames.is_empty() {
+            queue.frames = VecDeque::new();
+        }
     }
 
     /// Resolves when the socket may take more (never, without a socket).

@@ -188,21 +188,16 @@ impl Reader {
     async fn drain(&mut self) {
         self.buffer = Vec::new();
         self.consumed = 0;
-        let mut scratch = Vec::with_capacity(READ_CHUNK);
+        let Some(stream) = self.socket.stream() else {
+            return;
+        };
+        let mut scratch = Vec::new();
         std::future::poll_fn(|cx| {
             loop {
-                let Some(stream) = self.socket.stream() else {
-                    return Poll::Ready(());
-                };
-                if ready!(stream.poll_read_ready(cx)).is_err() {
-                    return Poll::Ready(());
-                }
                 scratch.clear();
-                match stream.try_read_buf(&mut scratch) {
-                    Ok(0) => return Poll::Ready(()),
+                match ready!(stream.poll_read_buf(cx, &mut scratch, READ_CHUNK)) {
+                    Ok(0) | Err(_) => return Poll::Ready(()),
                     Ok(_) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return Poll::Ready(()),
                 }
             }
         })
@@ -230,22 +225,14 @@ impl Reader {
             let Some(stream) = self.socket.stream() else {
                 return Poll::Ready(Err(ReadError::Io));
             };
-            if ready!(stream.poll_read_ready(cx)).is_err() {
-                return Poll::Ready(Err(ReadError::Io));
-            }
             if self.consumed > 0 {
                 self.buffer.drain(..self.consumed);
                 self.consumed = 0;
             }
-            self.buffer.reserve(READ_CHUNK);
-            match stream.try_read_buf(&mut self.buffer) {
+            match ready!(stream.poll_read_buf(cx, &mut self.buffer, READ_CHUNK)) {
                 Ok(0) => return Poll::Ready(Ok(None)),
                 Ok(_) => {}
-                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
                 Err(_) => return Poll::Ready(Err(ReadError::Io)),
-            }
-            if self.buffer.is_empty() {
-                self.buffer = Vec::new();
             }
         }
     }

@@ -424,10 +424,7 @@ async fn write_loop(
                     // The broadcasts of the whole batch reach each socket in
                     // one write (no await while the batch is open), made by
                     // the hub's flusher while this task goes on.
-                    let _writes = match &flusher {
-                        Some(flusher) => Batch::deferred(flusher),
-                        None => Batch::start(),
-                    };
+                    let _writes = Batch::written_by(flusher.as_ref());
                     for (on_commit, result) in callbacks.drain(..).zip(results) {
                         on_commit(result);
                     }

@@ -367,10 +367,7 @@ fn commit(
     let batch = std::mem::take(batch);
     match insert_all(connection, &batch) {
         Ok(results) => {
-            let _writes = match flusher {
-                Some(flusher) => Batch::deferred(flusher),
-                None => Batch::start(),
-            };
+            let _writes = Batch::written_by(flusher);
             for ((_, on_commit), result) in batch.into_iter().zip(results) {
                 on_commit(result);
             }
@@ -555,7 +552,6 @@ fn schema_version(connection: &Connection) -> Result<i64, StoreError> {
     Ok(found)
 }
 
-/// Brings the schema up to date.
 /// Plans each statement once. Without this, SQLite weighs the partial index
 /// on `client_msg_id` against every newly bound value and re-parses the
 /// statement on each run: the welcome's history read, on every connection.
@@ -567,6 +563,7 @@ fn plan_once(connection: &Connection) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Brings the schema up to date.
 fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
     let found = schema_version(connection)?;
     for (index, sql) in MIGRATIONS.iter().enumerate().skip(found.max(0) as usize) {

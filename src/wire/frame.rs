@@ -74,20 +74,8 @@ impl Decoder {
         if second & 0x80 == 0 {
             return Err(FrameError::Protocol("client frames must be masked"));
         }
-        let (length, mut header) = match second & 0x7F {
-            126 => match buf.get(2..4) {
-                Some(bytes) => (u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4),
-                None => return Ok(Decoded::Incomplete),
-            },
-            127 => match buf.get(2..10) {
-                Some(bytes) => {
-                    let mut length = [0; 8];
-                    length.copy_from_slice(bytes);
-                    (u64::from_be_bytes(length), 10)
-                }
-                None => return Ok(Decoded::Incomplete),
-            },
-            short => (u64::from(short), 2),
+        let Some((length, mut header)) = payload_length(buf) else {
+            return Ok(Decoded::Incomplete);
         };
         let control = opcode & 0x08 != 0;
         if control && (!fin || length > 125) {
@@ -150,6 +138,22 @@ impl Decoder {
             _ => return Err(FrameError::Protocol("unknown opcode")),
         };
         Ok(Decoded::Frame(complete, consumed))
+    }
+}
+
+/// The payload length a frame at the start of `buf` declares, and the size
+/// of its header up to the mask (if any); `None` until those bytes are there.
+pub fn payload_length(buf: &[u8]) -> Option<(u64, usize)> {
+    match buf.get(1)? & 0x7F {
+        126 => {
+            let bytes = buf.get(2..4)?;
+            Some((u64::from(u16::from_be_bytes([bytes[0], bytes[1]])), 4))
+        }
+        127 => {
+            let bytes: [u8; 8] = buf.get(2..10)?.try_into().ok()?;
+            Some((u64::from_be_bytes(bytes), 10))
+        }
+        short => Some((u64::from(short), 2)),
     }
 }
 
@@ -228,11 +232,7 @@ pub fn pong(payload: &[u8]) -> Bytes {
 
 /// The payload of an encoded server text frame (for tests and tools).
 pub fn payload_of(frame: &[u8]) -> &[u8] {
-    let header = match frame.get(1).map(|b| b & 0x7F) {
-        Some(126) => 4,
-        Some(127) => 10,
-        _ => 2,
-    };
+    let header = payload_length(frame).map_or(2, |(_, header)| header);
     frame.get(header..).unwrap_or_default()
 }
 

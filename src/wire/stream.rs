@@ -4,7 +4,7 @@
 //! its session task reads from it.
 
 use std::io::{self, IoSlice};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use tokio::net::{TcpStream, UnixStream};
 
 #[derive(Debug)]
@@ -29,6 +29,31 @@ impl Stream {
         match self {
             Stream::Tcp(stream) => stream.poll_write_ready(cx),
             Stream::Unix(stream) => stream.poll_write_ready(cx),
+        }
+    }
+
+    /// Waits for the socket to be readable, then reads what is there into
+    /// `buf`, reserving `chunk` bytes first (only then: an idle connection
+    /// holds no buffer). `Ok(0)`: the peer closed its end.
+    pub fn poll_read_buf(
+        &self,
+        cx: &mut Context<'_>,
+        buf: &mut Vec<u8>,
+        chunk: usize,
+    ) -> Poll<io::Result<usize>> {
+        loop {
+            if let Err(err) = ready!(self.poll_read_ready(cx)) {
+                return Poll::Ready(Err(err));
+            }
+            buf.reserve(chunk);
+            match self.try_read_buf(buf) {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if buf.is_empty() {
+                        *buf = Vec::new();
+                    }
+                }
+                done => return Poll::Ready(done),
+            }
         }
     }
 

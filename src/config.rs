@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// Most runtime threads `--threads` accepts.
+const MAX_THREADS: usize = 1024;
+
 /// Why a configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -223,6 +226,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Threads that run connections [default: one per CPU core]. Storage
+    /// has a thread of its own besides.
+    #[arg(long, env = "ROOMCAST_THREADS")]
+    pub threads: Option<usize>,
+
     /// Rooms one connection may be in at once [default: 100].
     #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION")]
     pub max_rooms_per_connection: Option<usize>,
@@ -337,6 +345,8 @@ pub struct Config {
     /// limit allows.
     pub max_connections: Option<usize>,
     pub max_connections_per_ip: Option<usize>,
+    /// Runtime worker threads.
+    pub threads: usize,
     pub max_rooms_per_connection: usize,
     pub login_attempts_per_minute: u32,
     pub max_http_body_bytes: usize,
@@ -455,6 +465,9 @@ impl Config {
                 .filter(|n| *n > 0),
             max_rooms_per_connection: args.max_rooms_per_connection.unwrap_or(100),
             max_connections: args.max_connections,
+            threads: args.threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
             login_attempts_per_minute: args.login_attempts_per_minute.unwrap_or(10),
             max_http_body_bytes: args.max_http_body_bytes.unwrap_or(65_536),
             allowed_origins: args
@@ -518,6 +531,12 @@ impl Config {
         }
         if self.retention_interval.is_zero() {
             return Err(invalid("retention_interval_ms", "must be at least 1"));
+        }
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(invalid(
+                "threads",
+                &format!("must be between 1 and {MAX_THREADS}"),
+            ));
         }
         if self.max_rooms_per_connection == 0 {
             return Err(invalid("max_rooms_per_connection", "must be at least 1"));
@@ -598,6 +617,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
             .or(file.max_connections_per_user),
         max_connections_per_ip: args.max_connections_per_ip.or(file.max_connections_per_ip),
         max_connections: args.max_connections.or(file.max_connections),
+        threads: args.threads.or(file.threads),
         max_rooms_per_connection: args
             .max_rooms_per_connection
             .or(file.max_rooms_per_connection),
@@ -706,5 +726,24 @@ mod tests {
             ..ServeArgs::default()
         };
         assert!(Config::resolve(args).is_err());
+        for threads in [0, MAX_THREADS + 1] {
+            let args = ServeArgs {
+                threads: Some(threads),
+                ..ServeArgs::default()
+            };
+            assert!(Config::resolve(args).is_err(), "{threads} threads");
+        }
+    }
+
+    #[test]
+    fn one_thread_per_core_unless_told() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let config = Config::resolve(ServeArgs::default()).expect("valid config");
+        assert_eq!(config.threads, cores);
+        let args = ServeArgs {
+            threads: Some(1),
+            ..ServeArgs::default()
+        };
+        assert_eq!(Config::resolve(args).expect("valid config").threads, 1);
     }
 }

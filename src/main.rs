@@ -180,7 +180,11 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("roomcast: cannot start the runtime: {err}");
@@ -210,6 +214,7 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     }
     tracing::info!(
         database = ?config.database,
+        threads = config.threads,
         "roomcast {} listening on http://{address} (WebSocket at ws://{address}/ws)",
         env!("CARGO_PKG_VERSION")
     );

@@ -45,6 +45,7 @@ async fn settings_come_from_environment_variables() {
             ("ROOMCAST_MAX_MESSAGE_CHARS", "7"),
             ("ROOMCAST_HEARTBEAT_INTERVAL_MS", "1234"),
             ("ROOMCAST_GUEST_CHAT", "1"),
+            ("ROOMCAST_THREADS", "1"),
         ],
     );
     server.ready().await;
@@ -107,8 +108,14 @@ async fn a_broken_config_stops_start_up_with_a_clear_message() {
         .expect("read stderr");
     assert!(stderr.contains("max_frame_byte"), "{stderr}");
 
-    let mut server = Process::start(&["--idle-timeout-ms", "0"], &[]);
-    assert_eq!(server.exit_code(Duration::from_secs(10)).await, 2);
+    for bad in [["--idle-timeout-ms", "0"], ["--threads", "0"]] {
+        let mut server = Process::start(&bad, &[]);
+        assert_eq!(
+            server.exit_code(Duration::from_secs(10)).await,
+            2,
+            "{bad:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -169,6 +169,9 @@ pub struct Outbox {
     bell: Notify,
     /// Tells patient senders that the queue has room again.
     room: Notify,
+    /// A patient sender waits on `room`: only then does a flush notify it
+    /// (the notification takes a lock, once per delivery otherwise).
+    room_wanted: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -201,6 +204,7 @@ impl Outbox {
             backlog: AtomicBool::new(false),
             bell: Notify::new(),
             room: Notify::new(),
+            room_wanted: AtomicBool::new(false),
         })
     }
 
@@ -278,8 +282,14 @@ impl Outbox {
             queue.frames = VecDeque::new();
         }
         drop(queue);
-        self.room.notify_waiters();
+        self.tell_room();
         result
+    }
+
+    fn tell_room(&self) {
+        if self.room_wanted.swap(false, Ordering::SeqCst) {
+            self.room.notify_waiters();
+        }
     }
 
     fn write_queued(&self, queue: &mut Queue) -> Flush {
@@ -381,9 +391,14 @@ impl Outbox {
         self.backlog.swap(false, Ordering::AcqRel)
     }
 
-    /// Resolves when a flush has made room (or may have).
+    /// Resolves when a flush has made room (or may have). Take it before
+    /// trying to queue, so that a flush in between is not missed.
     pub fn room(&self) -> Notified<'_> {
-        self.room.notified()
+        // Created before the flag is raised: a flush that sees the flag
+        // completes this future.
+        let room = self.room.notified();
+        self.room_wanted.store(true, Ordering::SeqCst);
+        room
     }
 
     /// Queues a last frame (a close frame) and accepts nothing after it.
@@ -415,7 +430,7 @@ impl Outbox {
     /// Takes every queued frame out (for outboxes without a socket).
     pub fn take_queued(&self) -> Vec<Bytes> {
         let frames = self.lock().frames.drain(..).collect();
-        self.room.notify_waiters();
+        self.tell_room();
         frames
     }
 }

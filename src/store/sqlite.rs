@@ -16,7 +16,7 @@ use super::{
 };
 use crate::hub::{Batch, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
-use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
@@ -33,8 +33,6 @@ const MIGRATIONS: &[&str] = &[
 /// their frames at once, so this also bounds the burst a busy room puts into
 /// a member's outbox (see `outbox_capacity`).
 const MAX_BATCH: usize = 1024;
-
-const MESSAGE_COLUMNS: &str = message_columns!();
 
 /// History pages: the newest, before an id, after an id. Parameters: room,
 /// limit, id. Each is a range scan of the `(room, id)` index; a test checks
@@ -386,23 +384,39 @@ fn insert_all(
     connection: &mut Connection,
     batch: &[(Box<NewMessage>, CommitCallback)],
 ) -> Result<Vec<Result<Appended, StoreError>>, rusqlite::Error> {
-    let transaction =
-        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    // `BEGIN` and `COMMIT` as cached statements: a transaction opened with
+    // `Connection::transaction` parses both again on every commit.
+    connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let results = batch
         .iter()
-        .map(|(message, _)| insert_one(&transaction, message))
+        .map(|(message, _)| insert_one(connection, message))
         .collect();
-    transaction.commit()?;
-    Ok(results)
+    match connection
+        .prepare_cached("COMMIT")
+        .and_then(|mut commit| commit.execute([]))
+    {
+        Ok(_) => Ok(results),
+        Err(err) => {
+            if !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            Err(err)
+        }
+    }
 }
 
-fn insert_one(transaction: &Transaction<'_>, new: &NewMessage) -> Result<Appended, StoreError> {
+/// The message a client already sent with this `client_msg_id`.
+const DUPLICATE_QUERY: &str = concat!(
+    "SELECT ",
+    message_columns!(),
+    " FROM messages WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
+);
+
+/// Inserts one message; runs inside the batch's transaction.
+fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, StoreError> {
     if let Some(client_msg_id) = &new.client_msg_id {
         let existing = transaction
-            .prepare_cached(&format!(
-                "SELECT {MESSAGE_COLUMNS} FROM messages \
-                 WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
-            ))?
+            .prepare_cached(DUPLICATE_QUERY)?
             .query_row(
                 params![&*new.room, &*new.user.id, client_msg_id],
                 message_from_row,

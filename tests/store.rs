@@ -371,3 +371,50 @@ async fn check_flush_waits_for_earlier_appends(store: Arc<dyn MessageStore>) {
         );
     }
 }
+
+on_every_backend!(
+    newest_global_page_follows_appends_and_retention,
+    check_newest_global_page_follows_appends_and_retention
+);
+/// The newest page of `global` (what a welcome carries; the embedded store
+/// keeps it in memory) always equals the same page read by id from the
+/// database: when empty, after a few messages, past the hundred it keeps,
+/// right after a commit, and after retention deleted messages.
+async fn check_newest_global_page_follows_appends_and_retention(store: Arc<dyn MessageStore>) {
+    let store = &*store;
+    async fn ids(store: &dyn MessageStore, page: Page, limit: usize) -> (Vec<i64>, bool) {
+        let page = store.history("global", page, limit).await.expect("page");
+        (page.messages.iter().map(|m| m.id).collect(), page.has_more)
+    }
+    async fn agree(store: &dyn MessageStore, expected_newest: Option<i64>) {
+        for limit in [1, 3, 50, 100, 101, 250] {
+            let newest = ids(store, Page::Newest, limit).await;
+            let by_id = ids(store, Page::Before(i64::MAX), limit).await;
+            assert_eq!(newest, by_id, "limit {limit}");
+            assert_eq!(newest.0.last().copied(), expected_newest, "limit {limit}");
+        }
+    }
+    agree(store, None).await;
+    let first = fill(store, "global", 5).await;
+    agree(store, first.last().copied()).await;
+    let many = fill(store, "global", 150).await;
+    fill(store, "elsewhere", 3).await;
+    agree(store, many.last().copied()).await;
+    // Read right after the callback (the contract's promise).
+    let just_now = submit(store, message("global", "ann", "just now"))
+        .await
+        .expect("callback")
+        .expect("stored")
+        .message
+        .id;
+    assert_eq!(ids(store, Page::Newest, 10).await.0.last(), Some(&just_now));
+    let policy = Retention {
+        max_messages_per_room: Some(20),
+        max_age: None,
+    };
+    while store.prune(policy, 50).await.expect("prune") > 0 {}
+    agree(store, Some(just_now)).await;
+    assert_eq!(ids(store, Page::Newest, 250).await.0.len(), 20);
+    let after = fill(store, "global", 2).await;
+    agree(store, after.last().copied()).await;
+}

@@ -15,6 +15,7 @@ macro_rules! message_columns {
 }
 
 mod postgres;
+mod recent;
 mod retention;
 mod sqlite;
 

@@ -7,15 +7,20 @@
 //! lone message is committed at once. Reads are queued behind the writes that
 //! came before them, so a read never misses an acknowledged message.
 //!
+//! The newest messages of `global` (what a welcome carries) are also kept in
+//! memory ([`NewestGlobal`]), so a welcome does not queue behind writes. A
+//! database file therefore belongs to one roomcast process.
+//!
 //! Files are opened in WAL mode with `synchronous = FULL`: a committed
 //! transaction survives power loss and `kill -9`.
 
+use super::recent::{self, NewestGlobal};
 use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
     NewRoom, Page, Retention, RoomRecord, StoreError,
 };
 use crate::hub::{Batch, Flusher};
-use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
+use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::Arc;
@@ -67,6 +72,7 @@ enum Command {
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
+    newest_global: Arc<NewestGlobal>,
 }
 
 impl SqliteStore {
@@ -98,14 +104,21 @@ impl SqliteStore {
         plan_once(&connection)?;
         migrate(&mut connection)?;
         let (commands, queue) = mpsc::channel();
+        let newest_global = Arc::new(NewestGlobal::default());
         std::thread::Builder::new()
             .name("roomcast-sqlite".into())
-            .spawn(move || work(connection, queue))
+            .spawn({
+                let newest_global = newest_global.clone();
+                move || work(connection, queue, &newest_global)
+            })
             .map_err(|source| StoreError::DataDir {
                 path: path.map(Path::to_owned).unwrap_or_default(),
                 source,
             })?;
-        Ok(SqliteStore { commands })
+        Ok(SqliteStore {
+            commands,
+            newest_global,
+        })
     }
 
     /// Runs `job` on the writer thread after everything queued before it.
@@ -128,10 +141,12 @@ impl SqliteStore {
 
 impl MessageStore for SqliteStore {
     fn append(&self, message: NewMessage, on_commit: CommitCallback) {
+        self.newest_global.appending();
         if let Err(mpsc::SendError(Command::Append(_, on_commit))) = self
             .commands
             .send(Command::Append(Box::new(message), on_commit))
         {
+            self.newest_global.settled(1);
             on_commit(Err(StoreError::Closed));
         }
     }
@@ -142,6 +157,26 @@ impl MessageStore for SqliteStore {
         page: Page,
         limit: usize,
     ) -> BoxFuture<'_, Result<HistoryPage, StoreError>> {
+        if room == GLOBAL_ROOM && matches!(page, Page::Newest) {
+            if let Some(page) = self.newest_global.page(limit) {
+                return Box::pin(std::future::ready(Ok(page)));
+            }
+            let newest_global = self.newest_global.clone();
+            return self.run(move |connection| {
+                if !newest_global.is_known() {
+                    newest_global.fill(read_page(
+                        connection,
+                        GLOBAL_ROOM,
+                        Page::Newest,
+                        recent::KEPT,
+                    )?);
+                }
+                match newest_global.page(limit) {
+                    Some(page) => Ok(page),
+                    None => read_page(connection, GLOBAL_ROOM, Page::Newest, limit),
+                }
+            });
+        }
         let room = room.to_owned();
         self.run(move |connection| read_page(connection, &room, page, limit))
     }
@@ -184,7 +219,10 @@ impl MessageStore for SqliteStore {
     }
 
     fn prune(&self, retention: Retention, chunk: usize) -> BoxFuture<'_, Result<u64, StoreError>> {
+        let newest_global = self.newest_global.clone();
         self.run(move |connection| {
+            // Before deleting: a prune that fails half-way has deleted some.
+            newest_global.forget();
             let chunk = i64::try_from(chunk).unwrap_or(i64::MAX);
             let mut deleted = 0;
             if let Some(cutoff) = retention.cutoff() {
@@ -324,7 +362,7 @@ impl MessageStore for SqliteStore {
 }
 
 /// The writer thread: runs until every `SqliteStore` handle is dropped.
-fn work(mut connection: Connection, queue: mpsc::Receiver<Command>) {
+fn work(mut connection: Connection, queue: mpsc::Receiver<Command>, newest_global: &NewestGlobal) {
     let mut batch: Vec<(Box<NewMessage>, CommitCallback)> = Vec::new();
     let mut flusher: Option<Arc<Flusher>> = None;
     while let Ok(first) = queue.recv() {
@@ -334,19 +372,19 @@ fn work(mut connection: Connection, queue: mpsc::Receiver<Command>) {
                 Command::Append(message, on_commit) => {
                     batch.push((message, on_commit));
                     if batch.len() >= MAX_BATCH {
-                        commit(&mut connection, &mut batch, flusher.as_ref());
+                        commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
                     }
                 }
                 Command::Run(job) => {
                     // Earlier appends first, so the job sees them.
-                    commit(&mut connection, &mut batch, flusher.as_ref());
+                    commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
                     job(&mut connection);
                 }
                 Command::WriteThrough(to) => flusher = Some(to),
             }
             next = queue.try_recv().ok();
         }
-        commit(&mut connection, &mut batch, flusher.as_ref());
+        commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
     }
 }
 
@@ -358,6 +396,7 @@ fn commit(
     connection: &mut Connection,
     batch: &mut Vec<(Box<NewMessage>, CommitCallback)>,
     flusher: Option<&Arc<Flusher>>,
+    newest_global: &NewestGlobal,
 ) {
     if batch.is_empty() {
         return;
@@ -365,6 +404,12 @@ fn commit(
     let batch = std::mem::take(batch);
     match insert_all(connection, &batch) {
         Ok(results) => {
+            results
+                .iter()
+                .flatten()
+                .filter(|appended| !appended.duplicate && &*appended.message.room == GLOBAL_ROOM)
+                .for_each(|appended| newest_global.push(&appended.message));
+            newest_global.settled(batch.len());
             let _writes = Batch::written_by(flusher);
             for ((_, on_commit), result) in batch.into_iter().zip(results) {
                 on_commit(result);
@@ -373,6 +418,7 @@ fn commit(
         Err(err) => {
             tracing::error!(error = %err, messages = batch.len(), "commit of a message batch failed");
             let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
+            newest_global.settled(batch.len());
             for (_, on_commit) in batch {
                 on_commit(Err(StoreError::Commit(err.clone())));
             }
@@ -709,5 +755,61 @@ mod tests {
             SqliteStore::open(Some(&path)),
             Err(StoreError::SchemaTooNew { found: 99, .. })
         ));
+    }
+
+    /// Blocks the writer thread until the returned sender is dropped or used.
+    fn block_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
+        let (release, blocked) = std::sync::mpsc::channel::<()>();
+        let _ = store.commands.send(Command::Run(Box::new(move |_| {
+            let _ = blocked.recv();
+        })));
+        release
+    }
+
+    #[tokio::test]
+    async fn a_welcome_page_does_not_wait_for_the_writer() {
+        let store = SqliteStore::open(None).expect("open");
+        let stored = append(&store, new_message(GLOBAL_ROOM, "hello", None))
+            .await
+            .expect("append");
+        // The first read fills the memo on the writer thread.
+        store
+            .history(GLOBAL_ROOM, Page::Newest, 50)
+            .await
+            .expect("page");
+        let release = block_writer(&store);
+        let page = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            store.history(GLOBAL_ROOM, Page::Newest, 50),
+        )
+        .await
+        .expect("answered while the writer is busy")
+        .expect("page");
+        assert_eq!(page.messages.len(), 1);
+        assert_eq!(page.messages[0].id, stored.message.id);
+        assert!(!page.has_more);
+
+        // An append waiting behind the busy writer: a read issued now waits
+        // for it rather than answering without it.
+        let (tx, committed) = tokio::sync::oneshot::channel();
+        store.append(
+            new_message(GLOBAL_ROOM, "later", None),
+            Box::new(move |result| {
+                let _ = tx.send(result);
+            }),
+        );
+        let read = tokio::spawn({
+            let store = store.clone();
+            async move { store.history(GLOBAL_ROOM, Page::Newest, 50).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!read.is_finished(), "a read skipped an uncommitted append");
+        drop(release);
+        let later = committed.await.expect("callback").expect("stored");
+        let page = read.await.expect("task").expect("page");
+        assert_eq!(
+            page.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+            [stored.message.id, later.message.id]
+        );
     }
 }

@@ -458,24 +458,17 @@ const DUPLICATE_QUERY: &str = concat!(
     " FROM messages WHERE room = ?1 AND user_id = ?2 AND client_msg_id = ?3"
 );
 
-/// Inserts one message; runs inside the batch's transaction.
+/// Inserts one message; runs inside the batch's transaction. A message
+/// whose `client_msg_id` is stored already is answered with the stored one.
 fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, StoreError> {
-    if let Some(client_msg_id) = &new.client_msg_id {
-        let existing = transaction
-            .prepare_cached(DUPLICATE_QUERY)?
-            .query_row(
-                params![&*new.room, &*new.user.id, client_msg_id],
-                message_from_row,
-            )
-            .optional()?;
-        if let Some(message) = existing {
+    if let Some(reply_to) = new.reply_to {
+        // A retry is answered as before even if its reply target is gone.
+        if let Some(message) = stored_duplicate(transaction, new)? {
             return Ok(Appended {
                 message,
                 duplicate: true,
             });
         }
-    }
-    if let Some(reply_to) = new.reply_to {
         let found = transaction
             .prepare_cached("SELECT 1 FROM messages WHERE id = ?1 AND room = ?2")?
             .exists(params![reply_to, &*new.room])?;
@@ -488,10 +481,13 @@ fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, St
         .as_ref()
         .map(|file| serde_json::to_string(file).map_err(|err| StoreError::Corrupt(err.to_string())))
         .transpose()?;
-    transaction
+    // Retries are rare: insert first, and look the stored message up only
+    // when the unique `client_msg_id` index refused the row.
+    let inserted = transaction
         .prepare_cached(
             "INSERT INTO messages (room, user_id, username, user_kind, content, created_at, \
-             client_msg_id, reply_to, attachment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+             client_msg_id, reply_to, attachment) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+             ON CONFLICT DO NOTHING",
         )?
         .execute(params![
             &*new.room,
@@ -504,6 +500,17 @@ fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, St
             new.reply_to,
             attachment
         ])?;
+    if inserted == 0 {
+        return match stored_duplicate(transaction, new)? {
+            Some(message) => Ok(Appended {
+                message,
+                duplicate: true,
+            }),
+            None => Err(StoreError::Corrupt(
+                "an insert was refused but no duplicate is stored".into(),
+            )),
+        };
+    }
     Ok(Appended {
         message: Message {
             id: transaction.last_insert_rowid(),
@@ -517,6 +524,23 @@ fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, St
         },
         duplicate: false,
     })
+}
+
+/// The message stored earlier with the same room, user and `client_msg_id`.
+fn stored_duplicate(
+    transaction: &Connection,
+    new: &NewMessage,
+) -> Result<Option<Message>, StoreError> {
+    let Some(client_msg_id) = &new.client_msg_id else {
+        return Ok(None);
+    };
+    Ok(transaction
+        .prepare_cached(DUPLICATE_QUERY)?
+        .query_row(
+            params![&*new.room, &*new.user.id, client_msg_id],
+            message_from_row,
+        )
+        .optional()?)
 }
 
 fn read_page(

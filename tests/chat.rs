@@ -205,6 +205,10 @@ async fn reply_to_must_name_a_message_of_the_same_room() {
         .await;
     assert_eq!(error["error_code"], "not_found", "{error}");
     assert_eq!(error["ref"], "r");
+    assert_eq!(
+        error["message"], "reply_to names no message in this room",
+        "{error}"
+    );
     let error = alice
         .request(
             json!({"type": "chat_message", "room": "dev", "content": "re", "reply_to": 999_999}),

@@ -87,11 +87,14 @@ impl HandlerError {
     /// The text the client sees. Internal failures say only that they
     /// happened; the details go to the log.
     pub fn client_message(&self) -> String {
-        match self.code() {
-            ErrorCode::InternalError => {
+        match (self.code(), self) {
+            (ErrorCode::InternalError, _) => {
                 tracing::error!(error = %self, "internal error while handling a frame");
                 "internal error".to_owned()
             }
+            // A store error the client caused (a missing reply target): its
+            // own words, not "storage failed".
+            (_, HandlerError::Store(err)) => err.to_string(),
             _ => self.to_string(),
         }
     }

@@ -180,3 +180,63 @@ async fn healthz_answers_200() {
     assert_eq!(status, 200);
     assert_eq!(body.trim(), "ok");
 }
+
+/// While another user keeps sending to `global`, every new connection's
+/// welcome holds the newest messages without a gap, including every one
+/// acknowledged before the connection was opened. (The embedded store
+/// answers this page from memory when no write is pending.)
+#[tokio::test]
+async fn welcomes_miss_no_acknowledged_message_while_chat_goes_on() {
+    let mut settings = args();
+    settings.rate_limit_messages = Some(0);
+    let server = TestServer::with(settings).await;
+    let mut carol = server.user("carol").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let background = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut sent = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for n in 0..8 {
+                    carol
+                        .send(json!({"type": "chat_message", "content": format!("c{sent}-{n}")}))
+                        .await;
+                }
+                for _ in 0..8 {
+                    carol.recv_type("message_ack").await;
+                }
+                sent += 1;
+            }
+            sent
+        }
+    });
+    let mut alice = server.user("alice").await;
+    for round in 0..40 {
+        alice
+            .send(json!({"type": "chat_message", "content": format!("a{round}")}))
+            .await;
+        let acked = alice.recv_type("message_ack").await["message_id"]
+            .as_i64()
+            .expect("message_id");
+        let reader = server.user(&format!("reader{round}")).await;
+        let ids: Vec<i64> = reader.welcome["recent_messages"]
+            .as_array()
+            .expect("recent_messages")
+            .iter()
+            .map(|m| m["id"].as_i64().expect("id"))
+            .collect();
+        assert!(!ids.is_empty());
+        assert!(
+            ids.windows(2).all(|pair| pair[1] == pair[0] + 1),
+            "a gap in round {round}: {ids:?}"
+        );
+        assert!(
+            *ids.last().expect("newest") >= acked,
+            "round {round}: acked {acked}, welcome ends at {ids:?}"
+        );
+        assert!(ids.len() == 50 || ids[0] == 1, "round {round}: {ids:?}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = background.await.expect("carol");
+    assert!(rounds > 0, "carol sent nothing meanwhile");
+}

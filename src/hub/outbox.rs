@@ -25,9 +25,22 @@ const MAX_IOVECS: usize = 64;
 /// socket does not allocate per delivery.
 const IDLE_SLOTS: usize = 8;
 
+/// A batch's list of outboxes keeps at most this many slots between
+/// batches, so that a thread committing message after message does not grow
+/// a new list each time.
+const KEPT_BATCH_SLOTS: usize = 4096;
+
 thread_local! {
-    /// Outboxes with frames queued by the batch running on this thread.
-    static BATCH: RefCell<Option<Vec<Arc<Outbox>>>> = const { RefCell::new(None) };
+    /// The batch running on this thread, if any.
+    static BATCH: RefCell<Running> = const {
+        RefCell::new(Running { open: false, touched: Vec::new() })
+    };
+}
+
+/// A thread's batch: whether one runs, and the outboxes it queued frames in.
+struct Running {
+    open: bool,
+    touched: Vec<Arc<Outbox>>,
 }
 
 /// While alive, frames delivered on this thread are queued, and written
@@ -62,10 +75,8 @@ impl Batch {
     fn begin(flusher: Option<Arc<Flusher>>) -> Batch {
         let outermost = BATCH.with(|batch| {
             let mut batch = batch.borrow_mut();
-            let outermost = batch.is_none();
-            if outermost {
-                *batch = Some(Vec::new());
-            }
+            let outermost = !batch.open;
+            batch.open = true;
             outermost
         });
         Batch { outermost, flusher }
@@ -77,10 +88,22 @@ impl Drop for Batch {
         if !self.outermost {
             return;
         }
-        let touched = BATCH.with(|batch| batch.borrow_mut().take());
+        let mut touched = BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            batch.open = false;
+            std::mem::take(&mut batch.touched)
+        });
         match &self.flusher {
-            Some(flusher) => flusher.enqueue(touched.into_iter().flatten()),
-            None => touched.into_iter().flatten().for_each(|o| o.write_out()),
+            Some(flusher) => flusher.enqueue(touched.drain(..)),
+            None => touched.drain(..).for_each(|o| o.write_out()),
+        }
+        if touched.capacity() <= KEPT_BATCH_SLOTS {
+            BATCH.with(|batch| {
+                let mut batch = batch.borrow_mut();
+                if batch.touched.is_empty() && batch.touched.capacity() < touched.capacity() {
+                    batch.touched = touched;
+                }
+            });
         }
     }
 }
@@ -125,10 +148,6 @@ impl Flusher {
             taken.drain(..).for_each(|outbox| outbox.write_out());
         }
     }
-}
-
-fn in_batch() -> bool {
-    BATCH.with(|batch| batch.borrow().is_some())
 }
 
 /// What [`Outbox::push`] did with a frame.
@@ -230,16 +249,19 @@ impl Outbox {
             queue.frames.push_back(frame.clone());
             return Push::Queued;
         }
-        if in_batch() {
+        let batched = BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            if !batch.open {
+                return false;
+            }
             queue.frames.push_back(frame.clone());
             if !queue.batched {
                 queue.batched = true;
-                BATCH.with(|batch| {
-                    if let Some(batch) = batch.borrow_mut().as_mut() {
-                        batch.push(self.clone());
-                    }
-                });
+                batch.touched.push(self.clone());
             }
+            true
+        });
+        if batched {
             return Push::Queued;
         }
         let was_empty = queue.frames.is_empty();

@@ -21,9 +21,10 @@ use tokio::sync::futures::Notified;
 /// Frames handed to one `writev`, at most.
 const MAX_IOVECS: usize = 64;
 
-/// A drained queue keeps at most this many slots allocated, so that a busy
-/// socket does not allocate per delivery.
-const IDLE_SLOTS: usize = 8;
+/// A drained queue keeps at most this many slots allocated (1 KiB), so that
+/// a busy socket does not allocate per delivery or per batch;
+/// [`Outbox::trim`] gives them back when the connection goes quiet.
+const KEPT_SLOTS: usize = 64;
 
 /// A batch's list of outboxes keeps at most this many slots between
 /// batches, so that a thread committing message after message does not grow
@@ -300,7 +301,7 @@ impl Outbox {
         let mut queue = self.lock();
         queue.batched = false;
         let result = self.write_queued(&mut queue);
-        if queue.frames.is_empty() && queue.frames.capacity() > IDLE_SLOTS {
+        if queue.frames.is_empty() && queue.frames.capacity() > KEPT_SLOTS {
             queue.frames = VecDeque::new();
         }
         drop(queue);
@@ -382,9 +383,16 @@ impl Outbox {
         drop(queue);
         self.write_out();
         // Most connections sit idle after their welcome: they get slots
-        // again with their first broadcast, and keep those.
+        // again with their first broadcast, and keep those until they go
+        // quiet.
+        self.trim();
+    }
+
+    /// Gives the queue's slots back if nothing waits in it: called at every
+    /// heartbeat, so a connection that went quiet holds none.
+    pub fn trim(&self) {
         let mut queue = self.lock();
-        if queue.frames.is_empty() {
+        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
             queue.frames = VecDeque::new();
         }
     }
@@ -454,5 +462,47 @@ impl Outbox {
         let frames = self.lock().frames.drain(..).collect();
         self.tell_room();
         frames
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(outbox: &Outbox) -> usize {
+        outbox.lock().frames.capacity()
+    }
+
+    #[test]
+    fn a_busy_queue_keeps_its_slots_until_trimmed() {
+        let outbox = Outbox::new(None, 1024);
+        outbox.release(Bytes::from_static(b"welcome"));
+        outbox.take_queued();
+        outbox.trim();
+        assert_eq!(slots(&outbox), 0);
+        for _ in 0..2 {
+            {
+                let _batch = Batch::start();
+                for _ in 0..20 {
+                    outbox.push(&Bytes::from_static(b"frame"));
+                }
+            }
+            assert_eq!(outbox.take_queued().len(), 20);
+            assert_eq!(outbox.flush(), Flush::Done);
+        }
+        let kept = slots(&outbox);
+        assert!((20..=KEPT_SLOTS).contains(&kept), "{kept} slots");
+        outbox.trim();
+        assert_eq!(slots(&outbox), 0);
+        // A large burst does not stay allocated even before a trim.
+        {
+            let _batch = Batch::start();
+            for _ in 0..(KEPT_SLOTS * 4) {
+                outbox.push(&Bytes::from_static(b"frame"));
+            }
+        }
+        assert_eq!(outbox.take_queued().len(), KEPT_SLOTS * 4);
+        outbox.flush();
+        assert_eq!(slots(&outbox), 0);
     }
 }

@@ -393,6 +393,7 @@ impl Session {
                     }
                     if deadlines.heartbeat <= now {
                         connection.deliver(&frame::ping());
+                        connection.outbox.trim();
                         deadlines.heartbeat = later(now, config.heartbeat_interval);
                     }
                     clock.as_mut().reset(deadlines.next());

@@ -17,7 +17,7 @@ use roomcast::config::ServeArgs;
 use serde_json::{Value, json};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{Client, TestServer, args, join, user_with_recv_buffer};
+use support::{Client, TestServer, alice_and_bob_in, args, join, user_with_recv_buffer};
 
 /// What the fake provider saw.
 #[derive(Default)]
@@ -169,11 +169,7 @@ async fn server_with(model: &str, base_url: &str) -> TestServer {
 async fn an_answer_streams_to_the_requester_and_lands_in_the_room() {
     let (url, seen) = fake_provider().await;
     let server = server_with("normal", &url).await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    join(&mut alice, "dev").await;
-    join(&mut bob, "dev").await;
-    alice.assert_alive().await;
+    let (mut alice, mut bob) = alice_and_bob_in(&server, "dev").await;
     alice
         .send(json!({"type": "chat_message", "room": "dev", "content": "we ship on friday"}))
         .await;
@@ -603,11 +599,7 @@ async fn a_slow_stream_arrives_piece_by_piece_while_the_session_goes_on() {
     let mut settings = ai_args("trickle", &url);
     settings.ai_timeout_ms = Some(10_000);
     let server = TestServer::with(settings).await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    join(&mut alice, "dev").await;
-    join(&mut bob, "dev").await;
-    alice.assert_alive().await;
+    let (mut alice, mut bob) = alice_and_bob_in(&server, "dev").await;
     bob.assert_alive().await;
     alice
         .send(json!({"type": "ai_request", "prompt": "count slowly", "ref": "slow"}))

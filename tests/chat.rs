@@ -5,7 +5,7 @@
 mod support;
 
 use serde_json::{Value, json};
-use support::{TestServer, join};
+use support::{TestServer, alice_and_bob_in, join};
 
 #[tokio::test]
 async fn a_room_message_reaches_every_member_and_nobody_else() {
@@ -137,14 +137,41 @@ async fn forged_identity_fields_are_ignored() {
     );
 }
 
+/// Protocol rule 4 with a reply: a retried reply is acknowledged again with
+/// the stored id, and not broadcast again.
+#[tokio::test]
+async fn a_retried_reply_is_acknowledged_again_and_not_broadcast() {
+    let server = TestServer::start().await;
+    let (mut alice, mut bob) = alice_and_bob_in(&server, "dev").await;
+    alice
+        .send(json!({"type": "chat_message", "room": "dev", "content": "question"}))
+        .await;
+    let question = alice.recv_type("message_ack").await["message_id"].clone();
+    alice.recv_type("chat_message").await;
+    bob.recv_type("chat_message").await;
+
+    let reply = json!({"type": "chat_message", "room": "dev", "content": "answer",
+        "reply_to": question, "client_msg_id": "r-1"});
+    alice.send(reply.clone()).await;
+    let first = alice.recv().await;
+    assert_eq!(first["type"], "message_ack", "{first}");
+    alice.recv_type("chat_message").await;
+    assert_eq!(
+        bob.recv_type("chat_message").await["message"]["reply_to"],
+        question
+    );
+    alice.send(reply).await;
+    let again = alice.recv().await;
+    assert_eq!(again["type"], "message_ack", "{again}");
+    assert_eq!(again["message_id"], first["message_id"]);
+    alice.expect_silence().await;
+    bob.expect_silence().await;
+}
+
 #[tokio::test]
 async fn a_retried_client_msg_id_is_stored_once_and_acknowledged_again() {
     let server = TestServer::start().await;
-    let mut alice = server.user("alice").await;
-    let mut bob = server.user("bob").await;
-    join(&mut alice, "dev").await;
-    join(&mut bob, "dev").await;
-    alice.assert_alive().await;
+    let (mut alice, mut bob) = alice_and_bob_in(&server, "dev").await;
 
     let send =
         json!({"type": "chat_message", "room": "dev", "content": "once", "client_msg_id": "abc-1"});

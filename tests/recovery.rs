@@ -188,3 +188,36 @@ async fn retention_runs_in_the_background() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+on_every_backend!(
+    global_history_pages_over_the_websocket,
+    check_global_history
+);
+/// Protocol rule 3 (paging) on `global`, whose newest page the embedded store
+/// answers from memory: the newest `limit` messages with an exact `has_more`,
+/// the same page in a new connection's welcome, and paging on from there.
+async fn check_global_history(server: TestServer) {
+    let mut alice = server.user("alice").await;
+    let sent = send_all(&mut alice, "global", 6).await;
+    alice
+        .send(json!({"type": "history", "room": "global", "limit": 4}))
+        .await;
+    let page = alice.recv_type("history").await;
+    assert_eq!(page["room"], "global");
+    assert_eq!(ids(&page["messages"]), sent[2..]);
+    assert_eq!(page["has_more"], true);
+    alice
+        .send(json!({"type": "history", "room": "global", "limit": 200}))
+        .await;
+    let page = alice.recv_type("history").await;
+    assert_eq!(ids(&page["messages"]), sent);
+    assert_eq!(page["has_more"], false);
+    alice
+        .send(json!({"type": "history", "room": "global", "before_id": sent[2], "limit": 4}))
+        .await;
+    let page = alice.recv_type("history").await;
+    assert_eq!(ids(&page["messages"]), sent[..2]);
+    assert_eq!(page["has_more"], false);
+    let bob = server.user("bob").await;
+    assert_eq!(ids(&bob.welcome["recent_messages"]), sent);
+}

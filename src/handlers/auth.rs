@@ -29,7 +29,7 @@ pub async fn authenticate(
                 Err(LoginError::BadCredentials) => {
                     return Err(HandlerError::AuthFailed(AuthError::BadCredentials));
                 }
-                Err(LoginError::Store(err)) => return Err(HandlerError::Store(err)),
+                Err(LoginError::Store(err)) => return Err(HandlerError::from(err)),
             }
         }
         _ => return Err(HandlerError::AuthFailed(AuthError::BadCredentials)),

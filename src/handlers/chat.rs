@@ -70,7 +70,7 @@ pub fn send(
                 Err(err) => report(
                     &app,
                     &connection,
-                    &HandlerError::Store(err),
+                    &HandlerError::from(err),
                     reference.as_deref(),
                 ),
             }

@@ -53,7 +53,18 @@ pub enum HandlerError {
     #[error("too many requests: retry in {} ms", .0.as_millis())]
     RateLimited(std::time::Duration),
     #[error("storage failed: {0}")]
-    Store(#[from] StoreError),
+    Store(StoreError),
+}
+
+impl From<StoreError> for HandlerError {
+    /// A missing reply target is the client's mistake, said in its own
+    /// words; every other store error is a failure of ours.
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::ReplyToNotFound => HandlerError::NotFound(err.to_string()),
+            err => HandlerError::Store(err),
+        }
+    }
 }
 
 impl HandlerError {
@@ -69,7 +80,6 @@ impl HandlerError {
             HandlerError::FileTypeNotAllowed(_) => ErrorCode::FileTypeNotAllowed,
             HandlerError::AiUnavailable(_) => ErrorCode::AiUnavailable,
             HandlerError::RateLimited(_) => ErrorCode::RateLimited,
-            HandlerError::Store(StoreError::ReplyToNotFound) => ErrorCode::NotFound,
             HandlerError::Store(_) => ErrorCode::InternalError,
         }
     }
@@ -87,14 +97,11 @@ impl HandlerError {
     /// The text the client sees. Internal failures say only that they
     /// happened; the details go to the log.
     pub fn client_message(&self) -> String {
-        match (self.code(), self) {
-            (ErrorCode::InternalError, _) => {
+        match self.code() {
+            ErrorCode::InternalError => {
                 tracing::error!(error = %self, "internal error while handling a frame");
                 "internal error".to_owned()
             }
-            // A store error the client caused (a missing reply target): its
-            // own words, not "storage failed".
-            (_, HandlerError::Store(err)) => err.to_string(),
             _ => self.to_string(),
         }
     }

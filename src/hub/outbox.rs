@@ -98,14 +98,14 @@ impl Drop for Batch {
             Some(flusher) => flusher.enqueue(touched.drain(..)),
             None => touched.drain(..).for_each(|o| o.write_out()),
         }
-        if touched.capacity() <= KEPT_BATCH_SLOTS {
-            BATCH.with(|batch| {
-                let mut batch = batch.borrow_mut();
-                if batch.touched.is_empty() && batch.touched.capacity() < touched.capacity() {
-                    batch.touched = touched;
-                }
-            });
-        }
+        // The list goes back for the next batch, its slots kept.
+        touched.shrink_to(KEPT_BATCH_SLOTS);
+        BATCH.with(|batch| {
+            let mut batch = batch.borrow_mut();
+            // Writing out starts no batch, so nothing was listed meanwhile.
+            debug_assert!(batch.touched.is_empty() && !batch.open);
+            batch.touched = touched;
+        });
     }
 }
 
@@ -392,7 +392,7 @@ impl Outbox {
     /// heartbeat, so a connection that went quiet holds none.
     pub fn trim(&self) {
         let mut queue = self.lock();
-        if queue.frames.is_empty() && queue.frames.capacity() > 0 {
+        if queue.frames.is_empty() {
             queue.frames = VecDeque::new();
         }
     }

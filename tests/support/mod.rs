@@ -311,6 +311,17 @@ pub async fn join(client: &mut Client, room: &str) -> Value {
     joined
 }
 
+/// `alice` and `bob`, both in `room`, with the announcements of their
+/// arrival already read.
+pub async fn alice_and_bob_in(server: &TestServer, room: &str) -> (Client, Client) {
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    join(&mut alice, room).await;
+    join(&mut bob, room).await;
+    alice.assert_alive().await;
+    (alice, bob)
+}
+
 /// Connects as `sub` with a tiny socket receive buffer and reads only the
 /// welcome: a client that will fall behind as soon as traffic flows.
 pub async fn slow_user(server: &TestServer, sub: &str) -> Client {

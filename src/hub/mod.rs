@@ -18,7 +18,7 @@ mod room;
 mod stats;
 
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
-pub use outbox::{Batch, Flush, Flusher, Outbox};
+pub use outbox::{Batch, Callbacks, Flush, Flusher, Outbox};
 pub use pending::PendingWrites;
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 

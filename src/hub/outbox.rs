@@ -34,13 +34,16 @@ const KEPT_BATCH_SLOTS: usize = 4096;
 thread_local! {
     /// The batch running on this thread, if any.
     static BATCH: RefCell<Running> = const {
-        RefCell::new(Running { open: false, touched: Vec::new() })
+        RefCell::new(Running { open: false, flushing: false, touched: Vec::new() })
     };
 }
 
 /// A thread's batch: whether one runs, and the outboxes it queued frames in.
 struct Running {
     open: bool,
+    /// The flusher's task is running on this thread: a batch deferred to
+    /// it is written by this thread when it ends, not in the next round.
+    flushing: bool,
     touched: Vec<Arc<Outbox>>,
 }
 
@@ -70,7 +73,12 @@ impl Batch {
     /// [`Batch::deferred`] to `flusher` if there is one, else
     /// [`Batch::start`].
     pub fn written_by(flusher: Option<&Arc<Flusher>>) -> Batch {
-        Batch::begin(flusher.filter(|flusher| flusher.is_running()).cloned())
+        let flushing = BATCH.with(|batch| batch.borrow().flushing);
+        Batch::begin(
+            flusher
+                .filter(|flusher| !flushing && flusher.is_running())
+                .cloned(),
+        )
     }
 
     fn begin(flusher: Option<Arc<Flusher>>) -> Batch {
@@ -109,12 +117,40 @@ impl Drop for Batch {
     }
 }
 
-/// Writes deferred batches: one task per hub, woken when outboxes wait.
-#[derive(Debug, Default)]
+/// A storage commit's callbacks, run by the flusher's task.
+pub type Callbacks = Box<dyn FnOnce() + Send>;
+
+/// Writes deferred batches and runs storage commits' callbacks: one task
+/// per hub, woken when work waits.
+#[derive(Default)]
 pub struct Flusher {
-    waiting: Mutex<Vec<Arc<Outbox>>>,
+    waiting: Mutex<Waiting>,
     wake: Notify,
     running: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher")
+            .field("running", &self.is_running())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct Waiting {
+    /// Outboxes with frames queued by deferred batches.
+    outboxes: Vec<Arc<Outbox>>,
+    /// Commits' callbacks, in commit order.
+    deliveries: Vec<Callbacks>,
+    /// Messages those callbacks deliver.
+    messages: usize,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.outboxes.is_empty() && self.deliveries.is_empty()
+    }
 }
 
 impl Flusher {
@@ -123,9 +159,13 @@ impl Flusher {
     }
 
     fn enqueue(&self, outboxes: impl Iterator<Item = Arc<Outbox>>) {
+        self.add(|waiting| waiting.outboxes.extend(outboxes));
+    }
+
+    fn add(&self, add: impl FnOnce(&mut Waiting)) {
         let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
         let first = waiting.is_empty();
-        waiting.extend(outboxes);
+        add(&mut waiting);
         let wake = first && !waiting.is_empty();
         drop(waiting);
         if wake {
@@ -133,11 +173,30 @@ impl Flusher {
         }
     }
 
+    /// Runs a storage commit's callbacks (acknowledgements, broadcasts) for
+    /// `messages` messages on the flusher's task, after the callbacks of
+    /// earlier commits: the thread that queues a frame is then the one that
+    /// writes it, and the storage thread goes on to the next commit. Without
+    /// a flusher (`None`, or its task not running) they run here, at once,
+    /// their frames written as one batch.
+    pub fn deliver(flusher: Option<&Arc<Flusher>>, messages: usize, callbacks: Callbacks) {
+        match flusher.filter(|flusher| flusher.is_running()) {
+            Some(flusher) => flusher.add(|waiting| {
+                waiting.deliveries.push(callbacks);
+                waiting.messages += messages;
+            }),
+            None => {
+                let _writes = Batch::start();
+                callbacks();
+            }
+        }
+    }
+
     /// Runs for as long as the server does.
     pub async fn run(&self) {
         self.running
             .store(true, std::sync::atomic::Ordering::Release);
-        let mut taken = Vec::new();
+        let mut taken = Waiting::default();
         loop {
             self.wake.notified().await;
             // Let announcements that are being made right now join this round.
@@ -146,7 +205,19 @@ impl Flusher {
                 &mut taken,
                 &mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner),
             );
-            taken.drain(..).for_each(|outbox| outbox.write_out());
+            BATCH.with(|batch| batch.borrow_mut().flushing = true);
+            {
+                // A lone message goes straight into each socket; several
+                // share one write per socket.
+                let _writes = (taken.messages > 1).then(Batch::start);
+                taken.deliveries.drain(..).for_each(|callbacks| callbacks());
+            }
+            taken.messages = 0;
+            taken
+                .outboxes
+                .drain(..)
+                .for_each(|outbox| outbox.write_out());
+            BATCH.with(|batch| batch.borrow_mut().flushing = false);
         }
     }
 }
@@ -471,6 +542,77 @@ mod tests {
 
     fn slots(outbox: &Outbox) -> usize {
         outbox.lock().frames.capacity()
+    }
+
+    fn released() -> Arc<Outbox> {
+        let outbox = Outbox::new(None, 1024);
+        outbox.release(Bytes::from_static(b"welcome"));
+        outbox.take_queued();
+        outbox
+    }
+
+    fn pushing(outbox: &Arc<Outbox>, frame: &'static [u8]) -> Callbacks {
+        let outbox = outbox.clone();
+        Box::new(move || {
+            outbox.push(&Bytes::from_static(frame));
+        })
+    }
+
+    #[test]
+    fn without_a_flusher_callbacks_run_at_once() {
+        let outbox = released();
+        Flusher::deliver(None, 1, pushing(&outbox, b"a"));
+        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"a")]);
+        // A flusher whose task does not run is no flusher.
+        let idle = Arc::new(Flusher::default());
+        Flusher::deliver(Some(&idle), 2, pushing(&outbox, b"b"));
+        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"b")]);
+    }
+
+    #[test]
+    fn commits_are_delivered_on_the_flushers_task_in_order() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let flusher = Arc::new(Flusher::default());
+        let outbox = released();
+        let (ran_on, threads) = std::sync::mpsc::channel();
+        runtime.block_on(async {
+            let task = tokio::spawn({
+                let flusher = flusher.clone();
+                async move { flusher.run().await }
+            });
+            while !flusher.is_running() {
+                tokio::task::yield_now().await;
+            }
+            let storage = std::thread::spawn({
+                let (flusher, outbox) = (flusher.clone(), outbox.clone());
+                move || {
+                    for (messages, frame) in [(1, b"1"), (3, b"2"), (1, b"3")] {
+                        let push = pushing(&outbox, frame);
+                        let ran_on = ran_on.clone();
+                        let callbacks: Callbacks = Box::new(move || {
+                            let _ = ran_on.send(std::thread::current().id());
+                            push();
+                        });
+                        Flusher::deliver(Some(&flusher), messages, callbacks);
+                    }
+                }
+            });
+            while outbox.len() < 3 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            storage.join().expect("storage thread");
+            task.abort();
+        });
+        let frames: Vec<Bytes> = outbox.take_queued();
+        assert_eq!(frames, [&b"1"[..], b"2", b"3"].map(Bytes::from_static));
+        let here = std::thread::current().id();
+        assert!(
+            threads.try_iter().all(|thread| thread == here),
+            "every callback ran on the runtime's thread, not the storage thread"
+        );
     }
 
     #[test]

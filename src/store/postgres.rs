@@ -15,7 +15,7 @@ use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
     NewRoom, Page, Retention, RoomRecord, StoreError,
 };
-use crate::hub::{Batch, Flusher};
+use crate::hub::{Callbacks, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -419,24 +419,28 @@ async fn write_loop(
             }
             let outcome = commit(&mut client, &batch).await;
             batch.clear();
-            match outcome {
-                Ok(results) => {
-                    // The broadcasts of the whole batch reach each socket in
-                    // one write (no await while the batch is open), made by
-                    // the hub's flusher while this task goes on.
-                    let _writes = Batch::written_by(flusher.as_ref());
-                    for (on_commit, result) in callbacks.drain(..).zip(results) {
+            let messages = callbacks.len();
+            let callbacks = std::mem::take(&mut callbacks);
+            let run: Callbacks = match outcome {
+                // The callbacks run on the hub's flusher while this task
+                // goes on; a commit's broadcasts reach each socket in one
+                // write.
+                Ok(results) => Box::new(move || {
+                    for (on_commit, result) in callbacks.into_iter().zip(results) {
                         on_commit(result);
                     }
-                }
+                }),
                 Err(err) => {
-                    tracing::error!(error = %err, messages = callbacks.len(), "commit of a message batch failed");
+                    tracing::error!(error = %err, messages, "commit of a message batch failed");
                     let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-                    for on_commit in callbacks.drain(..) {
-                        on_commit(Err(StoreError::Commit(err.clone())));
-                    }
+                    Box::new(move || {
+                        for on_commit in callbacks {
+                            on_commit(Err(StoreError::Commit(err.clone())));
+                        }
+                    })
                 }
-            }
+            };
+            Flusher::deliver(flusher.as_ref(), messages, run);
         }
         for done in flushes.drain(..) {
             // The caller may have stopped waiting; the flush is done anyway.

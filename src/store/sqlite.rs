@@ -19,7 +19,7 @@ use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
     NewRoom, Page, Retention, RoomRecord, StoreError,
 };
-use crate::hub::{Batch, Flusher};
+use crate::hub::{Callbacks, Flusher};
 use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
@@ -388,10 +388,9 @@ fn work(mut connection: Connection, queue: mpsc::Receiver<Command>, newest_globa
     }
 }
 
-/// Writes the batch in one transaction, then runs the callbacks in order.
-/// Their frames go out in one write per socket: from the flusher's task when
-/// there is one (this thread goes on to the next commit meanwhile), else
-/// from this thread.
+/// Writes the batch in one transaction, then has the callbacks run in
+/// order: on the flusher's task when there is one (this thread goes on to
+/// the next commit meanwhile), else here.
 fn commit(
     connection: &mut Connection,
     batch: &mut Vec<(Box<NewMessage>, CommitCallback)>,
@@ -402,28 +401,33 @@ fn commit(
         return;
     }
     let batch = std::mem::take(batch);
-    match insert_all(connection, &batch) {
+    let messages = batch.len();
+    let callbacks: Callbacks = match insert_all(connection, &batch) {
         Ok(results) => {
             results
                 .iter()
                 .flatten()
                 .filter(|appended| !appended.duplicate && &*appended.message.room == GLOBAL_ROOM)
                 .for_each(|appended| newest_global.push(&appended.message));
-            newest_global.settled(batch.len());
-            let _writes = Batch::written_by(flusher);
-            for ((_, on_commit), result) in batch.into_iter().zip(results) {
-                on_commit(result);
-            }
+            newest_global.settled(messages);
+            Box::new(move || {
+                for ((_, on_commit), result) in batch.into_iter().zip(results) {
+                    on_commit(result);
+                }
+            })
         }
         Err(err) => {
-            tracing::error!(error = %err, messages = batch.len(), "commit of a message batch failed");
+            tracing::error!(error = %err, messages, "commit of a message batch failed");
             let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-            newest_global.settled(batch.len());
-            for (_, on_commit) in batch {
-                on_commit(Err(StoreError::Commit(err.clone())));
-            }
+            newest_global.settled(messages);
+            Box::new(move || {
+                for (_, on_commit) in batch {
+                    on_commit(Err(StoreError::Commit(err.clone())));
+                }
+            })
         }
-    }
+    };
+    Flusher::deliver(flusher, messages, callbacks);
 }
 
 fn insert_all(

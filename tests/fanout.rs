@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{TestServer, args, join, slow_user};
+use support::{TestServer, args, join, slow_user, user_with_recv_buffer};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_consumer_is_closed_with_4002_and_others_lose_nothing() {
@@ -62,4 +62,55 @@ async fn a_slow_consumer_is_closed_with_4002_and_others_lose_nothing() {
         .await;
     assert_eq!(stats["slow_consumer_disconnects"], 1);
     reader.assert_alive().await;
+}
+
+/// A reader that stops reading fills its socket: the frame the socket takes
+/// only in part is finished later, and everything after it waits in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_reader_gets_every_frame_whole_and_in_order() {
+    let mut settings = args();
+    settings.rate_limit_messages = Some(0);
+    let server = TestServer::with(settings).await;
+    let mut sender = server.user("sender").await;
+    let mut paused = user_with_recv_buffer(&server, "paused", 4096).await;
+    join(&mut sender, "pile").await;
+    join(&mut paused, "pile").await;
+    // More than the socket's buffers hold (the kernel's send buffer grows
+    // to 4 MiB here), in odd sizes, so that it fills in the middle of one.
+    const MESSAGES: usize = 1500;
+    let mut sent = Vec::with_capacity(MESSAGES);
+    let mut acked = Vec::with_capacity(MESSAGES);
+    for n in 0..MESSAGES {
+        let content = format!("{n}:{}", "y".repeat(3000 + n * 7 % 900));
+        sender
+            .send(json!({"type": "chat_message", "room": "pile", "content": content}))
+            .await;
+        sent.push(content);
+        loop {
+            let frame = sender.recv().await;
+            if frame["type"] == "message_ack" {
+                acked.push(frame["message_id"].as_i64().expect("id"));
+                break;
+            }
+        }
+    }
+    // Everything is stored and acknowledged; far more than the paused
+    // socket's buffers hold is waiting for it.
+    let mut received = Vec::with_capacity(MESSAGES);
+    let mut ids = Vec::with_capacity(MESSAGES);
+    while received.len() < MESSAGES {
+        let frame = paused.recv().await;
+        if frame["type"] == "chat_message" {
+            ids.push(frame["message"]["id"].as_i64().expect("id"));
+            received.push(
+                frame["message"]["content"]
+                    .as_str()
+                    .expect("content")
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(ids, acked, "every message, in order");
+    assert_eq!(received, sent, "every frame whole");
+    paused.assert_alive().await;
 }

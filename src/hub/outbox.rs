@@ -222,6 +222,24 @@ impl Flusher {
     }
 }
 
+/// How many bytes a write put into the socket, or why it stopped: the
+/// socket is full ([`Flush::Blocked`]) or failed ([`Flush::Failed`], and
+/// the queue accepts nothing more).
+fn accepted(result: std::io::Result<usize>, queue: &mut Queue) -> Result<usize, Flush> {
+    match result {
+        Ok(0) => {
+            queue.closed = true;
+            Err(Flush::Failed)
+        }
+        Ok(written) => Ok(written),
+        Err(err) if err.kind() == ErrorKind::WouldBlock => Err(Flush::Blocked),
+        Err(_) => {
+            queue.closed = true;
+            Err(Flush::Failed)
+        }
+    }
+}
+
 /// What [`Outbox::push`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -336,13 +354,33 @@ impl Outbox {
         if batched {
             return Push::Queued;
         }
-        let was_empty = queue.frames.is_empty();
-        queue.frames.push_back(frame.clone());
-        if !was_empty {
+        if !queue.frames.is_empty() {
             // The session already knows about the frames before this one.
+            queue.frames.push_back(frame.clone());
             return Push::Queued;
         }
-        match self.write_queued(&mut queue) {
+        let flush = match &self.stream {
+            // Nothing waits: straight into the socket, and only what it
+            // does not take is queued.
+            Some(stream) => match accepted(stream.try_write(frame), &mut queue) {
+                Ok(written) if written == frame.len() => Flush::Done,
+                Ok(written) => {
+                    queue.frames.push_back(frame.clone());
+                    queue.written = written;
+                    Flush::Blocked
+                }
+                Err(Flush::Blocked) => {
+                    queue.frames.push_back(frame.clone());
+                    Flush::Blocked
+                }
+                Err(failed) => failed,
+            },
+            None => {
+                queue.frames.push_back(frame.clone());
+                Flush::Blocked
+            }
+        };
+        match flush {
             Flush::Done => Push::Queued,
             Flush::Blocked => {
                 drop(queue);
@@ -408,28 +446,19 @@ impl Outbox {
                 let count = queue.frames.len().min(MAX_IOVECS);
                 stream.try_write_vectored(&slices[..count])
             };
-            match result {
-                Ok(0) => {
-                    queue.closed = true;
-                    return Flush::Failed;
+            let mut written = match accepted(result, queue) {
+                Ok(written) => written,
+                Err(stop) => return stop,
+            };
+            while let Some(first) = queue.frames.front() {
+                let left = first.len() - queue.written;
+                if written < left {
+                    queue.written += written;
+                    break;
                 }
-                Ok(mut written) => {
-                    while let Some(first) = queue.frames.front() {
-                        let left = first.len() - queue.written;
-                        if written < left {
-                            queue.written += written;
-                            break;
-                        }
-                        written -= left;
-                        queue.written = 0;
-                        queue.frames.pop_front();
-                    }
-                }
-                Err(err) if err.kind() == ErrorKind::WouldBlock => return Flush::Blocked,
-                Err(_) => {
-                    queue.closed = true;
-                    return Flush::Failed;
-                }
+                written -= left;
+                queue.written = 0;
+                queue.frames.pop_front();
             }
         }
         Flush::Done

@@ -76,6 +76,18 @@ pub enum Delivery {
     Closed,
 }
 
+/// Queues a frame; `None` if the outbox is full (nothing else happens).
+fn push_unless_full(outbox: &Arc<Outbox>, frame: &Bytes) -> Option<Delivery> {
+    if outbox.is_refusing() {
+        return Some(Delivery::Closed);
+    }
+    match outbox.push(frame) {
+        Push::Queued => Some(Delivery::Queued),
+        Push::Full => None,
+        Push::Closed => Some(Delivery::Closed),
+    }
+}
+
 /// A connection registered with the hub.
 pub struct Connection {
     /// Unique across the deployment: node prefix plus a counter.
@@ -149,8 +161,15 @@ impl Connection {
 
     /// Queues a frame without waiting. A full outbox closes the connection.
     pub fn deliver(&self, frame: &Bytes) -> Delivery {
-        self.deliver_unless_full(frame)
-            .unwrap_or_else(|| self.overflowed())
+        self.deliver_through(&self.outbox, frame)
+    }
+
+    /// [`Connection::deliver`] through `outbox`, this connection's outbox
+    /// held by the caller: a broadcast reads the connection itself only
+    /// when the outbox is full.
+    pub(super) fn deliver_through(&self, outbox: &Arc<Outbox>, frame: &Bytes) -> Delivery {
+        debug_assert!(Arc::ptr_eq(outbox, &self.outbox));
+        push_unless_full(outbox, frame).unwrap_or_else(|| self.overflowed())
     }
 
     fn overflowed(&self) -> Delivery {
@@ -171,7 +190,7 @@ impl Connection {
                 tokio::pin!(room);
                 // Registered before trying, so a flush in between is not missed.
                 room.as_mut().enable();
-                match self.deliver_unless_full(frame) {
+                match push_unless_full(&self.outbox, frame) {
                     Some(delivery) => return delivery,
                     None => room.await,
                 }
@@ -183,18 +202,6 @@ impl Connection {
         }
     }
 
-    /// Queues a frame; `None` if the outbox is full (nothing else happens).
-    fn deliver_unless_full(&self, frame: &Bytes) -> Option<Delivery> {
-        if self.close_code.load(Ordering::Relaxed) != 0 {
-            return Some(Delivery::Closed);
-        }
-        match self.outbox.push(frame) {
-            Push::Queued => Some(Delivery::Queued),
-            Push::Full => None,
-            Push::Closed => Some(Delivery::Closed),
-        }
-    }
-
     /// Asks the session to close the socket with `reason`. Returns whether
     /// this call was the one that started the close.
     pub fn close(&self, reason: CloseReason) -> bool {
@@ -203,6 +210,7 @@ impl Connection {
             .compare_exchange(0, reason.code, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if started {
+            self.outbox.refuse();
             self.close_signal.notify_waiters();
             self.outbox.ring();
         }

@@ -507,20 +507,27 @@ impl Hub {
         let started = Instant::now();
         let mut queued = 0;
         let mut overflowed = 0;
-        let mut deliver = |connection: &Connection| {
-            if except == Some(&*connection.id) {
-                return;
-            }
-            match connection.deliver(&frame.bytes) {
-                Delivery::Queued => queued += 1,
-                Delivery::Overflowed => overflowed += 1,
-                Delivery::Closed => {}
-            }
+        let mut count = |delivery| match delivery {
+            Delivery::Queued => queued += 1,
+            Delivery::Overflowed => overflowed += 1,
+            Delivery::Closed => {}
         };
+        let excepted = |connection: &Connection| except.is_some_and(|id| *connection.id == *id);
         match audience {
             Audience::Room(room) => {
                 if let Some(live) = self.live_room(room) {
-                    live.read().connections.iter().for_each(|c| deliver(c));
+                    let members = live.read();
+                    // Every outbox is read once before any socket is
+                    // written: their cache misses overlap, where each would
+                    // otherwise stall the write it comes before.
+                    std::hint::black_box(
+                        members.outboxes.iter().filter(|o| o.is_refusing()).count(),
+                    );
+                    for (connection, outbox) in members.connections.iter().zip(&members.outboxes) {
+                        if !excepted(connection) {
+                            count(connection.deliver_through(outbox, &frame.bytes));
+                        }
+                    }
                 }
             }
             Audience::Everyone => {
@@ -529,8 +536,8 @@ impl Hub {
                     let shard = shard.read().unwrap_or_else(PoisonError::into_inner);
                     shard
                         .values()
-                        .filter(|c| c.is_announced())
-                        .for_each(|c| deliver(c));
+                        .filter(|c| c.is_announced() && !excepted(c))
+                        .for_each(|c| count(c.deliver(&frame.bytes)));
                 }
             }
         }
@@ -628,6 +635,37 @@ mod tests {
         let page: Vec<&str> = page.iter().map(|u| &*u.username).collect();
         assert_eq!(page, ["Zed", "alice"]);
         assert_eq!(total, 4);
+    }
+
+    #[test]
+    fn a_room_broadcast_skips_the_excepted_and_the_closing() {
+        let hub = Hub::new(16);
+        let slow = hub.register(addr(), None, None);
+        let fast = hub.register(addr(), None, None);
+        hub.set_identity(&slow, identity("u1", "slow"));
+        hub.set_identity(&fast, identity("u2", "fast"));
+        hub.join_room(&slow, "dev");
+        hub.join_room(&fast, "dev");
+        let frame = OutFrame {
+            kind: ServerType::ChatMessage,
+            bytes: crate::wire::frame::text("{}"),
+        };
+        let room = Audience::Room("dev".into());
+        assert_eq!(hub.broadcast(&room, &frame, Some(&*fast.id)), 1);
+        assert_eq!(
+            fast.outbox.take_queued().len(),
+            0,
+            "the excepted got nothing"
+        );
+        slow.close(CloseReason::IDLE);
+        let queued = slow.outbox.len();
+        assert_eq!(hub.broadcast(&room, &frame, None), 1, "only the open one");
+        assert_eq!(
+            slow.outbox.len(),
+            queued,
+            "a closing connection takes nothing more"
+        );
+        assert_eq!(fast.outbox.take_queued().len(), 1);
     }
 
     #[test]

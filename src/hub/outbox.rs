@@ -262,25 +262,31 @@ pub enum Flush {
     Failed,
 }
 
+/// The fields every delivery reads come first, next to each other: a
+/// broadcast to many sockets finds each outbox in as few cache lines as
+/// possible.
 #[derive(Debug)]
+#[repr(C)]
 pub struct Outbox {
+    /// The connection is closing: no frame is accepted any more.
+    refusing: AtomicBool,
+    capacity: usize,
+    queue: Mutex<Queue>,
     /// `None` for an outbox that only queues (tests, tools). The session
     /// reads from it too, through [`Outbox::stream`].
     stream: Option<Stream>,
-    capacity: usize,
-    queue: Mutex<Queue>,
     /// Frames wait for the socket to become writable; the session task
     /// takes this flag when its bell rings.
     backlog: AtomicBool,
+    /// A patient sender waits on `room`: only then does a flush notify it
+    /// (the notification takes a lock, once per delivery otherwise).
+    room_wanted: AtomicBool,
     /// The session task's one wake-up: rung when frames wait for the
     /// socket, when a close is requested, when a pending write finishes.
     /// One signal keeps one small future in every idle task, not three.
     bell: Notify,
     /// Tells patient senders that the queue has room again.
     room: Notify,
-    /// A patient sender waits on `room`: only then does a flush notify it
-    /// (the notification takes a lock, once per delivery otherwise).
-    room_wanted: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -304,6 +310,7 @@ impl Outbox {
     /// An outbox writing to `stream`, holding frames until [`Outbox::release`].
     pub fn new(stream: Option<Stream>, capacity: usize) -> Arc<Outbox> {
         Arc::new(Outbox {
+            refusing: AtomicBool::new(false),
             stream,
             capacity,
             queue: Mutex::new(Queue {
@@ -315,6 +322,17 @@ impl Outbox {
             room: Notify::new(),
             room_wanted: AtomicBool::new(false),
         })
+    }
+
+    /// Accepts no frame from now on (the connection is closing); what is
+    /// queued stays, for the session to write or drop.
+    pub fn refuse(&self) {
+        self.refusing.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Outbox::refuse`] was called.
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
     }
 
     /// The socket this outbox writes to.

@@ -1,6 +1,7 @@
 //! One room's live membership: the connections in it (for fan-out) and the
 //! distinct users behind them (for `members`, presence and room stats).
 
+use super::Outbox;
 use super::connection::Connection;
 use crate::protocol::User;
 use std::collections::BTreeMap;
@@ -35,12 +36,16 @@ pub(super) struct Members {
     /// Fan-out list. A `Vec` because broadcast iterates it far more often
     /// than joins and leaves change it.
     pub(super) connections: Vec<Arc<Connection>>,
+    /// Their outboxes, at the same positions: a broadcast goes through
+    /// these and reads a connection only when its outbox is full.
+    pub(super) outboxes: Vec<Arc<Outbox>>,
     users: BTreeMap<MemberKey, Member>,
 }
 
 impl Members {
     /// Adds a connection; returns whether it is the user's first in the room.
     pub(super) fn add(&mut self, connection: Arc<Connection>, user: &User) -> bool {
+        self.outboxes.push(connection.outbox.clone());
         self.connections.push(connection);
         let member = self
             .users
@@ -64,6 +69,7 @@ impl Members {
             return false;
         };
         self.connections.swap_remove(position);
+        self.outboxes.swap_remove(position);
         let key = MemberKey::of(user);
         match self.users.get_mut(&key) {
             Some(member) if member.connections > 1 => {

@@ -163,7 +163,7 @@ impl Flusher {
     }
 
     fn add(&self, add: impl FnOnce(&mut Waiting)) {
-        let mut waiting = self.waiting.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut waiting = self.waiting();
         let first = waiting.is_empty();
         add(&mut waiting);
         let wake = first && !waiting.is_empty();
@@ -192,19 +192,26 @@ impl Flusher {
         }
     }
 
+    fn waiting(&self) -> MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Runs for as long as the server does.
     pub async fn run(&self) {
         self.running
             .store(true, std::sync::atomic::Ordering::Release);
+        // Should the task end (a callback panicking), commits are delivered
+        // by the storage threads again instead of waiting for it forever.
+        let _stopped = Stopped(self);
         let mut taken = Waiting::default();
         loop {
             self.wake.notified().await;
-            // Let announcements that are being made right now join this round.
-            tokio::task::yield_now().await;
-            std::mem::swap(
-                &mut taken,
-                &mut *self.waiting.lock().unwrap_or_else(PoisonError::into_inner),
-            );
+            // Let announcements that are being made right now join this
+            // round; commits' callbacks go at once.
+            if !self.waiting().outboxes.is_empty() {
+                tokio::task::yield_now().await;
+            }
+            std::mem::swap(&mut taken, &mut *self.waiting());
             BATCH.with(|batch| batch.borrow_mut().flushing = true);
             {
                 // A lone message goes straight into each socket; several
@@ -237,6 +244,22 @@ fn accepted(result: std::io::Result<usize>, queue: &mut Queue) -> Result<usize, 
             queue.closed = true;
             Err(Flush::Failed)
         }
+    }
+}
+
+/// Marks a flusher as stopped when its task ends, however it ends.
+struct Stopped<'a>(&'a Flusher);
+
+impl Drop for Stopped<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .store(false, std::sync::atomic::Ordering::Release);
+        let _ = BATCH.try_with(|batch| {
+            if let Ok(mut batch) = batch.try_borrow_mut() {
+                batch.flushing = false;
+            }
+        });
     }
 }
 
@@ -652,9 +675,13 @@ mod tests {
             }
             storage.join().expect("storage thread");
             task.abort();
+            let _ = task.await;
         });
         let frames: Vec<Bytes> = outbox.take_queued();
         assert_eq!(frames, [&b"1"[..], b"2", b"3"].map(Bytes::from_static));
+        // Its task gone, the flusher no longer takes callbacks to run later.
+        Flusher::deliver(Some(&flusher), 1, pushing(&outbox, b"4"));
+        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"4")]);
         let here = std::thread::current().id();
         assert!(
             threads.try_iter().all(|thread| thread == here),

@@ -321,3 +321,53 @@ async fn an_unauthenticated_connection_cannot_chat() {
     alice.expect_silence().await;
     guest.assert_alive().await;
 }
+
+/// Two senders bursting into `global` at once: every connection gets every
+/// acknowledged message once, in id order (the order they were stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_global_bursts_arrive_everywhere_in_id_order() {
+    let mut settings = support::args();
+    settings.rate_limit_messages = Some(0);
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut carol = server.user("carol").await;
+    for client in [&mut alice, &mut bob, &mut carol] {
+        client.assert_alive().await;
+    }
+    const EACH: usize = 150;
+    let burst = |mut client: support::Client, name: &'static str| {
+        tokio::spawn(async move {
+            for n in 0..EACH {
+                client
+                    .send(json!({"type": "chat_message", "content": format!("{name} {n}")}))
+                    .await;
+            }
+            let (mut acked, mut seen) = (Vec::new(), Vec::new());
+            while acked.len() < EACH || seen.len() < 2 * EACH {
+                let frame = client.recv().await;
+                match frame["type"].as_str() {
+                    Some("message_ack") => acked.push(frame["message_id"].as_i64().expect("id")),
+                    Some("chat_message") => seen.push(frame["message"]["id"].as_i64().expect("id")),
+                    _ => {}
+                }
+            }
+            (client, acked, seen)
+        })
+    };
+    let alice = burst(alice, "alice");
+    let bob = burst(bob, "bob");
+    let mut received = Vec::with_capacity(2 * EACH);
+    while received.len() < 2 * EACH {
+        let frame = carol.recv_type("chat_message").await;
+        received.push(frame["message"]["id"].as_i64().expect("id"));
+    }
+    let (_alice, alice_acked, alice_seen) = alice.await.expect("alice");
+    let (_bob, bob_acked, bob_seen) = bob.await.expect("bob");
+    let mut all: Vec<i64> = alice_acked.into_iter().chain(bob_acked).collect();
+    all.sort_unstable();
+    assert_eq!(received, all, "carol got every message once, in id order");
+    assert_eq!(alice_seen, all, "so did alice");
+    assert_eq!(bob_seen, all, "so did bob");
+    carol.expect_silence().await;
+}

@@ -637,19 +637,26 @@ mod tests {
         assert_eq!(total, 4);
     }
 
-    #[test]
-    fn a_room_broadcast_skips_the_excepted_and_the_closing() {
+    /// A hub with outboxes of 16 frames, two logged-in connections that
+    /// nobody drains, and a frame to broadcast.
+    fn slow_and_fast() -> (Hub, Arc<Connection>, Arc<Connection>, OutFrame) {
         let hub = Hub::new(16);
         let slow = hub.register(addr(), None, None);
         let fast = hub.register(addr(), None, None);
         hub.set_identity(&slow, identity("u1", "slow"));
         hub.set_identity(&fast, identity("u2", "fast"));
-        hub.join_room(&slow, "dev");
-        hub.join_room(&fast, "dev");
         let frame = OutFrame {
             kind: ServerType::ChatMessage,
             bytes: crate::wire::frame::text("{}"),
         };
+        (hub, slow, fast, frame)
+    }
+
+    #[test]
+    fn a_room_broadcast_skips_the_excepted_and_the_closing() {
+        let (hub, slow, fast, frame) = slow_and_fast();
+        hub.join_room(&slow, "dev");
+        hub.join_room(&fast, "dev");
         let room = Audience::Room("dev".into());
         assert_eq!(hub.broadcast(&room, &frame, Some(&*fast.id)), 1);
         assert_eq!(
@@ -670,15 +677,7 @@ mod tests {
 
     #[test]
     fn a_full_outbox_closes_only_that_connection() {
-        let hub = Hub::new(16);
-        let slow = hub.register(addr(), None, None);
-        let fast = hub.register(addr(), None, None);
-        hub.set_identity(&slow, identity("u1", "slow"));
-        hub.set_identity(&fast, identity("u2", "fast"));
-        let frame = OutFrame {
-            kind: ServerType::ChatMessage,
-            bytes: crate::wire::frame::text("{}"),
-        };
+        let (hub, slow, fast, frame) = slow_and_fast();
         for _ in 0..17 {
             hub.broadcast(&Audience::Everyone, &frame, None);
             fast.outbox.take_queued();

@@ -400,26 +400,23 @@ impl Outbox {
             queue.frames.push_back(frame.clone());
             return Push::Queued;
         }
-        let flush = match &self.stream {
-            // Nothing waits: straight into the socket, and only what it
-            // does not take is queued.
+        // Nothing waits: straight into the socket, and only what it does
+        // not take is queued.
+        let written = match &self.stream {
             Some(stream) => match accepted(stream.try_write(frame), &mut queue) {
-                Ok(written) if written == frame.len() => Flush::Done,
-                Ok(written) => {
-                    queue.frames.push_back(frame.clone());
-                    queue.written = written;
-                    Flush::Blocked
-                }
-                Err(Flush::Blocked) => {
-                    queue.frames.push_back(frame.clone());
-                    Flush::Blocked
-                }
-                Err(failed) => failed,
+                Err(Flush::Blocked) => Ok(0),
+                other => other,
             },
-            None => {
+            None => Ok(0),
+        };
+        let flush = match written {
+            Ok(written) if written == frame.len() => Flush::Done,
+            Ok(written) => {
                 queue.frames.push_back(frame.clone());
+                queue.written = written;
                 Flush::Blocked
             }
+            Err(failed) => failed,
         };
         match flush {
             Flush::Done => Push::Queued,
@@ -614,10 +611,12 @@ mod tests {
         outbox.lock().frames.capacity()
     }
 
+    /// An outbox without a socket, past its welcome, holding no slots.
     fn released() -> Arc<Outbox> {
         let outbox = Outbox::new(None, 1024);
         outbox.release(Bytes::from_static(b"welcome"));
         outbox.take_queued();
+        outbox.trim();
         outbox
     }
 
@@ -691,10 +690,7 @@ mod tests {
 
     #[test]
     fn a_busy_queue_keeps_its_slots_until_trimmed() {
-        let outbox = Outbox::new(None, 1024);
-        outbox.release(Bytes::from_static(b"welcome"));
-        outbox.take_queued();
-        outbox.trim();
+        let outbox = released();
         assert_eq!(slots(&outbox), 0);
         for _ in 0..2 {
             {

@@ -23,7 +23,7 @@ pub use postgres::{HISTORY_QUERIES as POSTGRES_HISTORY_QUERIES, PostgresStore};
 pub use retention::{Retention, enforce_retention};
 pub use sqlite::{HISTORY_QUERIES as SQLITE_HISTORY_QUERIES, SqliteStore};
 
-use crate::hub::Flusher;
+use crate::hub::{Callbacks, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User};
 use std::future::Future;
 use std::pin::Pin;
@@ -34,6 +34,35 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Called once an append is durably committed (or has failed).
 pub type CommitCallback = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
+
+/// Has the callbacks of one commit run in order: each with its message's
+/// result, or all with the commit's error (logged here). They run on the
+/// hub's flusher task when it runs (see [`Flusher::deliver`]), so the
+/// storage writer goes on to its next commit meanwhile.
+fn deliver_commit<E: std::error::Error + Send + Sync + 'static>(
+    flusher: Option<&Arc<Flusher>>,
+    callbacks: Vec<CommitCallback>,
+    outcome: Result<Vec<Result<Appended, StoreError>>, E>,
+) {
+    let messages = callbacks.len();
+    let run: Callbacks = match outcome {
+        Ok(results) => Box::new(move || {
+            for (on_commit, result) in callbacks.into_iter().zip(results) {
+                on_commit(result);
+            }
+        }),
+        Err(err) => {
+            tracing::error!(error = %err, messages, "commit of a message batch failed");
+            let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
+            Box::new(move || {
+                for on_commit in callbacks {
+                    on_commit(Err(StoreError::Commit(err.clone())));
+                }
+            })
+        }
+    };
+    Flusher::deliver(flusher, messages, run);
+}
 
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]

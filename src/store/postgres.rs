@@ -13,9 +13,9 @@
 
 use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
-    NewRoom, Page, Retention, RoomRecord, StoreError,
+    NewRoom, Page, Retention, RoomRecord, StoreError, deliver_commit,
 };
-use crate::hub::{Callbacks, Flusher};
+use crate::hub::Flusher;
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -419,28 +419,7 @@ async fn write_loop(
             }
             let outcome = commit(&mut client, &batch).await;
             batch.clear();
-            let messages = callbacks.len();
-            let callbacks = std::mem::take(&mut callbacks);
-            let run: Callbacks = match outcome {
-                // The callbacks run on the hub's flusher while this task
-                // goes on; a commit's broadcasts reach each socket in one
-                // write.
-                Ok(results) => Box::new(move || {
-                    for (on_commit, result) in callbacks.into_iter().zip(results) {
-                        on_commit(result);
-                    }
-                }),
-                Err(err) => {
-                    tracing::error!(error = %err, messages, "commit of a message batch failed");
-                    let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-                    Box::new(move || {
-                        for on_commit in callbacks {
-                            on_commit(Err(StoreError::Commit(err.clone())));
-                        }
-                    })
-                }
-            };
-            Flusher::deliver(flusher.as_ref(), messages, run);
+            deliver_commit(flusher.as_ref(), std::mem::take(&mut callbacks), outcome);
         }
         for done in flushes.drain(..) {
             // The caller may have stopped waiting; the flush is done anyway.

@@ -17,9 +17,9 @@
 use super::recent::{self, NewestGlobal};
 use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
-    NewRoom, Page, Retention, RoomRecord, StoreError,
+    NewRoom, Page, Retention, RoomRecord, StoreError, deliver_commit,
 };
-use crate::hub::{Callbacks, Flusher};
+use crate::hub::Flusher;
 use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
@@ -363,15 +363,17 @@ impl MessageStore for SqliteStore {
 
 /// The writer thread: runs until every `SqliteStore` handle is dropped.
 fn work(mut connection: Connection, queue: mpsc::Receiver<Command>, newest_global: &NewestGlobal) {
-    let mut batch: Vec<(Box<NewMessage>, CommitCallback)> = Vec::new();
+    // Appends and their callbacks side by side, as one batch.
+    let mut batch = Appends::default();
     let mut flusher: Option<Arc<Flusher>> = None;
     while let Ok(first) = queue.recv() {
         let mut next = Some(first);
         while let Some(command) = next {
             match command {
                 Command::Append(message, on_commit) => {
-                    batch.push((message, on_commit));
-                    if batch.len() >= MAX_BATCH {
+                    batch.messages.push(*message);
+                    batch.callbacks.push(on_commit);
+                    if batch.messages.len() >= MAX_BATCH {
                         commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
                     }
                 }
@@ -388,58 +390,48 @@ fn work(mut connection: Connection, queue: mpsc::Receiver<Command>, newest_globa
     }
 }
 
+/// Appends waiting for the next commit.
+#[derive(Default)]
+struct Appends {
+    messages: Vec<NewMessage>,
+    callbacks: Vec<CommitCallback>,
+}
+
 /// Writes the batch in one transaction, then has the callbacks run in
 /// order: on the flusher's task when there is one (this thread goes on to
 /// the next commit meanwhile), else here.
 fn commit(
     connection: &mut Connection,
-    batch: &mut Vec<(Box<NewMessage>, CommitCallback)>,
+    batch: &mut Appends,
     flusher: Option<&Arc<Flusher>>,
     newest_global: &NewestGlobal,
 ) {
-    if batch.is_empty() {
+    if batch.messages.is_empty() {
         return;
     }
-    let batch = std::mem::take(batch);
-    let messages = batch.len();
-    let callbacks: Callbacks = match insert_all(connection, &batch) {
-        Ok(results) => {
-            results
-                .iter()
-                .flatten()
-                .filter(|appended| !appended.duplicate && &*appended.message.room == GLOBAL_ROOM)
-                .for_each(|appended| newest_global.push(&appended.message));
-            newest_global.settled(messages);
-            Box::new(move || {
-                for ((_, on_commit), result) in batch.into_iter().zip(results) {
-                    on_commit(result);
-                }
-            })
-        }
-        Err(err) => {
-            tracing::error!(error = %err, messages, "commit of a message batch failed");
-            let err: Arc<dyn std::error::Error + Send + Sync> = Arc::new(err);
-            newest_global.settled(messages);
-            Box::new(move || {
-                for (_, on_commit) in batch {
-                    on_commit(Err(StoreError::Commit(err.clone())));
-                }
-            })
-        }
-    };
-    Flusher::deliver(flusher, messages, callbacks);
+    let outcome = insert_all(connection, &batch.messages);
+    batch.messages.clear();
+    if let Ok(results) = &outcome {
+        results
+            .iter()
+            .flatten()
+            .filter(|appended| !appended.duplicate && &*appended.message.room == GLOBAL_ROOM)
+            .for_each(|appended| newest_global.push(&appended.message));
+    }
+    newest_global.settled(batch.callbacks.len());
+    deliver_commit(flusher, std::mem::take(&mut batch.callbacks), outcome);
 }
 
 fn insert_all(
     connection: &mut Connection,
-    batch: &[(Box<NewMessage>, CommitCallback)],
+    batch: &[NewMessage],
 ) -> Result<Vec<Result<Appended, StoreError>>, rusqlite::Error> {
     // `BEGIN` and `COMMIT` as cached statements: a transaction opened with
     // `Connection::transaction` parses both again on every commit.
     connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let results = batch
         .iter()
-        .map(|(message, _)| insert_one(connection, message))
+        .map(|message| insert_one(connection, message))
         .collect();
     match connection
         .prepare_cached("COMMIT")

@@ -285,9 +285,10 @@ pub enum Flush {
     Failed,
 }
 
-/// The fields every delivery reads come first, next to each other: a
-/// broadcast to many sockets finds each outbox in as few cache lines as
-/// possible.
+/// The fields every delivery reads come first, next to each other (about
+/// 130 bytes: two or three cache lines), with an atomic flag at its start,
+/// in its middle and at its end, so that [`Outbox::warm`] can fetch every
+/// line of it without taking the lock.
 #[derive(Debug)]
 #[repr(C)]
 pub struct Outbox {
@@ -295,15 +296,15 @@ pub struct Outbox {
     refusing: AtomicBool,
     capacity: usize,
     queue: Mutex<Queue>,
+    /// A patient sender waits on `room`: only then does a flush notify it
+    /// (the notification takes a lock, once per delivery otherwise).
+    room_wanted: AtomicBool,
     /// `None` for an outbox that only queues (tests, tools). The session
     /// reads from it too, through [`Outbox::stream`].
     stream: Option<Stream>,
     /// Frames wait for the socket to become writable; the session task
     /// takes this flag when its bell rings.
     backlog: AtomicBool,
-    /// A patient sender waits on `room`: only then does a flush notify it
-    /// (the notification takes a lock, once per delivery otherwise).
-    room_wanted: AtomicBool,
     /// The session task's one wake-up: rung when frames wait for the
     /// socket, when a close is requested, when a pending write finishes.
     /// One signal keeps one small future in every idle task, not three.
@@ -358,6 +359,17 @@ impl Outbox {
         self.refusing.load(Ordering::Relaxed)
     }
 
+    /// Reads the three flags that frame the fields a push reads (see the
+    /// struct), bringing their cache lines in. A broadcast warms all its
+    /// outboxes before it writes to any, so that their cache misses overlap
+    /// instead of each stalling the `send` after it. What it returns means
+    /// nothing; it is there to be read.
+    pub fn warm(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+            | self.room_wanted.load(Ordering::Relaxed)
+            | self.backlog.load(Ordering::Relaxed)
+    }
+
     /// The socket this outbox writes to.
     pub fn stream(&self) -> Option<&Stream> {
         self.stream.as_ref()
@@ -401,9 +413,10 @@ impl Outbox {
             return Push::Queued;
         }
         // Nothing waits: straight into the socket, and only what it does
-        // not take is queued.
+        // not take is queued. The session task, told of the backlog, writes
+        // through tokio before it waits (see `Stream::send_now`).
         let written = match &self.stream {
-            Some(stream) => match accepted(stream.try_write(frame), &mut queue) {
+            Some(stream) => match accepted(stream.send_now(frame), &mut queue) {
                 Err(Flush::Blocked) => Ok(0),
                 other => other,
             },
@@ -716,5 +729,31 @@ mod tests {
         assert_eq!(outbox.take_queued().len(), KEPT_SLOTS * 4);
         outbox.flush();
         assert_eq!(slots(&outbox), 0);
+    }
+
+    #[test]
+    fn warming_reaches_every_line_a_push_reads() {
+        use std::mem::{offset_of, size_of};
+        // A push reads from the start of the outbox to the end of its
+        // stream. Outboxes sit in `Arc`s from the allocator, 16-byte
+        // aligned, so that span may begin anywhere in a cache line at a
+        // multiple of 16.
+        let read = offset_of!(Outbox, stream) + size_of::<Option<Stream>>();
+        let warmed = [
+            offset_of!(Outbox, refusing),
+            offset_of!(Outbox, room_wanted),
+            offset_of!(Outbox, backlog),
+        ];
+        for start in [0, 16, 32, 48] {
+            let mut line = 0;
+            while line < start + read {
+                let touched = (line.max(start)..line + 64).any(|at| warmed.contains(&(at - start)));
+                assert!(
+                    touched,
+                    "the line at {line} (outbox at {start}) is not warmed"
+                );
+                line += 64;
+            }
+        }
     }
 }

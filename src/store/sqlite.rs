@@ -1,7 +1,10 @@
 //! The embedded SQLite store.
 //!
-//! One thread owns the database connection and works through a queue of
-//! commands in order. Appends that are waiting in the queue when the thread
+//! One writer owns the database connection and works through a queue of
+//! commands in order: a thread of its own for a database file, whose commits
+//! wait for the disk; a task on the server's runtime for an in-memory
+//! database, which never waits for anything (no thread is woken per message,
+//! there or back). Appends that are waiting in the queue when the thread
 //! gets to them are written in one transaction and made durable with one
 //! commit (group commit): under load, many messages share one fsync, and a
 //! lone message is committed at once. Reads are queued behind the writes that
@@ -24,7 +27,7 @@ use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind}
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc;
+use tokio::sync::mpsc;
 
 /// Schema migrations, applied in order; the database's `user_version` says
 /// how many have run. Never edit a released migration: add the next one.
@@ -71,13 +74,15 @@ enum Command {
 /// Message store on an embedded SQLite database.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    commands: mpsc::Sender<Command>,
+    commands: mpsc::UnboundedSender<Command>,
     newest_global: Arc<NewestGlobal>,
 }
 
 impl SqliteStore {
     /// Opens (creating if needed) the database file, or an in-memory database
-    /// when `path` is `None`, applies migrations, and starts the writer thread.
+    /// when `path` is `None`, applies migrations, and starts the writer: a
+    /// thread for a file; for an in-memory database a task on the tokio
+    /// runtime this is called in (a thread when there is none).
     pub fn open(path: Option<&Path>) -> Result<SqliteStore, StoreError> {
         let mut connection = match path {
             None => Connection::open_in_memory()?,
@@ -103,25 +108,33 @@ impl SqliteStore {
         connection.busy_timeout(std::time::Duration::from_secs(5))?;
         plan_once(&connection)?;
         migrate(&mut connection)?;
-        let (commands, queue) = mpsc::channel();
+        let (commands, queue) = mpsc::unbounded_channel();
         let newest_global = Arc::new(NewestGlobal::default());
-        std::thread::Builder::new()
-            .name("roomcast-sqlite".into())
-            .spawn({
-                let newest_global = newest_global.clone();
-                move || work(connection, queue, &newest_global)
-            })
-            .map_err(|source| StoreError::DataDir {
-                path: path.map(Path::to_owned).unwrap_or_default(),
-                source,
-            })?;
+        let writer = Writer {
+            connection,
+            batch: Appends::default(),
+            flusher: None,
+            newest_global: newest_global.clone(),
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) if path.is_none() => drop(runtime.spawn(writer.run_as_task(queue))),
+            _ => {
+                std::thread::Builder::new()
+                    .name("roomcast-sqlite".into())
+                    .spawn(move || writer.run_on_thread(queue))
+                    .map_err(|source| StoreError::DataDir {
+                        path: path.map(Path::to_owned).unwrap_or_default(),
+                        source,
+                    })?;
+            }
+        }
         Ok(SqliteStore {
             commands,
             newest_global,
         })
     }
 
-    /// Runs `job` on the writer thread after everything queued before it.
+    /// Runs `job` on the writer after everything queued before it.
     fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
@@ -142,7 +155,7 @@ impl SqliteStore {
 impl MessageStore for SqliteStore {
     fn append(&self, message: NewMessage, on_commit: CommitCallback) {
         self.newest_global.appending();
-        if let Err(mpsc::SendError(Command::Append(_, on_commit))) = self
+        if let Err(mpsc::error::SendError(Command::Append(_, on_commit))) = self
             .commands
             .send(Command::Append(Box::new(message), on_commit))
         {
@@ -361,65 +374,96 @@ impl MessageStore for SqliteStore {
     }
 }
 
-/// The writer thread: runs until every `SqliteStore` handle is dropped.
-fn work(mut connection: Connection, queue: mpsc::Receiver<Command>, newest_global: &NewestGlobal) {
-    // Appends and their callbacks side by side, as one batch.
-    let mut batch = Appends::default();
-    let mut flusher: Option<Arc<Flusher>> = None;
-    while let Ok(first) = queue.recv() {
-        let mut next = Some(first);
-        while let Some(command) = next {
-            match command {
-                Command::Append(message, on_commit) => {
-                    batch.messages.push(*message);
-                    batch.callbacks.push(on_commit);
-                    if batch.messages.len() >= MAX_BATCH {
-                        commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
-                    }
-                }
-                Command::Run(job) => {
-                    // Earlier appends first, so the job sees them.
-                    commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
-                    job(&mut connection);
-                }
-                Command::WriteThrough(to) => flusher = Some(to),
-            }
-            next = queue.try_recv().ok();
-        }
-        commit(&mut connection, &mut batch, flusher.as_ref(), newest_global);
-    }
+/// The writer: the connection, the appends waiting for the next commit, and
+/// where commits are delivered. Runs until every `SqliteStore` handle is
+/// dropped.
+struct Writer {
+    connection: Connection,
+    batch: Appends,
+    flusher: Option<Arc<Flusher>>,
+    newest_global: Arc<NewestGlobal>,
 }
 
-/// Appends waiting for the next commit.
+/// Appends waiting for the next commit, beside their callbacks.
 #[derive(Default)]
 struct Appends {
     messages: Vec<NewMessage>,
     callbacks: Vec<CommitCallback>,
 }
 
-/// Writes the batch in one transaction, then has the callbacks run in
-/// order: on the flusher's task when there is one (this thread goes on to
-/// the next commit meanwhile), else here.
-fn commit(
-    connection: &mut Connection,
-    batch: &mut Appends,
-    flusher: Option<&Arc<Flusher>>,
-    newest_global: &NewestGlobal,
-) {
-    if batch.messages.is_empty() {
-        return;
+impl Writer {
+    /// Works on its own thread: whatever queued up while a commit waited for
+    /// the disk goes into the next one.
+    fn run_on_thread(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
+        while let Some(first) = queue.blocking_recv() {
+            self.take(first);
+            while let Ok(command) = queue.try_recv() {
+                self.take(command);
+            }
+            self.commit();
+        }
     }
-    let outcome = insert_all(connection, &batch.messages);
-    batch.messages.clear();
-    if let Ok(results) = &outcome {
-        results
-            .iter()
-            .flatten()
-            .filter(|appended| !appended.duplicate && &*appended.message.room == GLOBAL_ROOM)
-            .for_each(|appended| newest_global.push(&appended.message));
+
+    /// Works as a task: what queued up while it waited for its turn goes
+    /// into one commit, at most [`MAX_BATCH`] commands at a time, so that
+    /// the connections' tasks run between long batches.
+    async fn run_as_task(mut self, mut queue: mpsc::UnboundedReceiver<Command>) {
+        while let Some(first) = queue.recv().await {
+            self.take(first);
+            let mut taken = 1;
+            while taken < MAX_BATCH {
+                let Ok(command) = queue.try_recv() else { break };
+                self.take(command);
+                taken += 1;
+            }
+            self.commit();
+            if taken == MAX_BATCH {
+                tokio::task::yield_now().await;
+            }
+        }
     }
-    newest_global.settled(batch.callbacks.len());
-    deliver_commit(flusher, std::mem::take(&mut batch.callbacks), outcome);
+
+    fn take(&mut self, command: Command) {
+        match command {
+            Command::Append(message, on_commit) => {
+                self.batch.messages.push(*message);
+                self.batch.callbacks.push(on_commit);
+                if self.batch.messages.len() >= MAX_BATCH {
+                    self.commit();
+                }
+            }
+            Command::Run(job) => {
+                // Earlier appends first, so the job sees them.
+                self.commit();
+                job(&mut self.connection);
+            }
+            Command::WriteThrough(to) => self.flusher = Some(to),
+        }
+    }
+
+    /// Writes the batch in one transaction, then has the callbacks run in
+    /// order: on the flusher's task when there is one (the writer goes on to
+    /// the next commit meanwhile), else here.
+    fn commit(&mut self) {
+        if self.batch.messages.is_empty() {
+            return;
+        }
+        let outcome = insert_all(&mut self.connection, &self.batch.messages);
+        self.batch.messages.clear();
+        if let Ok(results) = &outcome {
+            results
+                .iter()
+                .flatten()
+                .filter(|appended| !appended.duplicate && &*appended.message.room == GLOBAL_ROOM)
+                .for_each(|appended| self.newest_global.push(&appended.message));
+        }
+        self.newest_global.settled(self.batch.callbacks.len());
+        deliver_commit(
+            self.flusher.as_ref(),
+            std::mem::take(&mut self.batch.callbacks),
+            outcome,
+        );
+    }
 }
 
 fn insert_all(
@@ -761,6 +805,35 @@ mod tests {
         ));
     }
 
+    /// Where a commit's callback runs when no flusher takes it: on the
+    /// writer.
+    async fn commit_thread(store: &SqliteStore) -> std::thread::ThreadId {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        store.append(
+            new_message("r", "x", None),
+            Box::new(move |result| {
+                let _ = tx.send((std::thread::current().id(), result.is_ok()));
+            }),
+        );
+        let (thread, stored) = rx.await.expect("callback");
+        assert!(stored);
+        thread
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_writer_is_a_task_and_a_file_writer_a_thread() {
+        let here = std::thread::current().id();
+        let memory = SqliteStore::open(None).expect("open");
+        assert_eq!(
+            commit_thread(&memory).await,
+            here,
+            "the writer has a thread"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = SqliteStore::open(Some(&dir.path().join("db.sqlite"))).expect("open");
+        assert_ne!(commit_thread(&file).await, here, "the writer has no thread");
+    }
+
     #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -777,7 +850,9 @@ mod tests {
         ));
     }
 
-    /// Blocks the writer thread until the returned sender is dropped or used.
+    /// Blocks the writer until the returned sender is dropped or used. The
+    /// store must be a file's, whose writer is a thread: blocking an
+    /// in-memory store's writer would block the test's runtime.
     fn block_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
         let (release, blocked) = std::sync::mpsc::channel::<()>();
         let _ = store.commands.send(Command::Run(Box::new(move |_| {
@@ -788,7 +863,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_welcome_page_does_not_wait_for_the_writer() {
-        let store = SqliteStore::open(None).expect("open");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(Some(&dir.path().join("db.sqlite"))).expect("open");
         let stored = append(&store, new_message(GLOBAL_ROOM, "hello", None))
             .await
             .expect("append");

@@ -3,6 +3,7 @@
 //! takes `&self`, so that broadcasters can write to a socket directly while
 //! its session task reads from it.
 
+use rustix::net::{SendFlags, send};
 use std::io::{self, IoSlice};
 use std::task::{Context, Poll, ready};
 use tokio::net::{TcpStream, UnixStream};
@@ -63,6 +64,22 @@ impl Stream {
             Stream::Tcp(stream) => stream.try_read_buf(buf),
             Stream::Unix(stream) => stream.try_read_buf(buf),
         }
+    }
+
+    /// Writes `buf` straight into the socket, without asking tokio whether
+    /// it is writable: that question reads a word of tokio's per-socket
+    /// state, which a broadcast to many sockets finds cold in each (the
+    /// largest of roomcast's own costs per delivery). A `WouldBlock` here
+    /// leaves tokio still believing the socket writable, so whoever waits
+    /// for it next must write through [`Stream::try_write`] (which corrects
+    /// tokio) before waiting again; until then it only wakes once too
+    /// early, never too late.
+    pub fn send_now(&self, buf: &[u8]) -> io::Result<usize> {
+        let sent = match self {
+            Stream::Tcp(stream) => send(stream, buf, SendFlags::NOSIGNAL),
+            Stream::Unix(stream) => send(stream, buf, SendFlags::NOSIGNAL),
+        };
+        sent.map_err(io::Error::from)
     }
 
     pub fn try_write(&self, buf: &[u8]) -> io::Result<usize> {

@@ -36,6 +36,10 @@ use std::time::{Duration, Instant};
 
 const SHARDS: usize = 32;
 
+/// Members of a room whose outboxes a broadcast reads in together before
+/// writing to their sockets (see `Hub::broadcast`).
+const WARMED_TOGETHER: usize = 32;
+
 /// An encoded frame ready to be queued to any number of connections.
 #[derive(Debug, Clone)]
 pub struct OutFrame {
@@ -517,13 +521,21 @@ impl Hub {
             Audience::Room(room) => {
                 if let Some(live) = self.live_room(room) {
                     let members = live.read();
-                    // Every outbox is read once before any socket is
-                    // written: their cache misses overlap, where each would
-                    // otherwise stall the write it comes before.
-                    std::hint::black_box(members.outboxes.iter().filter(|o| o.warm()).count());
-                    for (connection, outbox) in members.connections.iter().zip(&members.outboxes) {
-                        if !excepted(connection) {
-                            count(connection.deliver_through(outbox, &frame.bytes));
+                    // The outboxes of a stretch of members are read once
+                    // before any of their sockets is written: their cache
+                    // misses overlap, where each would otherwise stall the
+                    // write it comes before. A stretch at a time, so that
+                    // a big room's outboxes are still cached when written.
+                    let stretches = members
+                        .connections
+                        .chunks(WARMED_TOGETHER)
+                        .zip(members.outboxes.chunks(WARMED_TOGETHER));
+                    for (connections, outboxes) in stretches {
+                        std::hint::black_box(outboxes.iter().filter(|o| o.warm()).count());
+                        for (connection, outbox) in connections.iter().zip(outboxes) {
+                            if !excepted(connection) {
+                                count(connection.deliver_through(outbox, &frame.bytes));
+                            }
                         }
                     }
                 }

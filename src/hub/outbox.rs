@@ -263,6 +263,14 @@ impl Drop for Stopped<'_> {
     }
 }
 
+/// How a flush writes: through tokio (which then tracks whether the socket
+/// is full), or straight into the socket (see `Stream::send_now`).
+#[derive(Debug, Clone, Copy)]
+enum Through {
+    Tokio,
+    Socket,
+}
+
 /// What [`Outbox::push`] did with a frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Push {
@@ -442,10 +450,11 @@ impl Outbox {
         }
     }
 
-    /// Flushes, and leaves what the socket would not take to the session
-    /// task, which writes it when the socket drains.
+    /// Flushes straight into the socket (see `Stream::send_now`), and
+    /// leaves what the socket would not take to the session task, which
+    /// writes it when the socket drains.
     fn write_out(&self) {
-        if self.flush() == Flush::Blocked {
+        if self.drain(Through::Socket) == Flush::Blocked {
             self.report_backlog();
         }
     }
@@ -456,11 +465,16 @@ impl Outbox {
     }
 
     /// Writes as much of the queue as the socket takes, several frames per
-    /// system call.
+    /// system call. Through tokio: the session task flushes before it waits
+    /// for the socket, and so tokio learns that the socket is full.
     pub fn flush(&self) -> Flush {
+        self.drain(Through::Tokio)
+    }
+
+    fn drain(&self, through: Through) -> Flush {
         let mut queue = self.lock();
         queue.batched = false;
-        let result = self.write_queued(&mut queue);
+        let result = self.write_queued(&mut queue, through);
         if queue.frames.is_empty() && queue.frames.capacity() > KEPT_SLOTS {
             queue.frames = VecDeque::new();
         }
@@ -475,7 +489,7 @@ impl Outbox {
         }
     }
 
-    fn write_queued(&self, queue: &mut Queue) -> Flush {
+    fn write_queued(&self, queue: &mut Queue, through: Through) -> Flush {
         let Some(stream) = &self.stream else {
             return if queue.frames.is_empty() {
                 Flush::Done
@@ -487,15 +501,22 @@ impl Outbox {
             // One frame (the common case): `send`, a shorter path through the
             // kernel than `writev`, and no slice table to fill.
             let result = if queue.frames.len() == 1 {
-                stream.try_write(&first[queue.written..])
+                let rest = &first[queue.written..];
+                match through {
+                    Through::Tokio => stream.try_write(rest),
+                    Through::Socket => stream.send_now(rest),
+                }
             } else {
                 let mut slices = [IoSlice::new(&[]); MAX_IOVECS];
                 for (slot, frame) in slices.iter_mut().zip(queue.frames.iter()) {
                     *slot = IoSlice::new(frame);
                 }
                 slices[0] = IoSlice::new(&first[queue.written..]);
-                let count = queue.frames.len().min(MAX_IOVECS);
-                stream.try_write_vectored(&slices[..count])
+                let slices = &slices[..queue.frames.len().min(MAX_IOVECS)];
+                match through {
+                    Through::Tokio => stream.try_write_vectored(slices),
+                    Through::Socket => stream.send_vectored_now(slices),
+                }
             };
             let mut written = match accepted(result, queue) {
                 Ok(written) => written,

@@ -3,7 +3,7 @@
 //! takes `&self`, so that broadcasters can write to a socket directly while
 //! its session task reads from it.
 
-use rustix::net::{SendFlags, send};
+use rustix::net::{SendAncillaryBuffer, SendFlags, send, sendmsg};
 use std::io::{self, IoSlice};
 use std::task::{Context, Poll, ready};
 use tokio::net::{TcpStream, UnixStream};
@@ -78,6 +78,16 @@ impl Stream {
         let sent = match self {
             Stream::Tcp(stream) => send(stream, buf, SendFlags::NOSIGNAL),
             Stream::Unix(stream) => send(stream, buf, SendFlags::NOSIGNAL),
+        };
+        sent.map_err(io::Error::from)
+    }
+
+    /// [`Stream::send_now`] for several buffers in one system call.
+    pub fn send_vectored_now(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut control = SendAncillaryBuffer::default();
+        let sent = match self {
+            Stream::Tcp(stream) => sendmsg(stream, bufs, &mut control, SendFlags::NOSIGNAL),
+            Stream::Unix(stream) => sendmsg(stream, bufs, &mut control, SendFlags::NOSIGNAL),
         };
         sent.map_err(io::Error::from)
     }

@@ -1,7 +1,7 @@
 //! Durable storage of messages, rooms and events, behind the [`MessageStore`]
 //! trait.
 //!
-//! The embedded default is SQLite ([`SqliteStore`]): one writer thread commits
+//! The embedded default is SQLite ([`SqliteStore`]): one writer commits
 //! appends in batches (group commit), so many concurrent senders share one
 //! fsync. [`PostgresStore`] does the same against PostgreSQL, for bigger
 //! installations and several nodes. Schema migrations are embedded in the

@@ -1,11 +1,11 @@
 //! The newest messages of the `global` room, kept in memory by the embedded
 //! store so that a welcome (which carries them) is answered without a trip
-//! to the database thread.
+//! to the database's writer.
 //!
-//! Only the thread that writes the database changes it, in the same order as
-//! the database: it is filled by a read on that thread, grows with every
-//! commit, and is forgotten after a prune. Other threads only read it, and
-//! only while no append waits for its commit: a read must see every message
+//! Only the writer (a thread, or a task for an in-memory database) changes
+//! it, in the same order as the database: it is filled by a read there,
+//! grows with every commit, and is forgotten after a prune. Others only read
+//! it, and only while no append waits for its commit: a read must see every message
 //! appended before it, as a read queued behind the appends does.
 
 use super::HistoryPage;

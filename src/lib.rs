@@ -143,6 +143,17 @@ pub async fn serve(
         max_connections,
         "the file-descriptor limit allows {capacity} connections; more are answered with 503"
     );
+    let (http, ws) = match app.config.tls {
+        Some(_) => ("https", "wss"),
+        None => ("http", "ws"),
+    };
+    let address = listener.local_addr()?;
+    tracing::info!(
+        database = ?app.config.database,
+        threads = app.config.threads,
+        "roomcast {} listening on {http}://{address} (WebSocket at {ws}://{address}/ws)",
+        env!("CARGO_PKG_VERSION")
+    );
     match &app.config.tls {
         Some((cert, key)) => {
             let listener = TlsListener::new(listener, server::tls::acceptor(cert, key)?)?;

@@ -203,7 +203,6 @@ fn serve(args: ServeArgs) -> ExitCode {
 async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = roomcast::server::listen(config.bind)
         .map_err(|err| format!("cannot listen on {}: {err}", config.bind))?;
-    let address = listener.local_addr()?;
     if !config.jwt_secret_configured {
         tracing::warn!(
             "no --jwt-secret given: using a random one, so tokens minted elsewhere will not verify"
@@ -212,12 +211,6 @@ async fn run(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     if config.admin_key.is_none() {
         tracing::warn!("no --admin-key given: the admin API accepts only admin-role tokens");
     }
-    tracing::info!(
-        database = ?config.database,
-        threads = config.threads,
-        "roomcast {} listening on http://{address} (WebSocket at ws://{address}/ws)",
-        env!("CARGO_PKG_VERSION")
-    );
     roomcast::serve(config, listener, shutdown_signal()).await?;
     Ok(())
 }

@@ -143,9 +143,10 @@ pub async fn serve(
         max_connections,
         "the file-descriptor limit allows {capacity} connections; more are answered with 503"
     );
-    let (http, ws) = match app.config.tls {
-        Some(_) => ("https", "wss"),
-        None => ("http", "ws"),
+    let (http, ws) = if app.config.tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
     };
     let address = listener.local_addr()?;
     tracing::info!(

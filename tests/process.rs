@@ -97,15 +97,7 @@ async fn a_broken_config_stops_start_up_with_a_clear_message() {
     std::fs::write(&file, "max_frame_byte = 2048\n").expect("write config");
     let mut server = Process::start(&["--config", file.to_str().expect("utf-8 path")], &[]);
     assert_eq!(server.exit_code(Duration::from_secs(10)).await, 2);
-    let mut stderr = String::new();
-    use std::io::Read;
-    server
-        .child
-        .stderr
-        .take()
-        .expect("stderr")
-        .read_to_string(&mut stderr)
-        .expect("read stderr");
+    let stderr = server.stderr();
     assert!(stderr.contains("max_frame_byte"), "{stderr}");
 
     for bad in [["--idle-timeout-ms", "0"], ["--threads", "0"]] {
@@ -116,6 +108,25 @@ async fn a_broken_config_stops_start_up_with_a_clear_message() {
             "{bad:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_database_it_cannot_open_stops_start_up_before_it_says_listening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("not-a-database.db");
+    std::fs::write(
+        &file,
+        "this is not SQLite, and long enough to be read as a header\n",
+    )
+    .expect("write file");
+    let mut server = Process::start(
+        &["--database", file.to_str().expect("utf-8 path")],
+        &[("RUST_LOG", "roomcast=info")],
+    );
+    assert_eq!(server.exit_code(Duration::from_secs(10)).await, 1);
+    let stderr = server.stderr();
+    assert!(stderr.contains("cannot open the message store"), "{stderr}");
+    assert!(!stderr.contains("listening"), "{stderr}");
 }
 
 #[tokio::test]

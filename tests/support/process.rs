@@ -49,6 +49,19 @@ impl Process {
         }
     }
 
+    /// Everything the server wrote to stderr; call it once it has exited.
+    pub fn stderr(&mut self) -> String {
+        use std::io::Read;
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("read stderr");
+        stderr
+    }
+
     pub fn addr(&self) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
     }

@@ -160,6 +160,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_MAX_MEMBERS_LISTED")]
     pub max_members_listed: Option<usize>,
 
+    /// Distinct members online above which a room is large: its members get
+    /// a `presence_count` at most once a second instead of a `presence`
+    /// event per join and leave [default: 1000].
+    #[arg(long, env = "ROOMCAST_PRESENCE_MAX_MEMBERS")]
+    pub presence_max_members: Option<usize>,
+
     /// Frames queued for one connection before it is closed with 4002 as a
     /// slow consumer [default: 4096].
     #[arg(long, env = "ROOMCAST_OUTBOX_CAPACITY")]
@@ -330,6 +336,7 @@ pub struct Config {
     pub room_history: usize,
     pub max_recovery: usize,
     pub max_members_listed: usize,
+    pub presence_max_members: usize,
     pub outbox_capacity: usize,
     pub max_pending_writes: usize,
     pub retention: Retention,
@@ -430,6 +437,7 @@ impl Config {
             room_history: args.room_history.unwrap_or(50),
             max_recovery: args.max_recovery.unwrap_or(1000),
             max_members_listed: args.max_members_listed.unwrap_or(100),
+            presence_max_members: args.presence_max_members.unwrap_or(1000),
             outbox_capacity: args.outbox_capacity.unwrap_or(4096),
             max_pending_writes: args.max_pending_writes.unwrap_or(64),
             retention: Retention {
@@ -601,6 +609,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         room_history: args.room_history.or(file.room_history),
         max_recovery: args.max_recovery.or(file.max_recovery),
         max_members_listed: args.max_members_listed.or(file.max_members_listed),
+        presence_max_members: args.presence_max_members.or(file.presence_max_members),
         outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
         max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
         retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),

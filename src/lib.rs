@@ -87,7 +87,10 @@ pub async fn serve(
         config.retention,
         config.retention_interval,
     ));
-    let hub = Arc::new(Hub::new(config.outbox_capacity));
+    let hub = Arc::new(Hub::with_presence_limit(
+        config.outbox_capacity,
+        config.presence_max_members,
+    ));
     let flusher = tokio::spawn({
         let hub = hub.clone();
         async move { hub.run_flusher().await }
@@ -127,6 +130,7 @@ pub async fn serve(
         store: store.clone(),
         config,
     });
+    let counts = tokio::spawn(handlers::tell_counts(app.clone()));
     let router = server::router(app.clone());
     let closing_hub = hub.clone();
     let stopping = async move {
@@ -172,6 +176,7 @@ pub async fn serve(
     }
     retention.abort();
     flusher.abort();
+    counts.abort();
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())

@@ -12,6 +12,7 @@ use support::{TestServer, args, join};
 async fn authenticating_by_message_announces_the_user() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut guest = server.guest().await;
     let token = server.token_with("bob", Some("Bob"), None);
     let success = guest
@@ -168,6 +169,7 @@ async fn guests_name_themselves_where_guest_chat_is_enabled() {
     settings.guest_chat = true;
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut guest = server.guest().await;
     let mut other_guest = server.guest().await;
 
@@ -227,6 +229,7 @@ async fn without_guest_chat_user_join_needs_authentication() {
 async fn user_leave_leaves_every_room_but_keeps_the_connection() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, Some(&["bob"])).await;
     let mut bob = server.user("bob").await;
     join(&mut alice, "a").await;
     join(&mut alice, "b").await;

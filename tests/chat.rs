@@ -57,6 +57,7 @@ async fn a_room_message_reaches_every_member_and_nobody_else() {
 async fn sending_to_a_room_not_joined_is_forbidden() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     join(&mut bob, "dev").await;
     alice.recv_type("user_join").await;
@@ -119,6 +120,7 @@ async fn global_chat_reaches_every_authenticated_connection_and_named_guest() {
 async fn forged_identity_fields_are_ignored() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     alice.recv_type("user_join").await;
     bob.send(json!({

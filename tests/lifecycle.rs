@@ -135,6 +135,7 @@ async fn heartbeat_pings_arrive_at_the_configured_interval() {
 async fn closing_announces_presence_leave_and_user_leave() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     alice.recv_type("user_join").await;
     support::join(&mut alice, "lobby").await;
@@ -162,6 +163,7 @@ async fn closing_announces_presence_leave_and_user_leave() {
 async fn shutdown_closes_every_socket_with_1001_without_announcements() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     alice.recv_type("user_join").await;
     support::join(&mut alice, "lobby").await;

@@ -24,6 +24,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     );
     server.ready().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     alice.recv_type("user_join").await;
     let started = Instant::now();

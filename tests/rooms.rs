@@ -131,6 +131,7 @@ async fn presence_pages_are_ordered_by_username_bytes() {
 async fn presence_and_history_need_the_room_joined() {
     let server = TestServer::start().await;
     let mut alice = server.user("alice").await;
+    support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     join(&mut bob, "secret").await;
     alice.recv_type("user_join").await;

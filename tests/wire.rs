@@ -297,6 +297,7 @@ async fn pongs_or_pings_alone_keep_a_connection_alive() {
 async fn a_client_close_frame_is_answered_and_others_see_the_user_leave() {
     let server = TestServer::start().await;
     let mut bob = server.user("bob").await;
+    support::subscribe(&mut bob, Some(&["alice"])).await;
     let request = upgrade_request(&format!("?token={}", server.token("alice")), "");
     let (mut alice, _) = Raw::open(&server, &request).await;
     alice.json().await;

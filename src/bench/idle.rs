@@ -1,25 +1,219 @@
-//! `idle`: open many authenticated connections, wait for every welcome, and
-//! hold them.
+//! `idle`: open many authenticated connections (one user each unless told
+//! otherwise), wait for every welcome, and hold them. Optionally some of them
+//! subscribe to everyone's online announcements first (`--subscribers`),
+//! every connection joins one room after its welcome (`--room`), and the
+//! connections survive a server restart by reconnecting and rejoining with
+//! `since_id` (`--reconnect`).
 
-use super::client::{Endpoint, Socket, TokenBook, rss_kib, sockets_in_time_wait};
+use super::client::{Endpoint, Reader, Socket, TokenBook, Writer, rss_kib, sockets_in_time_wait};
 use super::{Report, Target, interrupted};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::Semaphore;
+use tokio::sync::{Mutex, Semaphore};
 use tokio::task::JoinHandle;
 
-pub async fn run(
-    target: &Target,
-    connections: usize,
-    concurrency: usize,
-    server_pid: Option<u32>,
-    hold: u64,
-    users: usize,
-) -> Report {
-    let users = if users == 0 { connections } else { users };
-    let mut report = Report::new(format!(
-        "idle: {connections} authenticated connections of {users} users"
-    ));
+/// Prefix of the bench users' ids: connection `n` is user `idle-n`.
+const USER_PREFIX: &str = "idle-";
+
+/// What an idle run does besides connecting.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub connections: usize,
+    pub concurrency: usize,
+    pub server_pid: Option<u32>,
+    pub hold: u64,
+    /// Distinct users (0: one per connection).
+    pub users: usize,
+    /// Connections that subscribe to every user before the others connect.
+    pub subscribers: usize,
+    /// A room every connection joins after its welcome.
+    pub room: Option<String>,
+    /// Reconnect (and rejoin with `since_id`) when the server goes away.
+    pub reconnect: bool,
+}
+
+/// Counts shared by every connection of a run.
+#[derive(Default)]
+struct Tally {
+    /// `user_join` frames about non-subscriber users, over all subscribers.
+    announced: AtomicU64,
+    presence_events: AtomicU64,
+    presence_counts: AtomicU64,
+    /// Connections whose socket ended while held.
+    dropped: AtomicUsize,
+    /// Connections back (welcomed, and rejoined) after a drop.
+    recovered: AtomicUsize,
+    reconnect_failures: AtomicUsize,
+    /// Times of the first drop and the last recovery.
+    storm: Mutex<(Option<Instant>, Option<Instant>)>,
+    /// Subscribers whose socket closed before the run ended.
+    subscribers_cut: AtomicUsize,
+}
+
+/// One connection's identity in the run.
+#[derive(Clone)]
+struct Seat {
+    index: usize,
+    target: Target,
+    endpoint: Arc<Endpoint>,
+    tokens: Arc<TokenBook>,
+    options: Arc<Options>,
+    tally: Arc<Tally>,
+}
+
+impl Seat {
+    fn subscriber(&self) -> bool {
+        self.index < self.options.subscribers
+    }
+
+    /// Connects, reads the welcome, subscribes or joins as the run wants.
+    /// Returns the socket and the newest message id seen in the room.
+    async fn open(&self, since_id: Option<u64>) -> Result<(Socket, Option<u64>), String> {
+        let mut socket = Socket::connect(
+            &self.endpoint,
+            &self.target,
+            self.index,
+            self.tokens.get(self.index),
+        )
+        .await?;
+        if self.subscriber() {
+            socket
+                .request(r#"{"type":"presence_subscribe"}"#, "presence_state")
+                .await?;
+        }
+        let mut newest = since_id;
+        if let Some(room) = &self.options.room {
+            let join = match since_id {
+                Some(id) => format!(r#"{{"type":"room_join","room":"{room}","since_id":{id}}}"#),
+                None => format!(r#"{{"type":"room_join","room":"{room}"}}"#),
+            };
+            socket.writer.send_text(&join).await?;
+            loop {
+                let text = socket.reader.next_text().await.ok_or("connection closed")?;
+                let head = super::client::Head::of(text);
+                match head.kind {
+                    "room_joined" => {
+                        newest = newest.max(last_message_id(text));
+                        break;
+                    }
+                    "error" => {
+                        return Err(format!("error {}", head.error_code.unwrap_or("?")));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok((socket, newest))
+    }
+
+    /// Reads until the socket ends, counting what the run looks at, and
+    /// answering pings. Returns the newest room message id seen.
+    async fn hold(
+        &self,
+        reader: &mut Reader,
+        _writer: Writer,
+        mut newest: Option<u64>,
+    ) -> Option<u64> {
+        let subscriber = self.subscriber();
+        while let Some(text) = reader.next_text().await {
+            match super::client::Head::of(text).kind {
+                "user_join"
+                    if subscriber
+                        && announced_index(text).is_some_and(|i| i >= self.options.subscribers) =>
+                {
+                    self.tally.announced.fetch_add(1, Ordering::Relaxed);
+                }
+                "presence" => {
+                    self.tally.presence_events.fetch_add(1, Ordering::Relaxed);
+                }
+                "presence_count" => {
+                    self.tally.presence_counts.fetch_add(1, Ordering::Relaxed);
+                }
+                "chat_message" => newest = newest.max(last_message_id(text)),
+                _ => {}
+            }
+        }
+        newest
+    }
+
+    /// Holds the connection; with `--reconnect`, comes back after each drop
+    /// with growing, jittered pauses, until the run ends.
+    async fn live(self, socket: Socket, mut newest: Option<u64>) {
+        let Socket { mut reader, writer } = socket;
+        newest = self.hold(&mut reader, writer, newest).await;
+        if self.subscriber() {
+            self.tally.subscribers_cut.fetch_add(1, Ordering::Relaxed);
+        }
+        if !self.options.reconnect {
+            return;
+        }
+        {
+            let mut storm = self.tally.storm.lock().await;
+            storm.0.get_or_insert_with(Instant::now);
+        }
+        self.tally.dropped.fetch_add(1, Ordering::Relaxed);
+        // Spread the first attempts over 100 ms, as real clients' timers are.
+        let mut pause = Duration::from_millis(20 + (self.index as u64 * 7919) % 100);
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.open(newest).await {
+                Ok((socket, seen)) => {
+                    self.tally.recovered.fetch_add(1, Ordering::Relaxed);
+                    self.tally.storm.lock().await.1 = Some(Instant::now());
+                    let Socket { mut reader, writer } = socket;
+                    self.hold(&mut reader, writer, seen).await;
+                    return;
+                }
+                Err(_) => {
+                    self.tally
+                        .reconnect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+}
+
+/// The `N` of the first `"id":"idle-N"` in a frame, found without parsing
+/// the JSON.
+fn announced_index(text: &[u8]) -> Option<usize> {
+    let key = format!("\"id\":\"{USER_PREFIX}");
+    let at = text.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
+    let digits: String = text[at..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .map(|&b| char::from(b))
+        .collect();
+    digits.parse().ok()
+}
+
+/// The largest message `id` in a `room_joined` or `chat_message` frame.
+fn last_message_id(text: &[u8]) -> Option<u64> {
+    let value: serde_json::Value = serde_json::from_slice(text).ok()?;
+    let single = value["message"]["id"].as_u64();
+    let recent = value["recent_messages"]
+        .as_array()
+        .and_then(|messages| messages.iter().filter_map(|m| m["id"].as_u64()).max());
+    single.max(recent)
+}
+
+pub async fn run(target: &Target, options: Options) -> Report {
+    let connections = options.connections;
+    let users = if options.users == 0 {
+        connections
+    } else {
+        options.users
+    };
+    let mut title = format!("idle: {connections} authenticated connections of {users} users");
+    if options.subscribers > 0 {
+        title += &format!(", {} subscribed to everyone", options.subscribers);
+    }
+    if let Some(room) = &options.room {
+        title += &format!(", all in room `{room}`");
+    }
+    let mut report = Report::new(title);
     let endpoint = match Endpoint::parse(&target.url) {
         Ok(endpoint) => Arc::new(endpoint),
         Err(err) => {
@@ -37,34 +231,48 @@ pub async fn run(
         );
         report.add("sockets_in_time_wait_at_start", lingering, "");
     }
-    let tokens = Arc::new(TokenBook::mint(target, "idle-", users));
-    let rss_before = server_pid.and_then(rss_kib);
-    let permits = Arc::new(Semaphore::new(concurrency.max(1)));
+    let tokens = Arc::new(TokenBook::mint(target, USER_PREFIX, users));
+    let rss_before = options.server_pid.and_then(rss_kib);
+    let options = Arc::new(options);
+    let tally = Arc::new(Tally::default());
+    let seat = |index| Seat {
+        index,
+        target: target.clone(),
+        endpoint: endpoint.clone(),
+        tokens: tokens.clone(),
+        options: options.clone(),
+        tally: tally.clone(),
+    };
+
+    // Subscribers first, one after another, outside the measured rate.
     let mut held: Vec<JoinHandle<()>> = Vec::with_capacity(connections);
-    let mut latencies = Vec::with_capacity(connections);
     let mut failures = Vec::new();
+    let subscribers = options.subscribers.min(connections);
+    for index in 0..subscribers {
+        let seat = seat(index);
+        match seat.open(None).await {
+            Ok((socket, newest)) => held.push(tokio::spawn(seat.live(socket, newest))),
+            Err(err) => failures.push(err),
+        }
+    }
+
+    let permits = Arc::new(Semaphore::new(options.concurrency.max(1)));
+    let mut latencies = Vec::with_capacity(connections);
     let started = Instant::now();
     let opening = async {
         let mut tasks = Vec::with_capacity(connections);
-        for index in 0..connections {
+        for index in subscribers..connections {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
-            let (target, tokens, endpoint) = (target.clone(), tokens.clone(), endpoint.clone());
+            let seat = seat(index);
             tasks.push(tokio::spawn(async move {
                 let began = Instant::now();
-                let socket = Socket::connect(&endpoint, &target, index, tokens.get(index)).await;
+                let opened = seat.open(None).await;
                 drop(permit);
-                let Socket { mut reader, writer } = socket?;
+                let (socket, newest) = opened?;
                 let latency = u64::try_from(began.elapsed().as_micros()).unwrap_or(u64::MAX);
-                // Read (and drop) whatever arrives — announcements of the
-                // other connections — as a live client would, so that
-                // nothing piles up on the server; answer its pings.
-                let holder = tokio::spawn(async move {
-                    let _writer = writer;
-                    while reader.next_text().await.is_some() {}
-                });
-                Ok::<_, String>((latency, holder))
+                Ok::<_, String>((latency, tokio::spawn(seat.live(socket, newest))))
             }));
             if index % 1000 == 999 {
                 eprintln!("idle: {} connections opening or open", index + 1);
@@ -87,18 +295,24 @@ pub async fn run(
     }
     let elapsed = started.elapsed();
     let open = held.len();
+    let measured = open.saturating_sub(subscribers);
     report.add("connections_open", open as u64, "");
+    let rate_label = if options.room.is_some() {
+        "connects+joins/s"
+    } else {
+        "connections/s"
+    };
     report.add(
         "connect_rate",
-        (open as f64 / elapsed.as_secs_f64()).round(),
-        "connections/s",
+        (measured as f64 / elapsed.as_secs_f64()).round(),
+        rate_label,
     );
     report.add_latency("connect_latency", &mut latencies);
     report.add("failures", failures.len() as u64, "");
     if let Some(first) = failures.first() {
         report.add("first_failure", first.clone(), "");
     }
-    if let (Some(pid), Some(before)) = (server_pid, rss_before) {
+    if let (Some(pid), Some(before)) = (options.server_pid, rss_before) {
         // Let the server settle before reading its memory.
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(after) = rss_kib(pid) {
@@ -113,14 +327,94 @@ pub async fn run(
             }
         }
     }
-    if !report.partial {
-        tokio::select! {
-            () = tokio::time::sleep(Duration::from_secs(hold)) => {}
-            () = interrupted() => {}
+    if subscribers > 0 {
+        // Every subscriber should hear of every other connection's user.
+        let expected = (subscribers * measured) as u64;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while tally.announced.load(Ordering::Relaxed) < expected && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        report.add("user_joins_expected", expected, "");
+        report.add(
+            "user_joins_received",
+            tally.announced.load(Ordering::Relaxed),
+            "",
+        );
+        report.add(
+            "subscribers_cut",
+            tally.subscribers_cut.load(Ordering::Relaxed) as u64,
+            "",
+        );
+    }
+    if !report.partial {
+        if options.reconnect {
+            eprintln!("idle: all open; restart the server, the connections will come back");
+            hold_through_storm(&tally, open, options.hold).await;
+            report_storm(&mut report, &tally, open).await;
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(options.hold)) => {}
+                () = interrupted() => {}
+            }
+        }
+    }
+    if options.room.is_some() {
+        report.add(
+            "presence_events_received",
+            tally.presence_events.load(Ordering::Relaxed),
+            "",
+        );
+        report.add(
+            "presence_counts_received",
+            tally.presence_counts.load(Ordering::Relaxed),
+            "",
+        );
     }
     for connection in held {
         connection.abort();
     }
     report
+}
+
+/// Waits up to `hold` seconds for the connections to drop and all come back.
+async fn hold_through_storm(tally: &Tally, open: usize, hold: u64) {
+    let deadline = Instant::now() + Duration::from_secs(hold);
+    let mut last_report = Instant::now();
+    while Instant::now() < deadline {
+        let dropped = tally.dropped.load(Ordering::Relaxed);
+        let recovered = tally.recovered.load(Ordering::Relaxed);
+        if dropped >= open && recovered >= open {
+            return;
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) && dropped > 0 {
+            eprintln!("idle: {dropped} dropped, {recovered} back");
+            last_report = Instant::now();
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(20)) => {}
+            () = interrupted() => return,
+        }
+    }
+}
+
+async fn report_storm(report: &mut Report, tally: &Tally, open: usize) {
+    let dropped = tally.dropped.load(Ordering::Relaxed);
+    let recovered = tally.recovered.load(Ordering::Relaxed);
+    report.add("dropped", dropped as u64, "");
+    report.add("recovered", recovered as u64, "");
+    report.add(
+        "reconnect_attempts_failed",
+        tally.reconnect_failures.load(Ordering::Relaxed) as u64,
+        "",
+    );
+    let (first_drop, last_back) = *tally.storm.lock().await;
+    if let (Some(first), Some(last)) = (first_drop, last_back)
+        && recovered >= open
+    {
+        report.add(
+            "recovery_time",
+            super::report::round(last.duration_since(first).as_secs_f64()),
+            "s from the first drop to the last rejoin",
+        );
+    }
 }

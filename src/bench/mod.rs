@@ -64,11 +64,24 @@ pub enum Scenario {
         /// Seconds to hold the connections before closing them.
         #[arg(long, default_value_t = 2)]
         hold: u64,
-        /// Distinct users the connections log in as (0: one per connection).
-        /// The protocol announces each user's first connection to every
-        /// connection, so N users cost N²/2 announcements.
+        /// Distinct users the connections log in as (0: one per
+        /// connection, as a real crowd is).
         #[arg(long, default_value_t = 0)]
         users: usize,
+        /// This many of the connections subscribe to every user's online
+        /// announcements (`presence_subscribe`) before the others connect;
+        /// the run checks they hear of every other user.
+        #[arg(long, default_value_t = 0)]
+        subscribers: usize,
+        /// Every connection joins this room after its welcome; the connect
+        /// rate then counts connects+joins.
+        #[arg(long)]
+        room: Option<String>,
+        /// When the server drops the connections (a restart), reconnect
+        /// them and rejoin the room with `since_id`, and report how long
+        /// until all are back (waits up to `--hold` seconds for it).
+        #[arg(long)]
+        reconnect: bool,
     },
     /// R rooms × M members, K senders per room at a rate.
     Fanout {
@@ -141,14 +154,22 @@ pub async fn run(args: &BenchArgs) -> Report {
             server_pid,
             hold,
             users,
+            subscribers,
+            room,
+            reconnect,
         } => {
             idle::run(
                 target,
-                *connections,
-                *concurrency,
-                *server_pid,
-                *hold,
-                *users,
+                idle::Options {
+                    connections: *connections,
+                    concurrency: *concurrency,
+                    server_pid: *server_pid,
+                    hold: *hold,
+                    users: *users,
+                    subscribers: *subscribers,
+                    room: room.clone(),
+                    reconnect: *reconnect,
+                },
             )
             .await
         }

@@ -21,6 +21,7 @@ mod users;
 
 pub use ai::auto_reply;
 pub use auth::log_in;
+pub use presence::tell_counts;
 pub use rooms::may_enter;
 
 use crate::app::App;
@@ -122,6 +123,10 @@ pub async fn dispatch(
         ClientMessage::UserTyping(request) => typing::typing(app, session, request),
         ClientMessage::UserJoin(request) => users::join(app, session, request, reference).await,
         ClientMessage::UserLeave => users::leave(app, session, reference),
+        ClientMessage::PresenceSubscribe(request) => {
+            presence::subscribe(app, session, request, reference)
+        }
+        ClientMessage::PresenceUnsubscribe => presence::unsubscribe(app, session, reference),
         ClientMessage::RoomJoin(request) => rooms::join(app, session, request, reference).await,
         ClientMessage::RoomLeave(request) => rooms::leave(app, session, request, reference),
         ClientMessage::History(request) => history::page(app, session, request, reference).await,
@@ -157,9 +162,10 @@ fn require_joined(connection: &Connection, room: &str) -> Result<(), HandlerErro
     }
 }
 
-/// Tells each room a user left (for good) that they are gone.
+/// Tells each room a user left (for good) that they are gone; a large room
+/// learns it from its next `presence_count` instead.
 pub fn announce_departures(app: &App, departures: &[RoomDeparture]) {
-    for departure in departures.iter().filter(|d| d.last_of_user) {
+    for departure in departures.iter().filter(|d| d.last_of_user && !d.quiet) {
         app.publish(
             Audience::Room(departure.room.clone()),
             &ServerMessage::Presence {
@@ -172,21 +178,43 @@ pub fn announce_departures(app: &App, departures: &[RoomDeparture]) {
     }
 }
 
-/// Tells everyone that a user came online, except the connection that did.
+/// Tells the user's online subscribers that the user came online, except
+/// the connection that did. Dropped if the user went offline meanwhile.
 fn announce_online(app: &App, user: &User, except: &str) {
     app.publish(
-        Audience::Everyone,
+        Audience::Watchers {
+            user: user.clone(),
+            if_online: Some(true),
+        },
         &ServerMessage::UserJoin { user },
         Some(except),
     );
 }
 
-/// Tells everyone that a user went offline, except `except`.
+/// Tells the user's online subscribers that the user went offline (their
+/// last connection closed or changed user), except `except`. Dropped if the
+/// user came back meanwhile.
 pub fn announce_offline(app: &App, user: &User, except: Option<&str>) {
     app.publish(
-        Audience::Everyone,
+        Audience::Watchers {
+            user: user.clone(),
+            if_online: Some(false),
+        },
         &ServerMessage::UserLeave { user },
         except,
+    );
+}
+
+/// Tells the user's online subscribers that a connection of the user sent
+/// `user_leave`, whether or not the user has other connections.
+fn announce_user_leave(app: &App, user: &User, except: &str) {
+    app.publish(
+        Audience::Watchers {
+            user: user.clone(),
+            if_online: None,
+        },
+        &ServerMessage::UserLeave { user },
+        Some(except),
     );
 }
 

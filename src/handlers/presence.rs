@@ -1,9 +1,17 @@
-//! `presence`: a page of the distinct users online in a joined room.
+//! Presence requests: `presence` (a page of a joined room's members),
+//! `presence_subscribe` / `presence_unsubscribe` (online announcements,
+//! protocol rule 6), and the task that tells large rooms their member count
+//! (rule 13).
 
 use super::{HandlerError, require_joined};
 use crate::app::App;
-use crate::protocol::{Presence, ServerMessage};
+use crate::hub::{Audience, OutFrame};
+use crate::protocol::{Presence, PresenceSubscribe, ServerMessage};
 use crate::session::Session;
+use std::sync::Arc;
+
+/// Users a `presence_subscribe` reply lists at most.
+const SUBSCRIBE_LISTED: usize = 100;
 
 pub fn state(
     app: &App,
@@ -18,11 +26,69 @@ pub fn state(
     app.send(
         &session.connection,
         &ServerMessage::PresenceState {
-            room: &request.room,
+            room: Some(&request.room),
             members: &members,
             member_count,
         },
         reference,
     );
     Ok(())
+}
+
+pub fn subscribe(
+    app: &App,
+    session: &Session,
+    request: PresenceSubscribe,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    app.hub.subscribe(
+        &session.connection,
+        request.user_ids,
+        SUBSCRIBE_LISTED,
+        |watched| {
+            OutFrame::from(
+                ServerMessage::PresenceState {
+                    room: None,
+                    members: &watched.listed,
+                    member_count: watched.count,
+                }
+                .encode(reference),
+            )
+        },
+    );
+    Ok(())
+}
+
+pub fn unsubscribe(
+    app: &App,
+    session: &Session,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
+    app.hub.unsubscribe(&session.connection);
+    app.send(
+        &session.connection,
+        &ServerMessage::PresenceUnsubscribed {},
+        reference,
+    );
+    Ok(())
+}
+
+/// Sends each large room's member count when it changed, at most once a
+/// second per room, until the hub is gone. Runs once per server.
+pub async fn tell_counts(app: Arc<App>) {
+    let Some(mut ticker) = app.hub.count_ticker() else {
+        return;
+    };
+    while let Some(due) = ticker.next().await {
+        for (room, member_count) in due {
+            app.publish(
+                Audience::Room(room.clone()),
+                &ServerMessage::PresenceCount {
+                    room: &room,
+                    member_count,
+                },
+                None,
+            );
+        }
+    }
 }

@@ -40,7 +40,7 @@ pub async fn join(
     // Join before reading history, so that a message stored in between is
     // broadcast to this connection rather than lost (it may arrive twice:
     // clients de-duplicate by id).
-    let first_of_user = app.hub.join_room(connection, &room);
+    let joined = app.hub.join_room(connection, &room);
     let (page, limit) = match request.since_id {
         Some(since_id) => (Page::After(since_id), app.config.max_recovery),
         None => (Page::Newest, app.config.room_history),
@@ -48,7 +48,7 @@ pub async fn join(
     let recent = match app.store.history(&room, page, limit).await {
         Ok(recent) => recent,
         Err(err) => {
-            if first_of_user.is_some() {
+            if joined.is_some() {
                 let departure = app.hub.leave_room(connection, &room);
                 announce_departures(app, departure.as_slice());
             }
@@ -69,7 +69,8 @@ pub async fn join(
         },
         reference,
     );
-    if first_of_user == Some(true) {
+    // In a large room the join is told by the next `presence_count`.
+    if joined.is_some_and(|change| change.user_changed && !change.quiet) {
         app.publish(
             Audience::Room(room.as_str().into()),
             &ServerMessage::Presence {

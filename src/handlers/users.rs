@@ -1,7 +1,10 @@
 //! `user_join` (a guest names itself) and `user_leave` (a connection goes
 //! offline without closing).
 
-use super::{HandlerError, announce_departures, announce_offline, announce_online, speaker};
+use super::{
+    HandlerError, announce_departures, announce_offline, announce_online, announce_user_leave,
+    speaker,
+};
 use crate::app::App;
 use crate::auth::GUEST_ID_PREFIX;
 use crate::hub::{Identity, Role};
@@ -84,6 +87,6 @@ pub fn leave(app: &App, session: &Session, reference: Option<&str>) -> Result<()
         &ServerMessage::UserLeave { user: &user },
         reference,
     );
-    announce_offline(app, &user, Some(&connection.id));
+    announce_user_leave(app, &user, &connection.id);
     Ok(())
 }

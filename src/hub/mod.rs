@@ -12,12 +12,14 @@
 //! no lock is ever held across an `.await`.
 
 mod connection;
+mod online;
 mod outbox;
 mod pending;
 mod room;
 mod stats;
 
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
+pub use online::{IdentityChange, Watched};
 pub use outbox::{Batch, Callbacks, Flush, Flusher, Outbox};
 pub use pending::PendingWrites;
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
@@ -25,6 +27,8 @@ pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 use crate::protocol::{CloseReason, Frame, ServerType, User, UserKind};
 use crate::wire::Stream;
 use bytes::Bytes;
+use online::Online;
+pub use room::Change as RoomChange;
 use room::Room;
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -81,15 +85,15 @@ pub enum Audience {
     Room(Arc<str>),
     /// Every authenticated connection and named guest.
     Everyone,
-}
-
-/// Transitions caused by a change of identity on one connection.
-#[derive(Debug, Default)]
-pub struct IdentityChange {
-    /// The previous user, when this was their last connection.
-    pub left: Option<User>,
-    /// The new user, when this is their first connection.
-    pub joined: Option<User>,
+    /// The online subscribers watching this user (protocol rule 6).
+    Watchers {
+        user: User,
+        /// Deliver only while the user is (`Some(true)`) or is not
+        /// (`Some(false)`) online as `user`: an announcement that a newer
+        /// change of the same user overtook is dropped, so watchers never
+        /// see a user's arrival after their departure.
+        if_online: Option<bool>,
+    },
 }
 
 /// A guest asked for a display name that someone online already uses.
@@ -103,15 +107,13 @@ pub struct RoomDeparture {
     pub room: Arc<str>,
     pub user: User,
     pub last_of_user: bool,
+    /// The room is large: members learn of the leave by a count (rule 13).
+    pub quiet: bool,
 }
 
-/// Who is online: users with at least one announced connection.
-#[derive(Debug, Default)]
-struct Online {
-    users: HashMap<Arc<str>, (User, usize)>,
-    /// Lower-cased usernames in use, for guest name checks.
-    names: HashMap<String, Arc<str>>,
-}
+/// A room whose member count is told by `presence_count`, for the task that
+/// tells it (see [`CountTicker`]).
+type CountedRoom = (Arc<str>, Arc<Room>);
 
 /// One shard of a [`Sharded`] map.
 type Shard<V> = RwLock<HashMap<Arc<str>, V>>;
@@ -184,6 +186,12 @@ pub struct Hub {
     connections: Sharded<Arc<Connection>>,
     rooms: Sharded<Arc<Room>>,
     online: Mutex<Online>,
+    /// Distinct members above which a room is large (protocol rule 13).
+    presence_max_members: usize,
+    /// Rooms that became large, on their way to the [`CountTicker`].
+    newly_large: tokio::sync::mpsc::UnboundedSender<CountedRoom>,
+    /// The receiving end, until [`Hub::count_ticker`] takes it.
+    ticker: Mutex<Option<CountTicker>>,
     /// Open connections per client IP, for the per-IP limit.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set by [`Hub::close_all`]: connections registered from then on are
@@ -208,7 +216,15 @@ impl Hub {
         self.flusher.clone()
     }
 
+    /// A hub whose rooms are large above 1,000 distinct members.
     pub fn new(outbox_capacity: usize) -> Hub {
+        Hub::with_presence_limit(outbox_capacity, 1000)
+    }
+
+    /// A hub whose rooms are large above `presence_max_members` distinct
+    /// members (protocol rule 13).
+    pub fn with_presence_limit(outbox_capacity: usize, presence_max_members: usize) -> Hub {
+        let (newly_large, receiver) = tokio::sync::mpsc::unbounded_channel();
         Hub {
             node_id: node_id(),
             next_connection: AtomicU64::new(1),
@@ -216,6 +232,12 @@ impl Hub {
             connections: Sharded::new(),
             rooms: Sharded::new(),
             online: Mutex::new(Online::default()),
+            presence_max_members,
+            newly_large,
+            ticker: Mutex::new(Some(CountTicker {
+                receiver,
+                rooms: Vec::new(),
+            })),
             per_ip: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             stats: HubStats::default(),
@@ -270,12 +292,11 @@ impl Hub {
 
     /// Announced connections of this user.
     pub fn user_connections(&self, user_id: &str) -> usize {
-        self.online
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .users
-            .get(user_id)
-            .map_or(0, |(_, count)| *count)
+        self.online().connections_of(user_id)
+    }
+
+    fn online(&self) -> std::sync::MutexGuard<'_, Online> {
+        self.online.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Removes a closed connection: it leaves its rooms and the online list.
@@ -286,6 +307,7 @@ impl Hub {
             .write(&connection.id)
             .remove(&connection.id);
         let departures = self.leave_all_rooms(connection);
+        self.online().unsubscribe(&connection.id);
         let change = self.replace_identity(connection, None);
         if removed.is_some() {
             self.stats.connection_closed();
@@ -332,9 +354,9 @@ impl Hub {
         connection: &Connection,
         identity: Identity,
     ) -> Result<IdentityChange, NameTaken> {
-        let mut online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut online = self.online();
         let wanted = identity.user.username.to_lowercase();
-        if let Some(owner) = online.names.get(&wanted)
+        if let Some(owner) = online.owner_of_name(&wanted)
             && *owner != identity.user.id
         {
             return Err(NameTaken);
@@ -344,8 +366,9 @@ impl Hub {
 
     /// Whether any online user uses this name, compared case-insensitively.
     pub fn name_in_use(&self, username: &str) -> bool {
-        let online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
-        online.names.contains_key(&username.to_lowercase())
+        self.online()
+            .owner_of_name(&username.to_lowercase())
+            .is_some()
     }
 
     fn replace_identity(
@@ -353,8 +376,7 @@ impl Hub {
         connection: &Connection,
         identity: Option<Identity>,
     ) -> IdentityChange {
-        let mut online = self.online.lock().unwrap_or_else(PoisonError::into_inner);
-        Self::swap_identity(&mut online, connection, identity)
+        Self::swap_identity(&mut self.online(), connection, identity)
     }
 
     fn swap_identity(
@@ -365,53 +387,42 @@ impl Hub {
         let previous = connection.user();
         let next = identity.as_ref().map(|identity| identity.user.clone());
         connection.set_identity(identity);
-        let mut change = IdentityChange::default();
-        if previous == next {
-            return change;
-        }
-        if let Some(user) = previous
-            && let Some((_, count)) = online.users.get_mut(&user.id)
-        {
-            *count -= 1;
-            if *count == 0 {
-                online.users.remove(&user.id);
-                let name = user.username.to_lowercase();
-                if online.names.get(&name) == Some(&user.id) {
-                    online.names.remove(&name);
-                }
-                change.left = Some(user);
-            }
-        }
-        if let Some(user) = next {
-            let entry = online
-                .users
-                .entry(user.id.clone())
-                .or_insert_with(|| (user.clone(), 0));
-            entry.1 += 1;
-            if entry.1 == 1 {
-                online
-                    .names
-                    .entry(user.username.to_lowercase())
-                    .or_insert_with(|| user.id.clone());
-                change.joined = Some(user);
-            }
-        }
-        change
+        online.swap(previous, next)
+    }
+
+    /// Makes `connection` an online subscriber of every user (`None`) or of
+    /// those listed, replacing its previous subscription, and queues the
+    /// reply `reply` makes of the watched users online now before any
+    /// announcement that follows the subscription.
+    pub fn subscribe(
+        &self,
+        connection: &Arc<Connection>,
+        user_ids: Option<Vec<String>>,
+        listed: usize,
+        reply: impl FnOnce(&Watched) -> OutFrame,
+    ) -> Delivery {
+        let mut online = self.online();
+        let watched = online.subscribe(connection, user_ids, listed);
+        // Queued under the lock: no announcement can come between the
+        // state it reports and the reply.
+        self.send(connection, &reply(&watched))
+    }
+
+    /// Ends the connection's online subscription; returns whether it had one.
+    pub fn unsubscribe(&self, connection: &Connection) -> bool {
+        self.online().unsubscribe(&connection.id)
     }
 
     /// Number of distinct users online.
     pub fn online_users(&self) -> usize {
-        self.online
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .users
-            .len()
+        self.online().user_count()
     }
 
     /// Adds the connection to a room, creating the room's live state if
     /// needed. Returns `None` if it was already in the room, else whether
-    /// this is the user's first connection there.
-    pub fn join_room(&self, connection: &Arc<Connection>, room: &str) -> Option<bool> {
+    /// this is the user's first connection there and whether the room is
+    /// large (protocol rule 13).
+    pub fn join_room(&self, connection: &Arc<Connection>, room: &str) -> Option<RoomChange> {
         let user = connection.user()?;
         let mut shard = self.rooms.write(room);
         let name: Arc<str> = match shard.get_key_value(room) {
@@ -421,9 +432,25 @@ impl Hub {
         if !connection.add_room(name.clone()) {
             return None;
         }
-        let live = shard.entry(name).or_insert_with(|| Arc::new(Room::new()));
-        let first = live.write().add(connection.clone(), &user);
-        Some(first)
+        let live = shard
+            .entry(name.clone())
+            .or_insert_with(|| Arc::new(Room::new()));
+        let change = live
+            .write()
+            .add(connection.clone(), &user, self.presence_max_members);
+        if change.became_large {
+            // The ticker may be gone (shutting down); then no count is due.
+            let _ = self.newly_large.send((name, live.clone()));
+        }
+        Some(change)
+    }
+
+    /// Takes the ticker of large rooms' counts; the first call gets it.
+    pub fn count_ticker(&self) -> Option<CountTicker> {
+        self.ticker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Takes the connection out of a room. Returns `None` if it was not in
@@ -437,7 +464,7 @@ impl Hub {
         let (name, live) = shard.get_key_value(room)?;
         let name = name.clone();
         let mut members = live.write();
-        let last_of_user = members.remove(&connection.id, &user);
+        let change = members.remove(&connection.id, &user, self.presence_max_members)?;
         let empty = members.is_empty();
         drop(members);
         if empty {
@@ -446,7 +473,8 @@ impl Hub {
         Some(RoomDeparture {
             room: name,
             user,
-            last_of_user,
+            last_of_user: change.user_changed,
+            quiet: change.quiet,
         })
     }
 
@@ -550,6 +578,19 @@ impl Hub {
                         .for_each(|c| count(c.deliver(&frame.bytes)));
                 }
             }
+            Audience::Watchers { user, if_online } => {
+                // Queued (not written) under the lock, so that announcements
+                // of one user reach each watcher in the order of the changes.
+                let _writes = Batch::deferred(&self.flusher);
+                let online = self.online();
+                if if_online.is_none_or(|wanted| online.is_online_as(user) == wanted) {
+                    online.for_each_watcher(&user.id, |c| {
+                        if !excepted(c) {
+                            count(c.deliver(&frame.bytes));
+                        }
+                    });
+                }
+            }
         }
         self.stats.count_out(frame.kind, queued);
         self.stats
@@ -578,6 +619,48 @@ impl Hub {
         for connection in self.connections() {
             connection.close(reason);
         }
+    }
+}
+
+/// Tells large rooms' member counts: once a second at most per room, and
+/// only counts that changed (protocol rule 13). Sleeps without a timer while
+/// no room is large.
+#[derive(Debug)]
+pub struct CountTicker {
+    receiver: tokio::sync::mpsc::UnboundedReceiver<CountedRoom>,
+    rooms: Vec<CountedRoom>,
+}
+
+impl CountTicker {
+    /// Seconds between two counts of one room, at least.
+    pub const PERIOD: Duration = Duration::from_secs(1);
+
+    /// Waits for the next round and returns the rooms whose count is due,
+    /// with their counts; `None` once the hub is gone.
+    pub async fn next(&mut self) -> Option<Vec<(Arc<str>, usize)>> {
+        if self.rooms.is_empty() {
+            let room = self.receiver.recv().await?;
+            self.rooms.push(room);
+        }
+        tokio::time::sleep(Self::PERIOD).await;
+        while let Ok(room) = self.receiver.try_recv() {
+            self.rooms.push(room);
+        }
+        let mut due = Vec::new();
+        self.rooms.retain(|(name, room)| {
+            let mut members = room.write();
+            if !members.large {
+                members.counted = false;
+                return false;
+            }
+            let count = members.user_count();
+            if count != members.told {
+                members.told = count;
+                due.push((name.clone(), count));
+            }
+            true
+        });
+        Some(due)
     }
 }
 
@@ -615,9 +698,10 @@ mod tests {
         let b = hub.register(addr(), None, None);
         assert!(hub.set_identity(&a, identity("u1", "ann")).joined.is_some());
         assert!(hub.set_identity(&b, identity("u1", "ann")).joined.is_none());
-        assert_eq!(hub.join_room(&a, "r"), Some(true));
-        assert_eq!(hub.join_room(&b, "r"), Some(false));
-        assert_eq!(hub.join_room(&b, "r"), None);
+        let first = |change: Option<RoomChange>| change.map(|c| c.user_changed);
+        assert_eq!(first(hub.join_room(&a, "r")), Some(true));
+        assert_eq!(first(hub.join_room(&b, "r")), Some(false));
+        assert_eq!(first(hub.join_room(&b, "r")), None);
         assert_eq!(hub.room_members("r", 0, 10).1, 1);
         assert_eq!(hub.room_connection_count("r"), 2);
         let (left_rooms, left) = hub.unregister(&a);
@@ -695,6 +779,51 @@ mod tests {
         assert_eq!(slow.close_requested(), Some(4002));
         assert_eq!(fast.close_requested(), None);
         assert_eq!(hub.stats().slow_consumer_disconnects(), 1);
+    }
+
+    /// Connects user `u{i}` and joins it to room `big`.
+    fn join_big(hub: &Hub, i: usize) -> (Arc<Connection>, RoomChange) {
+        let c = hub.register(addr(), None, None);
+        hub.set_identity(&c, identity(&format!("u{i}"), &format!("n{i}")));
+        let change = hub.join_room(&c, "big").expect("joined");
+        (c, change)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_large_room_is_quiet_and_counted_once_per_change() {
+        let hub = Hub::with_presence_limit(16, 2);
+        let mut ticker = hub.count_ticker().expect("the first take gets the ticker");
+        assert!(hub.count_ticker().is_none(), "one ticker per hub");
+        let (_u0, first) = join_big(&hub, 0);
+        let (_u1, second) = join_big(&hub, 1);
+        assert!(!first.quiet && !second.quiet);
+        let (u2, third) = join_big(&hub, 2);
+        assert!(third.user_changed && third.quiet, "above the limit: quiet");
+        let due = ticker.next().await.expect("hub alive");
+        assert_eq!(due, vec![("big".into(), 3)], "members knew of 2");
+        // A second connection of a known user changes no count.
+        let (again, change) = join_big(&hub, 2);
+        assert!(!change.user_changed);
+        let left = hub.leave_room(&u2, "big").expect("was in");
+        assert!(!left.last_of_user, "u2 is still there on `again`");
+        assert_eq!(ticker.next().await, Some(Vec::new()), "no change, no count");
+        let (u3, _) = join_big(&hub, 3);
+        let left = hub.leave_room(&u3, "big").expect("was in");
+        assert!(left.last_of_user && left.quiet, "3 of limit 2: still quiet");
+        let back = hub.leave_room(&again, "big").expect("was in");
+        assert!(
+            back.last_of_user && !back.quiet,
+            "at the limit: events again"
+        );
+        assert_eq!(
+            ticker.next().await,
+            Some(Vec::new()),
+            "small rooms get no count"
+        );
+        // The room is off the list: the ticker waits for the next large
+        // room without a timer.
+        let waiting = tokio::time::timeout(Duration::from_secs(3600), ticker.next()).await;
+        assert!(waiting.is_err(), "no round while no room is large");
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use super::Outbox;
 use super::connection::Connection;
 use crate::protocol::User;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Orders members by username compared byte-wise, as the protocol requires;
@@ -39,12 +39,38 @@ pub(super) struct Members {
     /// Their outboxes, at the same positions: a broadcast goes through
     /// these and reads a connection only when its outbox is full.
     pub(super) outboxes: Vec<Arc<Outbox>>,
+    /// Each connection's position in `connections`, by connection id, so
+    /// that a leave in a big room does not scan it.
+    positions: HashMap<Arc<str>, usize>,
     users: BTreeMap<MemberKey, Member>,
+    /// More distinct users than the presence limit are in the room: no
+    /// per-user presence events, counts instead (protocol rule 13).
+    pub(super) large: bool,
+    /// The member count the members were last told, by events or by a
+    /// `presence_count`; a count is due when the room's differs.
+    pub(super) told: usize,
+    /// The room is on the presence-count task's list.
+    pub(super) counted: bool,
+}
+
+/// What a join or leave did to a room's membership.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Change {
+    /// The user's first connection in the room (on a join) or last (on a
+    /// leave): the user's membership changed.
+    pub user_changed: bool,
+    /// The room is large: the change is told by a count, not by an event.
+    pub quiet: bool,
+    /// The room has just become large and needs to go on the count list.
+    pub(super) became_large: bool,
 }
 
 impl Members {
-    /// Adds a connection; returns whether it is the user's first in the room.
-    pub(super) fn add(&mut self, connection: Arc<Connection>, user: &User) -> bool {
+    /// Adds a connection. With more than `limit` distinct users the room
+    /// becomes large.
+    pub(super) fn add(&mut self, connection: Arc<Connection>, user: &User, limit: usize) -> Change {
+        self.positions
+            .insert(connection.id.clone(), self.connections.len());
         self.outboxes.push(connection.outbox.clone());
         self.connections.push(connection);
         let member = self
@@ -55,23 +81,45 @@ impl Members {
                 connections: 0,
             });
         member.connections += 1;
-        member.connections == 1
+        let user_changed = member.connections == 1;
+        let mut became_large = false;
+        if user_changed {
+            if self.users.len() > limit {
+                if !self.large {
+                    // Members know the count from before this join.
+                    self.large = true;
+                    self.told = self.users.len() - 1;
+                    became_large = !self.counted;
+                    self.counted = true;
+                }
+            } else {
+                self.told = self.users.len();
+            }
+        }
+        Change {
+            user_changed,
+            quiet: self.large,
+            became_large,
+        }
     }
 
-    /// Removes a connection; returns whether it was the user's last here.
-    /// `user` must be the identity the connection joined with.
-    pub(super) fn remove(&mut self, connection_id: &str, user: &User) -> bool {
-        let Some(position) = self
-            .connections
-            .iter()
-            .position(|c| &*c.id == connection_id)
-        else {
-            return false;
-        };
+    /// Removes a connection; `None` if it was not here. `user` must be the
+    /// identity the connection joined with. At `limit` distinct users or
+    /// fewer a large room is small again, and this leave is an event.
+    pub(super) fn remove(
+        &mut self,
+        connection_id: &str,
+        user: &User,
+        limit: usize,
+    ) -> Option<Change> {
+        let position = self.positions.remove(connection_id)?;
         self.connections.swap_remove(position);
         self.outboxes.swap_remove(position);
+        if let Some(moved) = self.connections.get(position) {
+            self.positions.insert(moved.id.clone(), position);
+        }
         let key = MemberKey::of(user);
-        match self.users.get_mut(&key) {
+        let user_changed = match self.users.get_mut(&key) {
             Some(member) if member.connections > 1 => {
                 member.connections -= 1;
                 false
@@ -81,7 +129,16 @@ impl Members {
                 true
             }
             None => false,
+        };
+        if user_changed && self.users.len() <= limit {
+            self.large = false;
+            self.told = self.users.len();
         }
+        Some(Change {
+            user_changed,
+            quiet: self.large,
+            became_large: false,
+        })
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -19,6 +19,8 @@ const MAX_REF_CHARS: usize = 64;
 const MAX_CLIENT_MSG_ID_CHARS: usize = 64;
 /// Longest guest display name.
 const MAX_USERNAME_CHARS: usize = 32;
+/// Longest user id in a `presence_subscribe` list.
+const MAX_USER_ID_CHARS: usize = 256;
 /// Largest `limit` of a `history` page.
 const MAX_HISTORY_LIMIT: i64 = 200;
 /// Largest `limit` of a `presence` page.
@@ -68,6 +70,8 @@ pub enum MessageType {
     UserTyping,
     UserJoin,
     UserLeave,
+    PresenceSubscribe,
+    PresenceUnsubscribe,
     RoomJoin,
     RoomLeave,
     History,
@@ -83,12 +87,14 @@ pub enum MessageType {
 
 impl MessageType {
     /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [MessageType; 15] = [
+    pub const ALL: [MessageType; 17] = [
         MessageType::Authentication,
         MessageType::ChatMessage,
         MessageType::UserTyping,
         MessageType::UserJoin,
         MessageType::UserLeave,
+        MessageType::PresenceSubscribe,
+        MessageType::PresenceUnsubscribe,
         MessageType::RoomJoin,
         MessageType::RoomLeave,
         MessageType::History,
@@ -112,6 +118,8 @@ impl MessageType {
             MessageType::UserTyping => "user_typing",
             MessageType::UserJoin => "user_join",
             MessageType::UserLeave => "user_leave",
+            MessageType::PresenceSubscribe => "presence_subscribe",
+            MessageType::PresenceUnsubscribe => "presence_unsubscribe",
             MessageType::RoomJoin => "room_join",
             MessageType::RoomLeave => "room_leave",
             MessageType::History => "history",
@@ -229,6 +237,10 @@ impl Envelope {
                 ClientMessage::UserJoin(decode::<UserJoin>(body)?.validated()?)
             }
             MessageType::UserLeave => ClientMessage::UserLeave,
+            MessageType::PresenceSubscribe => {
+                ClientMessage::PresenceSubscribe(decode::<PresenceSubscribe>(body)?.validated()?)
+            }
+            MessageType::PresenceUnsubscribe => ClientMessage::PresenceUnsubscribe,
             MessageType::RoomJoin => {
                 ClientMessage::RoomJoin(decode::<RoomJoin>(body)?.validated()?)
             }
@@ -332,6 +344,8 @@ pub enum ClientMessage {
     UserTyping(UserTyping),
     UserJoin(UserJoin),
     UserLeave,
+    PresenceSubscribe(PresenceSubscribe),
+    PresenceUnsubscribe,
     RoomJoin(RoomJoin),
     RoomLeave(RoomLeave),
     History(History),
@@ -442,6 +456,39 @@ impl UserJoin {
                 "username",
                 "must be 1..32 printable characters without leading or trailing spaces",
             ));
+        }
+        Ok(self)
+    }
+}
+
+/// `presence_subscribe`: watch every user (no `user_ids`) or those listed
+/// come online and go offline.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct PresenceSubscribe {
+    pub user_ids: Option<Vec<String>>,
+}
+
+impl PresenceSubscribe {
+    /// Most users one subscription may list.
+    pub const MAX_USER_IDS: usize = 1000;
+
+    fn validated(self) -> Result<Self, Rejection> {
+        if let Some(ids) = &self.user_ids {
+            if ids.is_empty() || ids.len() > Self::MAX_USER_IDS {
+                return Err(Rejection::invalid(
+                    "user_ids",
+                    "must list 1..1000 user ids (leave it out to watch every user)",
+                ));
+            }
+            if ids
+                .iter()
+                .any(|id| id.is_empty() || char_len(id) > MAX_USER_ID_CHARS)
+            {
+                return Err(Rejection::invalid(
+                    "user_ids",
+                    "must hold user ids of 1..256 characters",
+                ));
+            }
         }
         Ok(self)
     }

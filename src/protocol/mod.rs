@@ -17,8 +17,8 @@ mod types;
 
 pub use client::{
     AiCancel, AiRequest, Authentication, ChatMessage, ClientMessage, Envelope, FileUploadRequest,
-    History, Limits, MessageType, Presence, ProjectUpdate, Rejection, RoomJoin, RoomLeave,
-    TicketUpdate, UserJoin, UserTyping, validate_room_name,
+    History, Limits, MessageType, Presence, PresenceSubscribe, ProjectUpdate, Rejection, RoomJoin,
+    RoomLeave, TicketUpdate, UserJoin, UserTyping, validate_room_name,
 };
 pub use error::{CloseReason, ErrorCode};
 pub use server::{Frame, PresenceEvent, ServerInfo, ServerMessage, ServerType, WelcomeLimits};

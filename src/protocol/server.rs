@@ -73,9 +73,17 @@ pub enum ServerMessage<'a> {
         event: PresenceEvent,
         user: &'a User,
     },
+    /// The reply to `presence` (a room's page) and to `presence_subscribe`
+    /// (`room: null`: the watched users online now).
     PresenceState {
-        room: &'a str,
+        room: Option<&'a str>,
         members: &'a [User],
+        member_count: usize,
+    },
+    PresenceUnsubscribed {},
+    /// A large room's member count (protocol rule 13).
+    PresenceCount {
+        room: &'a str,
         member_count: usize,
     },
     History {
@@ -150,6 +158,8 @@ pub enum ServerType {
     RoomLeft,
     Presence,
     PresenceState,
+    PresenceUnsubscribed,
+    PresenceCount,
     History,
     ProjectUpdated,
     ProjectUpdate,
@@ -164,7 +174,7 @@ pub enum ServerType {
 
 impl ServerType {
     /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [ServerType; 21] = [
+    pub const ALL: [ServerType; 23] = [
         ServerType::Welcome,
         ServerType::AuthSuccess,
         ServerType::ChatMessage,
@@ -176,6 +186,8 @@ impl ServerType {
         ServerType::RoomLeft,
         ServerType::Presence,
         ServerType::PresenceState,
+        ServerType::PresenceUnsubscribed,
+        ServerType::PresenceCount,
         ServerType::History,
         ServerType::ProjectUpdated,
         ServerType::ProjectUpdate,
@@ -201,6 +213,8 @@ impl ServerType {
             ServerType::RoomLeft => "room_left",
             ServerType::Presence => "presence",
             ServerType::PresenceState => "presence_state",
+            ServerType::PresenceUnsubscribed => "presence_unsubscribed",
+            ServerType::PresenceCount => "presence_count",
             ServerType::History => "history",
             ServerType::ProjectUpdated => "project_updated",
             ServerType::ProjectUpdate => "project_update",
@@ -249,6 +263,8 @@ impl ServerMessage<'_> {
             ServerMessage::RoomLeft { .. } => ServerType::RoomLeft,
             ServerMessage::Presence { .. } => ServerType::Presence,
             ServerMessage::PresenceState { .. } => ServerType::PresenceState,
+            ServerMessage::PresenceUnsubscribed {} => ServerType::PresenceUnsubscribed,
+            ServerMessage::PresenceCount { .. } => ServerType::PresenceCount,
             ServerMessage::History { .. } => ServerType::History,
             ServerMessage::ProjectUpdated { .. } => ServerType::ProjectUpdated,
             ServerMessage::ProjectUpdate { .. } => ServerType::ProjectUpdate,

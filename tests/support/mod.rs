@@ -311,6 +311,20 @@ pub async fn join(client: &mut Client, room: &str) -> Value {
     joined
 }
 
+/// Subscribes to the online announcements of every user (`None`) or of
+/// those listed, and returns the `presence_state` reply.
+pub async fn subscribe(client: &mut Client, user_ids: Option<&[&str]>) -> Value {
+    let mut frame = serde_json::json!({"type": "presence_subscribe", "ref": "subscribe"});
+    if let Some(ids) = user_ids {
+        frame["user_ids"] = serde_json::json!(ids);
+    }
+    client.send(frame).await;
+    let state = client.recv_type("presence_state").await;
+    assert_eq!(state["ref"], "subscribe", "{state}");
+    assert_eq!(state["room"], Value::Null, "{state}");
+    state
+}
+
 /// `alice` and `bob`, both in `room`, with the announcements of their
 /// arrival already read.
 pub async fn alice_and_bob_in(server: &TestServer, room: &str) -> (Client, Client) {

@@ -87,9 +87,10 @@ pub async fn serve(
         config.retention,
         config.retention_interval,
     ));
-    let hub = Arc::new(Hub::with_presence_limit(
+    let hub = Arc::new(Hub::configured(
         config.outbox_capacity,
         config.presence_max_members,
+        config.guest_chat,
     ));
     let flusher = tokio::spawn({
         let hub = hub.clone();

@@ -16,6 +16,7 @@ use crate::hub::{Identity, Role};
 use crate::protocol::{Timestamp, User, UserKind};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 
 /// Prefix of the ids the server gives guests; tokens cannot claim it.
 pub const GUEST_ID_PREFIX: &str = "guest:";
@@ -164,16 +165,14 @@ fn identity_from_claims(claims: Claims) -> Result<Identity, AuthError> {
         Role::Assistant => UserKind::Assistant,
         Role::User | Role::Admin => UserKind::User,
     };
-    let username = claims
-        .name
-        .filter(|name| !name.is_empty())
-        .unwrap_or_else(|| claims.sub.clone());
+    let id: Arc<str> = claims.sub.into();
+    // Without a name the id is the name: one string, shared.
+    let username = match claims.name.filter(|name| !name.is_empty()) {
+        Some(name) => name.into(),
+        None => id.clone(),
+    };
     Ok(Identity {
-        user: User {
-            id: claims.sub.into(),
-            username: username.into(),
-            kind,
-        },
+        user: User { id, username, kind },
         role,
         expires_at: Some(Timestamp(
             i64::try_from(claims.exp)

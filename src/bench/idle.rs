@@ -15,6 +15,14 @@ use tokio::task::JoinHandle;
 
 /// Prefix of the bench users' ids: connection `n` is user `idle-n`.
 const USER_PREFIX: &str = "idle-";
+/// How an announcement starts (the server writes `type` first); checked
+/// without parsing, since a subscriber reads one per connection of the run.
+const USER_JOIN_START: &[u8] = br#"{"type":"user_join","#;
+/// How presence events and counts start.
+const PRESENCE_START: &[u8] = br#"{"type":"presence","#;
+const PRESENCE_COUNT_START: &[u8] = br#"{"type":"presence_count","#;
+/// Where the user's id starts in an announcement of a bench user.
+const BENCH_USER_ID: &[u8] = br#""id":"idle-"#;
 
 /// What an idle run does besides connecting.
 #[derive(Debug, Clone, Default)]
@@ -117,21 +125,22 @@ impl Seat {
     ) -> Option<u64> {
         let subscriber = self.subscriber();
         while let Some(text) = reader.next_text().await {
-            match super::client::Head::of(text).kind {
-                "user_join"
-                    if subscriber
-                        && announced_index(text).is_some_and(|i| i >= self.options.subscribers) =>
-                {
+            if subscriber && text.starts_with(USER_JOIN_START) {
+                if announced_index(text).is_some_and(|i| i >= self.options.subscribers) {
                     self.tally.announced.fetch_add(1, Ordering::Relaxed);
                 }
-                "presence" => {
-                    self.tally.presence_events.fetch_add(1, Ordering::Relaxed);
-                }
-                "presence_count" => {
-                    self.tally.presence_counts.fetch_add(1, Ordering::Relaxed);
-                }
-                "chat_message" => newest = newest.max(last_message_id(text)),
-                _ => {}
+                continue;
+            }
+            if text.starts_with(PRESENCE_START) {
+                self.tally.presence_events.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if text.starts_with(PRESENCE_COUNT_START) {
+                self.tally.presence_counts.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            if super::client::Head::of(text).kind == "chat_message" {
+                newest = newest.max(last_message_id(text));
             }
         }
         newest
@@ -179,18 +188,26 @@ impl Seat {
 /// The `N` of the first `"id":"idle-N"` in a frame, found without parsing
 /// the JSON.
 fn announced_index(text: &[u8]) -> Option<usize> {
-    let key = format!("\"id\":\"{USER_PREFIX}");
-    let at = text.windows(key.len()).position(|w| w == key.as_bytes())? + key.len();
-    let digits: String = text[at..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .map(|&b| char::from(b))
-        .collect();
-    digits.parse().ok()
+    let key = BENCH_USER_ID;
+    let at = text.windows(key.len()).position(|w| w == key)? + key.len();
+    let mut index = None::<usize>;
+    for digit in text[at..].iter().take_while(|b| b.is_ascii_digit()) {
+        index = Some(
+            index
+                .unwrap_or(0)
+                .checked_mul(10)?
+                .checked_add(usize::from(digit - b'0'))?,
+        );
+    }
+    index
 }
 
 /// The largest message `id` in a `room_joined` or `chat_message` frame.
 fn last_message_id(text: &[u8]) -> Option<u64> {
+    const NO_MESSAGES: &[u8] = br#""recent_messages":[]"#;
+    if text.windows(NO_MESSAGES.len()).any(|w| w == NO_MESSAGES) {
+        return None;
+    }
     let value: serde_json::Value = serde_json::from_slice(text).ok()?;
     let single = value["message"]["id"].as_u64();
     let recent = value["recent_messages"]
@@ -416,5 +433,21 @@ async fn report_storm(report: &mut Report, tally: &Tally, open: usize) {
             super::report::round(last.duration_since(first).as_secs_f64()),
             "s from the first drop to the last rejoin",
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn announcements_are_recognised_without_parsing() {
+        let frame = br#"{"type":"user_join","user":{"id":"idle-1234","username":"idle-1234","kind":"user"},"timestamp":"2026-12-05T00:00:00.000Z"}"#;
+        assert!(frame.starts_with(USER_JOIN_START));
+        assert_eq!(announced_index(frame), Some(1234));
+        assert_eq!(announced_index(br#"{"type":"user_join","user":{"id":"bob"}}"#), None);
+        let joined = br#"{"type":"room_joined","recent_messages":[{"id":7},{"id":9}],"missed":false}"#;
+        assert_eq!(last_message_id(joined), Some(9));
+        assert_eq!(last_message_id(br#"{"type":"chat_message","message":{"id":12}}"#), Some(12));
     }
 }

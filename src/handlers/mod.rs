@@ -181,41 +181,43 @@ pub fn announce_departures(app: &App, departures: &[RoomDeparture]) {
 /// Tells the user's online subscribers that the user came online, except
 /// the connection that did. Dropped if the user went offline meanwhile.
 fn announce_online(app: &App, user: &User, except: &str) {
-    app.publish(
-        Audience::Watchers {
-            user: user.clone(),
-            if_online: Some(true),
-        },
-        &ServerMessage::UserJoin { user },
-        Some(except),
-    );
+    let message = ServerMessage::UserJoin { user };
+    tell_watchers(app, user, &message, Some(true), Some(except));
 }
 
 /// Tells the user's online subscribers that the user went offline (their
 /// last connection closed or changed user), except `except`. Dropped if the
 /// user came back meanwhile.
 pub fn announce_offline(app: &App, user: &User, except: Option<&str>) {
-    app.publish(
-        Audience::Watchers {
-            user: user.clone(),
-            if_online: Some(false),
-        },
-        &ServerMessage::UserLeave { user },
-        except,
-    );
+    let message = ServerMessage::UserLeave { user };
+    tell_watchers(app, user, &message, Some(false), except);
 }
 
 /// Tells the user's online subscribers that a connection of the user sent
 /// `user_leave`, whether or not the user has other connections.
 fn announce_user_leave(app: &App, user: &User, except: &str) {
-    app.publish(
-        Audience::Watchers {
-            user: user.clone(),
-            if_online: None,
-        },
-        &ServerMessage::UserLeave { user },
-        Some(except),
-    );
+    let message = ServerMessage::UserLeave { user };
+    tell_watchers(app, user, &message, None, Some(except));
+}
+
+/// Publishes an online announcement to the connections watching `user`
+/// (see [`Audience::Watchers`] for `if_online`).
+fn tell_watchers(
+    app: &App,
+    user: &User,
+    message: &ServerMessage<'_>,
+    if_online: Option<bool>,
+    except: Option<&str>,
+) {
+    // A crowd mostly has no watchers: then there is nothing to encode.
+    if !app.hub.is_watched(&user.id) {
+        return;
+    }
+    let audience = Audience::Watchers {
+        user: user.clone(),
+        if_online,
+    };
+    app.publish(audience, message, except);
 }
 
 /// Sends an `error` frame and counts it.

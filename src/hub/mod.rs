@@ -224,6 +224,16 @@ impl Hub {
     /// A hub whose rooms are large above `presence_max_members` distinct
     /// members (protocol rule 13).
     pub fn with_presence_limit(outbox_capacity: usize, presence_max_members: usize) -> Hub {
+        Hub::configured(outbox_capacity, presence_max_members, true)
+    }
+
+    /// A hub as a server runs it; `guest_names`: guests may name themselves,
+    /// so the names in use are kept (see [`Hub::claim_guest_name`]).
+    pub fn configured(
+        outbox_capacity: usize,
+        presence_max_members: usize,
+        guest_names: bool,
+    ) -> Hub {
         let (newly_large, receiver) = tokio::sync::mpsc::unbounded_channel();
         Hub {
             node_id: node_id(),
@@ -231,7 +241,7 @@ impl Hub {
             outbox_capacity,
             connections: Sharded::new(),
             rooms: Sharded::new(),
-            online: Mutex::new(Online::default()),
+            online: Mutex::new(Online::new(guest_names)),
             presence_max_members,
             newly_large,
             ticker: Mutex::new(Some(CountTicker {
@@ -349,6 +359,8 @@ impl Hub {
 
     /// Like [`Hub::set_identity`] for a guest's display name: refused when
     /// another online user has the same name, compared case-insensitively.
+    /// Names are compared only on a hub that keeps them (see
+    /// [`Hub::configured`]).
     pub fn claim_guest_name(
         &self,
         connection: &Connection,
@@ -406,6 +418,12 @@ impl Hub {
         // Queued under the lock: no announcement can come between the
         // state it reports and the reply.
         self.send(connection, &reply(&watched))
+    }
+
+    /// Whether any connection on this node watches this user: an
+    /// announcement nobody here would get need not even be encoded.
+    pub fn is_watched(&self, user_id: &str) -> bool {
+        self.online().is_watched(user_id)
     }
 
     /// Ends the connection's online subscription; returns whether it had one.
@@ -547,6 +565,11 @@ impl Hub {
         let excepted = |connection: &Connection| except.is_some_and(|id| *connection.id == *id);
         match audience {
             Audience::Room(room) => {
+                // Presence frames are queued and written by the flusher:
+                // a join storm's events then share one write per member
+                // socket instead of one write each. Chat goes straight out.
+                let _writes = matches!(frame.kind, ServerType::Presence | ServerType::PresenceCount)
+                    .then(|| Batch::deferred(&self.flusher));
                 if let Some(live) = self.live_room(room) {
                     let members = live.read();
                     // The outboxes of a stretch of members are read once

@@ -12,8 +12,84 @@
 
 use super::connection::Connection;
 use crate::protocol::User;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::borrow::Borrow;
+use std::cell::Cell;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
+
+/// An online user and how many announced connections they have; found by
+/// user id. Kept small (40 bytes): a crowd has one per connection.
+#[derive(Debug)]
+struct OnlineUser {
+    user: User,
+    connections: Cell<u32>,
+}
+
+impl Borrow<str> for OnlineUser {
+    fn borrow(&self) -> &str {
+        &self.user.id
+    }
+}
+
+impl Hash for OnlineUser {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (*self.user.id).hash(state);
+    }
+}
+
+impl PartialEq for OnlineUser {
+    fn eq(&self, other: &Self) -> bool {
+        self.user.id == other.user.id
+    }
+}
+
+impl Eq for OnlineUser {}
+
+/// A user ordered by username (byte-wise), then id, as presence lists are.
+struct ByName<'a>(&'a User);
+
+impl ByName<'_> {
+    fn key(&self) -> (&str, &str) {
+        (&self.0.username, &self.0.id)
+    }
+}
+
+impl PartialEq for ByName<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for ByName<'_> {}
+
+impl PartialOrd for ByName<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for ByName<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.key().cmp(&other.key())
+    }
+}
+
+/// The first `limit` of `users` by username, in order.
+fn first_by_name<'a>(users: impl Iterator<Item = &'a User>, limit: usize) -> Vec<User> {
+    // A max-heap of the best `limit` so far: one pass, no full sort.
+    let mut best: BinaryHeap<ByName<'a>> = BinaryHeap::with_capacity(limit + 1);
+    for user in users {
+        best.push(ByName(user));
+        if best.len() > limit {
+            best.pop();
+        }
+    }
+    best.into_sorted_vec()
+        .into_iter()
+        .map(|ByName(user)| user.clone())
+        .collect()
+}
 
 /// Whom one connection watches.
 #[derive(Debug)]
@@ -25,13 +101,11 @@ enum Watch {
 /// Online users and the online subscriptions.
 #[derive(Debug, Default)]
 pub(super) struct Online {
-    /// Users with at least one announced connection, and how many they have.
-    users: HashMap<Arc<str>, (User, usize)>,
-    /// The same users ordered by username (byte-wise), then id: the first
-    /// page of an everyone-subscription's `presence_state` without a sort.
-    ordered: BTreeSet<(Arc<str>, Arc<str>)>,
-    /// Lower-cased usernames in use, for guest name checks.
-    names: HashMap<String, Arc<str>>,
+    /// Users with at least one announced connection.
+    users: HashSet<OnlineUser>,
+    /// Lower-cased usernames in use, for guest name checks; kept only where
+    /// guests may name themselves.
+    names: Option<HashMap<String, Arc<str>>>,
     /// Each subscribed connection's subscription, by connection id.
     subscriptions: HashMap<Arc<str>, Watch>,
     /// Connections watching every user.
@@ -59,9 +133,20 @@ pub struct Watched {
 }
 
 impl Online {
+    /// An empty list; `guest_names`: keep the names in use, for guests
+    /// naming themselves.
+    pub(super) fn new(guest_names: bool) -> Online {
+        Online {
+            names: guest_names.then(HashMap::new),
+            ..Online::default()
+        }
+    }
+
     /// Connections of this user that are online.
     pub(super) fn connections_of(&self, user_id: &str) -> usize {
-        self.users.get(user_id).map_or(0, |(_, count)| *count)
+        self.users
+            .get(user_id)
+            .map_or(0, |online| online.connections.get() as usize)
     }
 
     pub(super) fn user_count(&self) -> usize {
@@ -70,11 +155,15 @@ impl Online {
 
     /// Whether `user` (id, name and kind) is online as given.
     pub(super) fn is_online_as(&self, user: &User) -> bool {
-        self.users.get(&user.id).is_some_and(|(now, _)| now == user)
+        self.users
+            .get(&*user.id)
+            .is_some_and(|online| online.user == *user)
     }
 
+    /// The user online under this lower-cased name; `None` also where
+    /// names are not kept.
     pub(super) fn owner_of_name(&self, lowercase_name: &str) -> Option<&Arc<str>> {
-        self.names.get(lowercase_name)
+        self.names.as_ref()?.get(lowercase_name)
     }
 
     /// Moves one connection from `previous` to `next`, either of which may
@@ -85,33 +174,36 @@ impl Online {
             return change;
         }
         if let Some(user) = previous
-            && let Some((_, count)) = self.users.get_mut(&user.id)
+            && let Some(online) = self.users.get(&*user.id)
         {
-            *count -= 1;
-            if *count == 0 {
-                self.users.remove(&user.id);
-                self.ordered
-                    .remove(&(user.username.clone(), user.id.clone()));
-                let name = user.username.to_lowercase();
-                if self.names.get(&name) == Some(&user.id) {
-                    self.names.remove(&name);
+            let left = online.connections.get().saturating_sub(1);
+            online.connections.set(left);
+            if left == 0 {
+                self.users.remove(&*user.id);
+                if let Some(names) = &mut self.names {
+                    let name = user.username.to_lowercase();
+                    if names.get(&name) == Some(&user.id) {
+                        names.remove(&name);
+                    }
                 }
                 change.left = Some(user);
             }
         }
         if let Some(user) = next {
-            let entry = self
-                .users
-                .entry(user.id.clone())
-                .or_insert_with(|| (user.clone(), 0));
-            entry.1 += 1;
-            if entry.1 == 1 {
-                self.ordered
-                    .insert((user.username.clone(), user.id.clone()));
-                self.names
-                    .entry(user.username.to_lowercase())
-                    .or_insert_with(|| user.id.clone());
-                change.joined = Some(user);
+            match self.users.get(&*user.id) {
+                Some(online) => online.connections.set(online.connections.get() + 1),
+                None => {
+                    if let Some(names) = &mut self.names {
+                        names
+                            .entry(user.username.to_lowercase())
+                            .or_insert_with(|| user.id.clone());
+                    }
+                    self.users.insert(OnlineUser {
+                        user: user.clone(),
+                        connections: Cell::new(1),
+                    });
+                    change.joined = Some(user);
+                }
             }
         }
         change
@@ -133,13 +225,7 @@ impl Online {
                 self.everyone.insert(id.clone(), connection.clone());
                 self.subscriptions.insert(id, Watch::Everyone);
                 Watched {
-                    listed: self
-                        .ordered
-                        .iter()
-                        .take(listed)
-                        .filter_map(|(_, user_id)| self.users.get(user_id))
-                        .map(|(user, _)| user.clone())
-                        .collect(),
+                    listed: first_by_name(self.users.iter().map(|online| &online.user), listed),
                     count: self.users.len(),
                 }
             }
@@ -150,20 +236,16 @@ impl Online {
                     .filter(|user_id| seen.insert(user_id.clone()))
                     .map(Arc::from)
                     .collect();
-                let mut online: Vec<&User> = Vec::new();
                 for user_id in ids.iter() {
                     self.watchers
                         .entry(user_id.clone())
                         .or_default()
                         .push(connection.clone());
-                    if let Some((user, _)) = self.users.get(user_id) {
-                        online.push(user);
-                    }
                 }
-                online.sort_unstable_by(|a, b| (&a.username, &a.id).cmp(&(&b.username, &b.id)));
+                let online = || ids.iter().filter_map(|id| self.users.get(&**id));
                 let watched = Watched {
-                    count: online.len(),
-                    listed: online.into_iter().take(listed).cloned().collect(),
+                    count: online().count(),
+                    listed: first_by_name(online().map(|online| &online.user), listed),
                 };
                 self.subscriptions.insert(id, Watch::Users(ids));
                 watched
@@ -192,6 +274,11 @@ impl Online {
             }
         }
         true
+    }
+
+    /// Whether any connection watches this user.
+    pub(super) fn is_watched(&self, user_id: &str) -> bool {
+        !self.everyone.is_empty() || self.watchers.contains_key(user_id)
     }
 
     /// Calls `each` for every connection watching this user.

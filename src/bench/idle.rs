@@ -18,6 +18,8 @@ const USER_PREFIX: &str = "idle-";
 /// How an announcement starts (the server writes `type` first); checked
 /// without parsing, since a subscriber reads one per connection of the run.
 const USER_JOIN_START: &[u8] = br#"{"type":"user_join","#;
+/// How `room_joined` starts.
+const ROOM_JOINED_START: &[u8] = br#"{"type":"room_joined","#;
 /// How presence events and counts start.
 const PRESENCE_START: &[u8] = br#"{"type":"presence","#;
 const PRESENCE_COUNT_START: &[u8] = br#"{"type":"presence_count","#;
@@ -53,6 +55,7 @@ struct Tally {
     /// Connections back (welcomed, and rejoined) after a drop.
     recovered: AtomicUsize,
     reconnect_failures: AtomicUsize,
+    first_reconnect_failure: Mutex<Option<String>>,
     /// Times of the first drop and the last recovery.
     storm: Mutex<(Option<Instant>, Option<Instant>)>,
     /// Subscribers whose socket closed before the run ended.
@@ -99,6 +102,12 @@ impl Seat {
             socket.writer.send_text(&join).await?;
             loop {
                 let text = socket.reader.next_text().await.ok_or("connection closed")?;
+                // The reply lists up to 100 members: found by its start,
+                // not by parsing it whole.
+                if text.starts_with(ROOM_JOINED_START) {
+                    newest = newest.max(last_message_id(text));
+                    break;
+                }
                 let head = super::client::Head::of(text);
                 match head.kind {
                     "room_joined" => {
@@ -151,6 +160,9 @@ impl Seat {
     async fn live(self, socket: Socket, mut newest: Option<u64>) {
         let Socket { mut reader, writer } = socket;
         newest = self.hold(&mut reader, writer, newest).await;
+        // The old socket goes before a new one is opened: 19,000 of each
+        // would pass the file-descriptor limit.
+        drop(reader);
         if self.subscriber() {
             self.tally.subscribers_cut.fetch_add(1, Ordering::Relaxed);
         }
@@ -174,10 +186,10 @@ impl Seat {
                     self.hold(&mut reader, writer, seen).await;
                     return;
                 }
-                Err(_) => {
-                    self.tally
-                        .reconnect_failures
-                        .fetch_add(1, Ordering::Relaxed);
+                Err(err) => {
+                    if self.tally.reconnect_failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                        *self.tally.first_reconnect_failure.lock().await = Some(err);
+                    }
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
@@ -205,7 +217,8 @@ fn announced_index(text: &[u8]) -> Option<usize> {
 /// The largest message `id` in a `room_joined` or `chat_message` frame.
 fn last_message_id(text: &[u8]) -> Option<u64> {
     const NO_MESSAGES: &[u8] = br#""recent_messages":[]"#;
-    if text.windows(NO_MESSAGES.len()).any(|w| w == NO_MESSAGES) {
+    // Near the end of a `room_joined`: look from there.
+    if text.windows(NO_MESSAGES.len()).rev().any(|w| w == NO_MESSAGES) {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(text).ok()?;
@@ -365,6 +378,13 @@ pub async fn run(target: &Target, options: Options) -> Report {
     }
     if !report.partial {
         if options.reconnect {
+            if let Some(room) = &options.room {
+                // A message the connections will recover from: each then
+                // rejoins with its id as `since_id`.
+                if let Err(err) = post_before_storm(&seat(0), room).await {
+                    report.add("error", format!("posting before the storm: {err}"), "");
+                }
+            }
             eprintln!("idle: all open; restart the server, the connections will come back");
             hold_through_storm(&tally, open, options.hold).await;
             report_storm(&mut report, &tally, open).await;
@@ -391,6 +411,16 @@ pub async fn run(target: &Target, options: Options) -> Report {
         connection.abort();
     }
     report
+}
+
+/// Sends one chat message to `room` on a connection of its own, and waits
+/// until the held connections have read it.
+async fn post_before_storm(seat: &Seat, room: &str) -> Result<(), String> {
+    let (mut socket, _) = seat.open(None).await?;
+    let message = serde_json::json!({"type": "chat_message", "room": room, "content": "before the storm"});
+    socket.request(&message.to_string(), "message_ack").await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
 }
 
 /// Waits up to `hold` seconds for the connections to drop and all come back.
@@ -424,6 +454,9 @@ async fn report_storm(report: &mut Report, tally: &Tally, open: usize) {
         tally.reconnect_failures.load(Ordering::Relaxed) as u64,
         "",
     );
+    if let Some(first) = tally.first_reconnect_failure.lock().await.clone() {
+        report.add("first_reconnect_failure", first, "");
+    }
     let (first_drop, last_back) = *tally.storm.lock().await;
     if let (Some(first), Some(last)) = (first_drop, last_back)
         && recovered >= open

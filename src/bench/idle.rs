@@ -187,7 +187,12 @@ impl Seat {
                     return;
                 }
                 Err(err) => {
-                    if self.tally.reconnect_failures.fetch_add(1, Ordering::Relaxed) == 0 {
+                    if self
+                        .tally
+                        .reconnect_failures
+                        .fetch_add(1, Ordering::Relaxed)
+                        == 0
+                    {
                         *self.tally.first_reconnect_failure.lock().await = Some(err);
                     }
                     pause = (pause * 2).min(Duration::from_secs(1));
@@ -218,7 +223,11 @@ fn announced_index(text: &[u8]) -> Option<usize> {
 fn last_message_id(text: &[u8]) -> Option<u64> {
     const NO_MESSAGES: &[u8] = br#""recent_messages":[]"#;
     // Near the end of a `room_joined`: look from there.
-    if text.windows(NO_MESSAGES.len()).rev().any(|w| w == NO_MESSAGES) {
+    if text
+        .windows(NO_MESSAGES.len())
+        .rev()
+        .any(|w| w == NO_MESSAGES)
+    {
         return None;
     }
     let value: serde_json::Value = serde_json::from_slice(text).ok()?;
@@ -417,7 +426,8 @@ pub async fn run(target: &Target, options: Options) -> Report {
 /// until the held connections have read it.
 async fn post_before_storm(seat: &Seat, room: &str) -> Result<(), String> {
     let (mut socket, _) = seat.open(None).await?;
-    let message = serde_json::json!({"type": "chat_message", "room": room, "content": "before the storm"});
+    let message =
+        serde_json::json!({"type": "chat_message", "room": room, "content": "before the storm"});
     socket.request(&message.to_string(), "message_ack").await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(())
@@ -478,9 +488,16 @@ mod tests {
         let frame = br#"{"type":"user_join","user":{"id":"idle-1234","username":"idle-1234","kind":"user"},"timestamp":"2026-12-05T00:00:00.000Z"}"#;
         assert!(frame.starts_with(USER_JOIN_START));
         assert_eq!(announced_index(frame), Some(1234));
-        assert_eq!(announced_index(br#"{"type":"user_join","user":{"id":"bob"}}"#), None);
-        let joined = br#"{"type":"room_joined","recent_messages":[{"id":7},{"id":9}],"missed":false}"#;
+        assert_eq!(
+            announced_index(br#"{"type":"user_join","user":{"id":"bob"}}"#),
+            None
+        );
+        let joined =
+            br#"{"type":"room_joined","recent_messages":[{"id":7},{"id":9}],"missed":false}"#;
         assert_eq!(last_message_id(joined), Some(9));
-        assert_eq!(last_message_id(br#"{"type":"chat_message","message":{"id":12}}"#), Some(12));
+        assert_eq!(
+            last_message_id(br#"{"type":"chat_message","message":{"id":12}}"#),
+            Some(12)
+        );
     }
 }

@@ -568,8 +568,9 @@ impl Hub {
                 // Presence frames are queued and written by the flusher:
                 // a join storm's events then share one write per member
                 // socket instead of one write each. Chat goes straight out.
-                let _writes = matches!(frame.kind, ServerType::Presence | ServerType::PresenceCount)
-                    .then(|| Batch::deferred(&self.flusher));
+                let _writes =
+                    matches!(frame.kind, ServerType::Presence | ServerType::PresenceCount)
+                        .then(|| Batch::deferred(&self.flusher));
                 if let Some(live) = self.live_room(room) {
                     let members = live.read();
                     // The outboxes of a stretch of members are read once

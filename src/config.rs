@@ -640,25 +640,17 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
     }
 }
 
-/// Reads a duration such as `90s`, `15m`, `12h` or `30d`.
+/// Reads a duration such as `90s`, `15m`, `12h`, `30d` or `1h 30m`
+/// (humantime's format); zero is refused.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.len().saturating_sub(1);
-    let (number, unit) = text.split_at(split);
-    let seconds_per_unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("`{text}` needs a unit: s, m, h or d (e.g. 30d)")),
-    };
-    let count: u64 = number
-        .parse()
-        .map_err(|_| format!("`{text}` is not a whole number followed by s, m, h or d"))?;
-    if count == 0 {
+    let duration = humantime::parse_duration(text).map_err(|err| {
+        format!("`{text}` is not a duration such as 90s, 15m, 12h or 30d ({err})")
+    })?;
+    if duration.is_zero() {
         return Err("must be longer than zero".into());
     }
-    Ok(Duration::from_secs(count.saturating_mul(seconds_per_unit)))
+    Ok(duration)
 }
 
 /// A secret nobody else knows, for a server started without `--jwt-secret`.
@@ -721,6 +713,11 @@ mod tests {
         assert!(parse_duration("0h").is_err());
         assert!(parse_duration("-1d").is_err());
         assert!(parse_duration("").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
+        // Not a unit, and a character of more than one byte: refused, no panic.
+        assert!(parse_duration("5é").is_err());
+        assert!(parse_duration("é").is_err());
+        assert!(parse_duration("99999999999999999999d").is_err());
     }
 
     #[test]

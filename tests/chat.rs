@@ -373,3 +373,46 @@ async fn concurrent_global_bursts_arrive_everywhere_in_id_order() {
     assert_eq!(bob_seen, all, "so did bob");
     carol.expect_silence().await;
 }
+
+#[tokio::test]
+async fn a_guest_retrying_after_a_reconnect_is_deduplicated() {
+    let mut settings = support::args();
+    settings.guest_chat = true;
+    let server = TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let mut guest = server.guest().await;
+    assert_eq!(name_visitor(&mut guest).await["type"], "user_join");
+    let message = json!({"type": "chat_message", "content": "once", "client_msg_id": "m-1"});
+    let first = guest.request(message.clone()).await;
+    assert_eq!(first["type"], "message_ack", "{first}");
+    assert_eq!(
+        alice.recv_type("chat_message").await["message"]["id"],
+        first["message_id"]
+    );
+
+    // The guest's connection drops before it saw the ack; it comes back
+    // under the same name (once the old connection is gone) and retries.
+    guest.close().await;
+    let mut again = server.guest().await;
+    let mut named = name_visitor(&mut again).await;
+    for _ in 0..50 {
+        if named["type"] == "user_join" {
+            break;
+        }
+        assert_eq!(named["error_code"], "username_taken", "{named}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        named = name_visitor(&mut again).await;
+    }
+    assert_eq!(named["type"], "user_join", "{named}");
+    let retried = again.request(message).await;
+    assert_eq!(retried["type"], "message_ack", "{retried}");
+    assert_eq!(retried["message_id"], first["message_id"]);
+    // Stored once, and not broadcast again.
+    alice.expect_silence().await;
+}
+
+async fn name_visitor(guest: &mut support::Client) -> Value {
+    guest
+        .request(json!({"type": "user_join", "username": "Visitor"}))
+        .await
+}

@@ -45,7 +45,9 @@ pub async fn join(
     }
     let identity = Identity {
         user: User {
-            id: format!("{GUEST_ID_PREFIX}{}", connection.id).into(),
+            // The same name is the same guest after a reconnect, so that a
+            // retried `client_msg_id` is recognised (protocol rule 4).
+            id: format!("{GUEST_ID_PREFIX}{}", wanted.to_lowercase()).into(),
             username: wanted.as_str().into(),
             kind: UserKind::Guest,
         },

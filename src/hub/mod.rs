@@ -358,7 +358,8 @@ impl Hub {
     }
 
     /// Like [`Hub::set_identity`] for a guest's display name: refused when
-    /// another online user has the same name, compared case-insensitively.
+    /// another online user, or another connection of the same guest, has
+    /// the same name, compared case-insensitively.
     /// Names are compared only on a hub that keeps them (see
     /// [`Hub::configured`]).
     pub fn claim_guest_name(
@@ -368,8 +369,9 @@ impl Hub {
     ) -> Result<IdentityChange, NameTaken> {
         let mut online = self.online();
         let wanted = identity.user.username.to_lowercase();
+        // Only the connection that holds a name may claim it again.
         if let Some(owner) = online.owner_of_name(&wanted)
-            && *owner != identity.user.id
+            && connection.user().is_none_or(|user| user.id != *owner)
         {
             return Err(NameTaken);
         }
@@ -861,5 +863,12 @@ mod tests {
             Some(NameTaken)
         );
         assert!(hub.name_in_use("ROBIN"));
+        // The same guest (the same id) on another connection is refused too,
+        // and the holder may claim its name again.
+        assert_eq!(
+            hub.claim_guest_name(&b, identity("g1", "Robin")).err(),
+            Some(NameTaken)
+        );
+        assert!(hub.claim_guest_name(&a, identity("g1", "Robin")).is_ok());
     }
 }

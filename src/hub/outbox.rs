@@ -126,6 +126,9 @@ pub type Callbacks = Box<dyn FnOnce() + Send>;
 pub struct Flusher {
     waiting: Mutex<Waiting>,
     wake: Notify,
+    /// A copy of `Waiting::running` readable without the lock, for a
+    /// batch deciding where it goes; whether work is accepted is decided
+    /// under the lock.
     running: std::sync::atomic::AtomicBool,
 }
 
@@ -145,6 +148,9 @@ struct Waiting {
     deliveries: Vec<Callbacks>,
     /// Messages those callbacks deliver.
     messages: usize,
+    /// The task runs and will take what is queued here. Checked and changed
+    /// under the lock, so that nothing is queued after the task stopped.
+    running: bool,
 }
 
 impl Waiting {
@@ -158,12 +164,22 @@ impl Flusher {
         self.running.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn enqueue(&self, outboxes: impl Iterator<Item = Arc<Outbox>>) {
-        self.add(|waiting| waiting.outboxes.extend(outboxes));
+    /// Hands a batch's outboxes to the task; writes them here if the task
+    /// has stopped.
+    fn enqueue(&self, mut outboxes: impl Iterator<Item = Arc<Outbox>>) {
+        let queued = self.add(|waiting| waiting.outboxes.extend(&mut outboxes));
+        if !queued {
+            outboxes.for_each(|outbox| outbox.write_out());
+        }
     }
 
-    fn add(&self, add: impl FnOnce(&mut Waiting)) {
+    /// Queues work for the task and wakes it; `false` (and nothing queued)
+    /// when the task is not running.
+    fn add(&self, add: impl FnOnce(&mut Waiting)) -> bool {
         let mut waiting = self.waiting();
+        if !waiting.running {
+            return false;
+        }
         let first = waiting.is_empty();
         add(&mut waiting);
         let wake = first && !waiting.is_empty();
@@ -171,6 +187,7 @@ impl Flusher {
         if wake {
             self.wake.notify_one();
         }
+        true
     }
 
     /// Runs a storage commit's callbacks (acknowledgements, broadcasts) for
@@ -180,15 +197,16 @@ impl Flusher {
     /// a flusher (`None`, or its task not running) they run here, at once,
     /// their frames written as one batch.
     pub fn deliver(flusher: Option<&Arc<Flusher>>, messages: usize, callbacks: Callbacks) {
-        match flusher.filter(|flusher| flusher.is_running()) {
-            Some(flusher) => flusher.add(|waiting| {
-                waiting.deliveries.push(callbacks);
+        let mut here = Some(callbacks);
+        if let Some(flusher) = flusher {
+            flusher.add(|waiting| {
+                waiting.deliveries.extend(here.take());
                 waiting.messages += messages;
-            }),
-            None => {
-                let _writes = Batch::start();
-                callbacks();
-            }
+            });
+        }
+        if let Some(callbacks) = here {
+            let _writes = Batch::start();
+            callbacks();
         }
     }
 
@@ -198,10 +216,12 @@ impl Flusher {
 
     /// Runs for as long as the server does.
     pub async fn run(&self) {
+        self.waiting().running = true;
         self.running
             .store(true, std::sync::atomic::Ordering::Release);
-        // Should the task end (a callback panicking), commits are delivered
-        // by the storage threads again instead of waiting for it forever.
+        // Should the task end (dropped at shutdown), what it had not taken
+        // yet is delivered at once, and commits are delivered by the storage
+        // threads again instead of waiting for it forever.
         let _stopped = Stopped(self);
         let mut taken = Waiting::default();
         loop {
@@ -217,7 +237,7 @@ impl Flusher {
                 // A lone message goes straight into each socket; several
                 // share one write per socket.
                 let _writes = (taken.messages > 1).then(Batch::start);
-                taken.deliveries.drain(..).for_each(|callbacks| callbacks());
+                taken.deliveries.drain(..).for_each(run_callbacks);
             }
             taken.messages = 0;
             taken
@@ -252,6 +272,11 @@ struct Stopped<'a>(&'a Flusher);
 
 impl Drop for Stopped<'_> {
     fn drop(&mut self) {
+        let left = {
+            let mut waiting = self.0.waiting();
+            waiting.running = false;
+            std::mem::take(&mut *waiting)
+        };
         self.0
             .running
             .store(false, std::sync::atomic::Ordering::Release);
@@ -260,6 +285,17 @@ impl Drop for Stopped<'_> {
                 batch.flushing = false;
             }
         });
+        let _writes = Batch::start();
+        left.deliveries.into_iter().for_each(run_callbacks);
+        left.outboxes.iter().for_each(|outbox| outbox.write_out());
+    }
+}
+
+/// Runs one commit's callbacks; one that panics is logged and does not stop
+/// the flusher or keep the commits after it from being delivered.
+fn run_callbacks(callbacks: Callbacks) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(callbacks)).is_err() {
+        tracing::error!("a storage commit's callbacks panicked; the commits after it go on");
     }
 }
 
@@ -720,6 +756,58 @@ mod tests {
             threads.try_iter().all(|thread| thread == here),
             "every callback ran on the runtime's thread, not the storage thread"
         );
+    }
+
+    #[test]
+    fn callbacks_queued_when_the_task_stops_are_still_run() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let flusher = Arc::new(Flusher::default());
+        let outbox = released();
+        runtime.block_on(async {
+            let task = tokio::spawn({
+                let flusher = flusher.clone();
+                async move { flusher.run().await }
+            });
+            while !flusher.is_running() {
+                tokio::task::yield_now().await;
+            }
+            // Queued for the task, which stops before it takes them (this
+            // thread does not yield in between).
+            Flusher::deliver(Some(&flusher), 1, pushing(&outbox, b"1"));
+            task.abort();
+            let _ = task.await;
+        });
+        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"1")]);
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_stop_the_commits_after_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("runtime");
+        let flusher = Arc::new(Flusher::default());
+        let outbox = released();
+        runtime.block_on(async {
+            let task = tokio::spawn({
+                let flusher = flusher.clone();
+                async move { flusher.run().await }
+            });
+            while !flusher.is_running() {
+                tokio::task::yield_now().await;
+            }
+            Flusher::deliver(Some(&flusher), 1, Box::new(|| panic!("a bug")));
+            Flusher::deliver(Some(&flusher), 1, pushing(&outbox, b"2"));
+            while outbox.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            assert!(flusher.is_running());
+            task.abort();
+            let _ = task.await;
+        });
+        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"2")]);
     }
 
     #[test]

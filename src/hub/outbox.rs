@@ -157,6 +157,14 @@ impl Waiting {
     fn is_empty(&self) -> bool {
         self.outboxes.is_empty() && self.deliveries.is_empty()
     }
+
+    /// Moves the waiting work into `taken` (empty), keeping the lists'
+    /// slots: the two swap lists, and `running` stays as it is.
+    fn hand_over(&mut self, taken: &mut Waiting) {
+        std::mem::swap(&mut self.outboxes, &mut taken.outboxes);
+        std::mem::swap(&mut self.deliveries, &mut taken.deliveries);
+        taken.messages = std::mem::take(&mut self.messages);
+    }
 }
 
 impl Flusher {
@@ -231,7 +239,7 @@ impl Flusher {
             if !self.waiting().outboxes.is_empty() {
                 tokio::task::yield_now().await;
             }
-            std::mem::swap(&mut taken, &mut *self.waiting());
+            self.waiting().hand_over(&mut taken);
             BATCH.with(|batch| batch.borrow_mut().flushing = true);
             {
                 // A lone message goes straight into each socket; several

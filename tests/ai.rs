@@ -739,3 +739,53 @@ async fn past_the_global_cap_requests_wait_their_turn_in_order() {
         .collect();
     assert_eq!(prompts, ["alice: first", "bob: second", "carol: third"]);
 }
+
+#[tokio::test]
+async fn an_answer_stored_among_other_messages_reaches_the_room_in_id_order() {
+    let (url, _) = fake_provider().await;
+    let mut settings = ai_args("normal", &url);
+    settings.rate_limit_messages = Some(0);
+    // A file: commits are group commits on the writer thread, their
+    // callbacks run together.
+    let dir = tempfile::tempdir().expect("tempdir");
+    settings.database = Some(format!("sqlite://{}", dir.path().join("chat.db").display()));
+    let server = TestServer::with(settings).await;
+    let (mut alice, mut bob) = alice_and_bob_in(&server, "dev").await;
+    let mut carol = server.user("carol").await;
+    join(&mut carol, "dev").await;
+
+    // Bob keeps the room's store busy for as long as the answer streams,
+    // so that the answer's commit shares a batch with his messages.
+    alice
+        .send(json!({"type": "ai_request", "prompt": "hi", "room": "dev"}))
+        .await;
+    let flood = tokio::spawn(async move {
+        let start = std::time::Instant::now();
+        let mut sent = 0;
+        while start.elapsed() < Duration::from_millis(300) {
+            for _ in 0..20 {
+                bob.send(json!({"type": "chat_message", "room": "dev", "content": "busy"}))
+                    .await;
+                sent += 1;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        (sent, bob)
+    });
+    // Carol's frames wait in her socket and outbox meanwhile.
+    let (sent, _bob) = flood.await.expect("flood");
+    let mut ids = Vec::new();
+    let mut answered = false;
+    while ids.len() < sent + 1 {
+        let frame = carol.recv().await;
+        if frame["type"] == "chat_message" {
+            answered |= frame["message"]["user"]["kind"] == "assistant";
+            ids.push(frame["message"]["id"].as_i64().expect("id"));
+        }
+    }
+    assert!(answered, "the answer reached the room");
+    assert!(
+        ids.windows(2).all(|pair| pair[0] < pair[1]),
+        "the room saw its messages out of id order: {ids:?}"
+    );
+}

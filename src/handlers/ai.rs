@@ -402,6 +402,7 @@ impl Job {
 
     async fn store(&self, room: &str, assistant: &User, content: &str) -> Option<Message> {
         let (done, stored) = oneshot::channel();
+        let app = self.app.clone();
         self.app.store.append(
             NewMessage {
                 room: room.into(),
@@ -413,21 +414,22 @@ impl Job {
                 attachment: None,
             },
             Box::new(move |result| {
+                // Broadcast here, in commit order, like every chat message:
+                // the room sees its messages in id order.
+                if let Ok(appended) = &result {
+                    let message = &appended.message;
+                    app.publish(
+                        Audience::Room(message.room.clone()),
+                        &ServerMessage::ChatMessage { message },
+                        None,
+                    );
+                }
                 // The task waits for this; if it is gone, nobody needs it.
                 let _ = done.send(result);
             }),
         );
         match stored.await {
-            Ok(Ok(appended)) => {
-                self.app.publish(
-                    Audience::Room(appended.message.room.clone()),
-                    &ServerMessage::ChatMessage {
-                        message: &appended.message,
-                    },
-                    None,
-                );
-                Some(appended.message)
-            }
+            Ok(Ok(appended)) => Some(appended.message),
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "cannot store the assistant's answer");
                 None

@@ -368,10 +368,11 @@ pub struct PgSchema {
 
 impl PgSchema {
     /// Creates a fresh schema on `ROOMCAST_TEST_POSTGRES_URL`, or returns
-    /// `None` (and says so) when the variable is not set.
+    /// `None` (and says so in the test output) when the variable is not
+    /// set. Under CI (`CI` set) a missing database fails the test instead.
     pub async fn create(test: &str) -> Option<PgSchema> {
         let Ok(base) = std::env::var("ROOMCAST_TEST_POSTGRES_URL") else {
-            eprintln!("skipped {test} on PostgreSQL: ROOMCAST_TEST_POSTGRES_URL is not set");
+            skipped(test, "PostgreSQL", "ROOMCAST_TEST_POSTGRES_URL");
             return None;
         };
         let name = format!(
@@ -550,4 +551,22 @@ pub async fn refused(url: &str) -> Option<u16> {
         Ok(Some(Ok(Message::Close(frame)))) => frame.map(|CloseFrame { code, .. }| u16::from(code)),
         other => panic!("expected a close before any frame, got {other:?}"),
     }
+}
+
+/// Says that `test` did not run on `service` because `variable` is not set,
+/// where `cargo test` shows it without `--nocapture`: straight to the
+/// process's stderr, which the test harness does not capture (it captures
+/// `eprintln!`). Under CI (`CI` set to anything but `false` or `0`) a
+/// missing service is a failure, not a skip.
+pub fn skipped(test: &str, service: &str, variable: &str) {
+    use std::io::Write;
+    let ci = std::env::var("CI").is_ok_and(|value| !matches!(value.as_str(), "" | "0" | "false"));
+    assert!(
+        !ci,
+        "{test} needs {service}: set {variable} (CI is set, so a missing service fails the run)"
+    );
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "SKIPPED {test} on {service}: {variable} is not set"
+    );
 }

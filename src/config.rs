@@ -56,6 +56,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_DATABASE")]
     pub database: Option<String>,
 
+    /// How broadcasts reach other nodes: `local` (one process) or
+    /// `redis://HOST:PORT[/DB]` to run several nodes on one Redis and one
+    /// PostgreSQL [default: local].
+    #[arg(long, env = "ROOMCAST_BROKER")]
+    pub broker: Option<String>,
+
     /// Directory for the default SQLite file and uploaded files [default: ./data].
     #[arg(long, env = "ROOMCAST_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -275,11 +281,36 @@ impl std::fmt::Debug for Secret {
 }
 
 /// Where messages are stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseLocation {
     SqliteMemory,
     SqliteFile(PathBuf),
     Postgres(String),
+}
+
+impl std::fmt::Debug for DatabaseLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DatabaseLocation::SqliteMemory => f.write_str("SqliteMemory"),
+            DatabaseLocation::SqliteFile(path) => write!(f, "SqliteFile({path:?})"),
+            DatabaseLocation::Postgres(url) => write!(f, "Postgres({:?})", without_password(url)),
+        }
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`:
+/// what may be logged of a database or Redis URL.
+pub fn without_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.split_once('@') {
+        Some((user, host)) => match user.split_once(':') {
+            Some((name, _)) => format!("{scheme}://{name}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
 }
 
 impl DatabaseLocation {
@@ -300,12 +331,44 @@ impl DatabaseLocation {
     }
 }
 
+/// How broadcasts reach the other nodes.
+#[derive(Clone, PartialEq, Eq)]
+pub enum BrokerLocation {
+    /// One process: broadcasts stay in it.
+    Local,
+    /// Several nodes on one Redis (`redis://...`).
+    Redis(String),
+}
+
+impl std::fmt::Debug for BrokerLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BrokerLocation::Local => f.write_str("local"),
+            BrokerLocation::Redis(url) => f.write_str(&without_password(url)),
+        }
+    }
+}
+
+impl BrokerLocation {
+    /// Reads `local` or `redis://...` / `rediss://...`.
+    pub fn parse(text: &str) -> Result<BrokerLocation, String> {
+        if text == "local" {
+            Ok(BrokerLocation::Local)
+        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+            Ok(BrokerLocation::Redis(text.to_owned()))
+        } else {
+            Err("must be `local` or a `redis://HOST:PORT[/DB]` URL".into())
+        }
+    }
+}
+
 /// The resolved configuration of a running server. See [`ServeArgs`] for what
 /// each setting means; defaults are in [`Config::resolve`].
 #[derive(Debug, Clone)]
 pub struct Config {
     pub bind: SocketAddr,
     pub database: DatabaseLocation,
+    pub broker: BrokerLocation,
     pub data_dir: PathBuf,
     /// Secret for HS256 tokens; random per start when not configured.
     pub jwt_secret: String,
@@ -389,12 +452,20 @@ impl Config {
             Some(text) => DatabaseLocation::parse(text),
             None => DatabaseLocation::SqliteFile(data_dir.join("roomcast.db")),
         };
+        let broker = match &args.broker {
+            Some(text) => BrokerLocation::parse(text).map_err(|reason| ConfigError::Invalid {
+                name: "broker",
+                reason,
+            })?,
+            None => BrokerLocation::Local,
+        };
         let jwt_secret_configured = args.jwt_secret.is_some();
         let config = Config {
             bind: args
                 .bind
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             database,
+            broker,
             data_dir,
             jwt_secret: args.jwt_secret.unwrap_or_else(random_secret),
             jwt_secret_configured,
@@ -555,6 +626,15 @@ impl Config {
         if self.max_http_body_bytes < 1024 {
             return Err(invalid("max_http_body_bytes", "must be at least 1024"));
         }
+        if matches!(self.broker, BrokerLocation::Redis(_))
+            && !matches!(self.database, DatabaseLocation::Postgres(_))
+        {
+            return Err(invalid(
+                "broker",
+                "a Redis broker runs several nodes, which need one shared PostgreSQL: \
+                 give --database postgres://... (an SQLite file belongs to one process)",
+            ));
+        }
         if self.jwt_secret.len() < 8 {
             return Err(invalid("jwt_secret", "must be at least 8 bytes"));
         }
@@ -610,6 +690,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         max_recovery: args.max_recovery.or(file.max_recovery),
         max_members_listed: args.max_members_listed.or(file.max_members_listed),
         presence_max_members: args.presence_max_members.or(file.presence_max_members),
+        broker: args.broker.or(file.broker),
         outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
         max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
         retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),
@@ -716,6 +797,21 @@ mod tests {
         assert_eq!(parse_duration("1h 30m"), Ok(Duration::from_secs(5400)));
         // Not a unit, and a character of more than one byte: refused, no panic.
         assert!(parse_duration("5é").is_err());
+        assert_eq!(
+            format!(
+                "{:?}",
+                DatabaseLocation::parse("postgres://rc:hunter2@db:5432/chat")
+            ),
+            r#"Postgres("postgres://rc:***@db:5432/chat")"#
+        );
+        assert_eq!(
+            format!(
+                "{:?}",
+                BrokerLocation::parse("redis://:hunter2@cache:6379/1")
+            ),
+            r#"Ok(redis://:***@cache:6379/1)"#
+        );
+        assert_eq!(without_password("redis://cache:6379"), "redis://cache:6379");
         assert!(parse_duration("é").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
     }

@@ -37,8 +37,8 @@ pub mod wire;
 
 use app::App;
 use auth::{Accounts, Tokens};
-use broker::LocalBroker;
-use config::{Config, DatabaseLocation};
+use broker::{LocalBroker, RedisBroker};
+use config::{BrokerLocation, Config, DatabaseLocation};
 use hub::Hub;
 use protocol::CloseReason;
 use server::tls::TlsListener;
@@ -62,6 +62,8 @@ pub enum ServeError {
     Auth(#[from] auth::AuthError),
     #[error("{0}")]
     Tls(#[from] server::tls::TlsError),
+    #[error("{0}")]
+    Broker(#[from] broker::BrokerError),
 }
 
 /// Opens the message store the configuration names.
@@ -96,6 +98,14 @@ pub async fn serve(
         let hub = hub.clone();
         async move { hub.run_flusher().await }
     });
+    let (broker, broker_tasks): (Arc<dyn broker::Broker>, _) = match &config.broker {
+        BrokerLocation::Local => (Arc::new(LocalBroker::new(hub.clone())), None),
+        BrokerLocation::Redis(url) => {
+            let (broker, tasks) = RedisBroker::connect(url, hub.clone())?;
+            tracing::info!(broker = ?config.broker, "broadcasts reach the other nodes through Redis");
+            (Arc::new(broker), Some(tasks))
+        }
+    };
     store.write_through(hub.flusher());
     let mut tokens = Tokens::new(&config.jwt_secret);
     if let Some(path) = &config.jwt_public_key {
@@ -126,7 +136,7 @@ pub async fn serve(
         ai,
         ai_control,
         runtime: tokio::runtime::Handle::current(),
-        broker: Arc::new(LocalBroker::new(hub.clone())),
+        broker,
         hub: hub.clone(),
         store: store.clone(),
         config,
@@ -178,6 +188,9 @@ pub async fn serve(
     retention.abort();
     flusher.abort();
     counts.abort();
+    if let Some(tasks) = broker_tasks {
+        tasks.abort();
+    }
     store.flush().await?;
     tracing::info!("stopped");
     Ok(())

@@ -1,14 +1,16 @@
 //! How broadcasts travel: the [`Broker`] takes an encoded frame for an
 //! audience and gets it to every node's hub.
 //!
-//! The in-process [`LocalBroker`] is the whole story for a single node. A
-//! broker that spans nodes (Redis) implements the same trait: it delivers to
-//! the local hub and forwards the same bytes to the other nodes, which deliver
-//! to theirs.
+//! The in-process [`LocalBroker`] is the whole story for a single node. The
+//! [`RedisBroker`] spans nodes: it delivers to the local hub and forwards the
+//! same bytes to the other nodes (see [`envelope`]), which deliver to theirs.
 
+pub mod envelope;
 mod local;
+mod redis;
 
 pub use local::LocalBroker;
+pub use redis::{BrokerError, RedisBroker, RedisTasks};
 
 use crate::hub::{Audience, OutFrame};
 
@@ -19,4 +21,10 @@ use crate::hub::{Audience, OutFrame};
 /// published; `except` (a connection id) is skipped on every node.
 pub trait Broker: Send + Sync + 'static {
     fn publish(&self, audience: Audience, frame: OutFrame, except: Option<&str>);
+
+    /// Whether broadcasts reach other nodes too: then this node's view of
+    /// who would receive one is not the whole picture.
+    fn spans_nodes(&self) -> bool {
+        false
+    }
 }

@@ -209,8 +209,10 @@ fn tell_watchers(
     if_online: Option<bool>,
     except: Option<&str>,
 ) {
-    // A crowd mostly has no watchers: then there is nothing to encode.
-    if !app.hub.is_watched(&user.id) {
+    // A crowd mostly has no watchers: then there is nothing to encode. (A
+    // node knows only its own watchers; with several nodes every
+    // announcement goes out, once, to the broker.)
+    if !app.broker.spans_nodes() && !app.hub.is_watched(&user.id) {
         return;
     }
     let audience = Audience::Watchers {

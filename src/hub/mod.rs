@@ -45,7 +45,7 @@ const SHARDS: usize = 32;
 const WARMED_TOGETHER: usize = 32;
 
 /// An encoded frame ready to be queued to any number of connections.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutFrame {
     pub kind: ServerType,
     /// The whole WebSocket frame, header included, shared by all recipients.
@@ -110,6 +110,9 @@ pub struct RoomDeparture {
     /// The room is large: members learn of the leave by a count (rule 13).
     pub quiet: bool,
 }
+
+/// A room gained its first member on this node (`true`) or lost its last.
+pub type RoomInterest = (Arc<str>, bool);
 
 /// A room whose member count is told by `presence_count`, for the task that
 /// tells it (see [`CountTicker`]).
@@ -192,6 +195,10 @@ pub struct Hub {
     newly_large: tokio::sync::mpsc::UnboundedSender<CountedRoom>,
     /// The receiving end, until [`Hub::count_ticker`] takes it.
     ticker: Mutex<Option<CountTicker>>,
+    /// Told when a room gets its first member on this node (`true`) and
+    /// loses its last (`false`), in that order per room; set by
+    /// [`Hub::watch_rooms`] for a broker that subscribes by interest.
+    interest: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RoomInterest>>,
     /// Open connections per client IP, for the per-IP limit.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set by [`Hub::close_all`]: connections registered from then on are
@@ -248,6 +255,7 @@ impl Hub {
                 receiver,
                 rooms: Vec::new(),
             })),
+            interest: std::sync::OnceLock::new(),
             per_ip: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             stats: HubStats::default(),
@@ -452,9 +460,10 @@ impl Hub {
         if !connection.add_room(name.clone()) {
             return None;
         }
-        let live = shard
-            .entry(name.clone())
-            .or_insert_with(|| Arc::new(Room::new()));
+        let live = shard.entry(name.clone()).or_insert_with(|| {
+            self.tell_interest(&name, true);
+            Arc::new(Room::new())
+        });
         let change = live
             .write()
             .add(connection.clone(), &user, self.presence_max_members);
@@ -463,6 +472,42 @@ impl Hub {
             let _ = self.newly_large.send((name, live.clone()));
         }
         Some(change)
+    }
+
+    /// Rooms opening and closing on this node, from now on, each told under
+    /// its room's lock (so in order); `None` if something already watches.
+    pub fn watch_rooms(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RoomInterest>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.interest.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// The rooms with members on this node.
+    pub fn room_names(&self) -> Vec<Arc<str>> {
+        self.rooms
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn tell_interest(&self, room: &Arc<str>, open: bool) {
+        if let Some(interest) = self.interest.get() {
+            // The broker may be gone (shutting down); nobody needs it then.
+            let _ = interest.send((room.clone(), open));
+        }
+    }
+
+    /// This node's id, the prefix of its connection ids.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
     }
 
     /// Takes the ticker of large rooms' counts; the first call gets it.
@@ -489,6 +534,7 @@ impl Hub {
         drop(members);
         if empty {
             shard.remove(room);
+            self.tell_interest(&name, false);
         }
         Some(RoomDeparture {
             room: name,

@@ -1,0 +1,162 @@
+//! The bytes a broadcast travels in between nodes: who sent it, who it is
+//! for, and the WebSocket frame itself, unchanged, so that the receiving
+//! node writes the same bytes into its sockets without encoding again.
+//!
+//! Layout: a version byte, the frame's type (its index in
+//! [`ServerType::ALL`]), the audience's tag (`R` room, `E` everyone, `W` a
+//! user's watchers), then length-prefixed strings (2 bytes, big-endian):
+//! the sending node, the excepted connection (empty for none), the room or
+//! the watched user's id; then the frame.
+
+use crate::hub::{Audience, OutFrame};
+use crate::protocol::{ServerType, User, UserKind};
+use bytes::{BufMut, Bytes, BytesMut};
+use std::sync::Arc;
+
+const VERSION: u8 = 1;
+
+/// A broadcast as another node receives it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The node that published it (and delivered it to its own connections).
+    pub origin: String,
+    pub audience: Audience,
+    pub except: Option<String>,
+    pub frame: OutFrame,
+}
+
+/// Encodes a broadcast; `None` for an audience that does not cross nodes
+/// or a name too long to frame (neither happens for valid rooms and ids).
+pub fn encode(
+    origin: &str,
+    audience: &Audience,
+    except: Option<&str>,
+    frame: &OutFrame,
+) -> Option<Bytes> {
+    let (tag, name): (u8, &str) = match audience {
+        Audience::Room(room) => (b'R', room),
+        Audience::Everyone => (b'E', ""),
+        Audience::Watchers { user, .. } => (b'W', &user.id),
+    };
+    let kind = ServerType::ALL.iter().position(|k| *k == frame.kind)?;
+    let except = except.unwrap_or("");
+    let mut out =
+        BytesMut::with_capacity(9 + origin.len() + except.len() + name.len() + frame.bytes.len());
+    out.put_u8(VERSION);
+    out.put_u8(u8::try_from(kind).ok()?);
+    out.put_u8(tag);
+    for text in [origin, except, name] {
+        out.put_u16(u16::try_from(text.len()).ok()?);
+        out.put_slice(text.as_bytes());
+    }
+    out.put_slice(&frame.bytes);
+    Some(out.freeze())
+}
+
+/// Decodes what [`encode`] made; `None` for anything else.
+pub fn decode(bytes: &Bytes) -> Option<Envelope> {
+    let mut at = 0usize;
+    let byte = |at: &mut usize| -> Option<u8> {
+        let value = *bytes.get(*at)?;
+        *at += 1;
+        Some(value)
+    };
+    if byte(&mut at)? != VERSION {
+        return None;
+    }
+    let kind = *ServerType::ALL.get(usize::from(byte(&mut at)?))?;
+    let tag = byte(&mut at)?;
+    let text = |at: &mut usize| -> Option<String> {
+        let length = usize::from(u16::from_be_bytes([byte(at)?, byte(at)?]));
+        let end = at.checked_add(length)?;
+        let value = std::str::from_utf8(bytes.get(*at..end)?).ok()?.to_owned();
+        *at = end;
+        Some(value)
+    };
+    let origin = text(&mut at)?;
+    let except = Some(text(&mut at)?).filter(|except| !except.is_empty());
+    let name = text(&mut at)?;
+    let audience = match tag {
+        b'R' if !name.is_empty() => Audience::Room(name.into()),
+        b'E' => Audience::Everyone,
+        b'W' if !name.is_empty() => {
+            let id: Arc<str> = name.into();
+            // Only the id finds the watchers; the frame carries the user.
+            Audience::Watchers {
+                user: User {
+                    id: id.clone(),
+                    username: id,
+                    kind: UserKind::User,
+                },
+                if_online: None,
+            }
+        }
+        _ => return None,
+    };
+    Some(Envelope {
+        origin,
+        audience,
+        except,
+        frame: OutFrame {
+            kind,
+            bytes: bytes.slice(at..),
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame() -> OutFrame {
+        OutFrame {
+            kind: ServerType::ChatMessage,
+            bytes: Bytes::from_static(b"\x81\x02{}"),
+        }
+    }
+
+    #[test]
+    fn every_audience_survives_the_trip() {
+        let user = User {
+            id: "u1".into(),
+            username: "u1".into(),
+            kind: UserKind::User,
+        };
+        for (audience, except) in [
+            (Audience::Room("dev".into()), Some("n-1")),
+            (Audience::Everyone, None),
+            (
+                Audience::Watchers {
+                    user,
+                    if_online: None,
+                },
+                None,
+            ),
+        ] {
+            let bytes = encode("node-a", &audience, except, &frame()).expect("encoded");
+            let envelope = decode(&bytes).expect("decoded");
+            assert_eq!(envelope.origin, "node-a");
+            assert_eq!(envelope.audience, audience);
+            assert_eq!(envelope.except.as_deref(), except);
+            assert_eq!(envelope.frame, frame());
+        }
+    }
+
+    #[test]
+    fn anything_else_is_refused_without_panicking() {
+        let good = encode("n", &Audience::Room("r".into()), None, &frame()).expect("encoded");
+        for cut in 0..good.len() - frame().bytes.len() {
+            assert_eq!(decode(&good.slice(..cut)), None, "cut at {cut}");
+        }
+        for bad in [
+            &b""[..],
+            b"\x02\x02R",
+            b"\x01\xffR\x00\x00\x00\x00\x00\x00",
+            b"\x01\x02X\x00\x00\x00\x00\x00\x00",
+            b"\x01\x02R\x00\x00\x00\x00\x00\x00",
+            b"\x01\x02R\xff\xff",
+        ] {
+            assert_eq!(decode(&Bytes::from_static(bad)), None, "{bad:?}");
+        }
+    }
+}

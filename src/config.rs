@@ -62,6 +62,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_BROKER")]
     pub broker: Option<String>,
 
+    /// Prefix of this deployment's Redis channels: deployments sharing one
+    /// Redis set different ones [default: roomcast].
+    #[arg(long, env = "ROOMCAST_BROKER_NAMESPACE")]
+    pub broker_namespace: Option<String>,
+
     /// Directory for the default SQLite file and uploaded files [default: ./data].
     #[arg(long, env = "ROOMCAST_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -369,6 +374,7 @@ pub struct Config {
     pub bind: SocketAddr,
     pub database: DatabaseLocation,
     pub broker: BrokerLocation,
+    pub broker_namespace: String,
     pub data_dir: PathBuf,
     /// Secret for HS256 tokens; random per start when not configured.
     pub jwt_secret: String,
@@ -466,6 +472,7 @@ impl Config {
                 .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 8080))),
             database,
             broker,
+            broker_namespace: args.broker_namespace.unwrap_or_else(|| "roomcast".into()),
             data_dir,
             jwt_secret: args.jwt_secret.unwrap_or_else(random_secret),
             jwt_secret_configured,
@@ -635,6 +642,17 @@ impl Config {
                  give --database postgres://... (an SQLite file belongs to one process)",
             ));
         }
+        if self.broker_namespace.is_empty()
+            || !self
+                .broker_namespace
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(invalid(
+                "broker_namespace",
+                "must be letters, digits, `-`, `_` or `.`",
+            ));
+        }
         if self.jwt_secret.len() < 8 {
             return Err(invalid("jwt_secret", "must be at least 8 bytes"));
         }
@@ -691,6 +709,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         max_members_listed: args.max_members_listed.or(file.max_members_listed),
         presence_max_members: args.presence_max_members.or(file.presence_max_members),
         broker: args.broker.or(file.broker),
+        broker_namespace: args.broker_namespace.or(file.broker_namespace),
         outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
         max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
         retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),

@@ -27,4 +27,11 @@ pub trait Broker: Send + Sync + 'static {
     fn spans_nodes(&self) -> bool {
         false
     }
+
+    /// After this node's first connection joined `room`: what to wait for
+    /// until broadcasts from other nodes to the room arrive here (`None`:
+    /// they already do).
+    fn following(&self, _room: &str) -> Option<crate::store::BoxFuture<'static, ()>> {
+        None
+    }
 }

@@ -1,33 +1,52 @@
 //! Several nodes on one Redis: every broadcast is delivered to this node's
-//! connections at once and published once to Redis (sharded pub/sub,
-//! `SPUBLISH`), whence the other nodes that have an interest deliver it to
-//! theirs.
+//! connections at once and published once to Redis (`PUBLISH`), whence the
+//! other nodes that have an interest deliver it to theirs.
 //!
-//! Channels: `roomcast:room:{room}` for a room, which a node subscribes to
-//! (`SSUBSCRIBE`) while it has members in the room; `roomcast:everyone`
-//! (global chat) and `roomcast:online` (online announcements), which every
-//! node subscribes to. One Redis message per broadcast, however many nodes
-//! and recipients. Sharded channels keep the same code right on a Redis
-//! Cluster, where each channel lives on the shard of its hash slot.
+//! Channels (under the deployment's namespace, `roomcast` by default):
+//! `roomcast:room:{room}` for a room, which a node subscribes to while it
+//! has members in the room; `roomcast:everyone` (global chat) and
+//! `roomcast:online` (online announcements), which every node subscribes
+//! to. One Redis message per broadcast, however many nodes and recipients.
+//!
+//! Classic pub/sub, not sharded (`SSUBSCRIBE`): redis-rs 1.8 sends
+//! `SSUBSCRIBE` on a standalone connection but not `SUNSUBSCRIBE` (its
+//! confirmation is not matched to the request, redis-rs issue 2533), and a
+//! node must leave a room's channel when its last member leaves. On a
+//! single Redis the two behave the same; on a Redis Cluster classic
+//! messages reach every shard.
 
 use super::Broker;
 use super::envelope::{self, Envelope};
 use crate::hub::{Audience, Hub, OutFrame, RoomInterest};
+use crate::store::BoxFuture;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
-/// The channel everyone's broadcasts travel on.
-const EVERYONE: &str = "roomcast:everyone";
-/// The channel of online announcements (to online subscribers).
-const ONLINE: &str = "roomcast:online";
+/// The names of a deployment's channels, all under its namespace.
+#[derive(Debug, Clone)]
+struct Channels {
+    namespace: String,
+}
 
-fn room_channel(room: &str) -> String {
-    format!("roomcast:room:{room}")
+impl Channels {
+    fn room(&self, room: &str) -> String {
+        format!("{}:room:{room}", self.namespace)
+    }
+
+    /// Global chat.
+    fn everyone(&self) -> String {
+        format!("{}:everyone", self.namespace)
+    }
+
+    /// Online announcements (to online subscribers).
+    fn online(&self) -> String {
+        format!("{}:online", self.namespace)
+    }
 }
 
 /// Why the broker could not start.
@@ -35,9 +54,30 @@ fn room_channel(room: &str) -> String {
 #[error("cannot use the Redis broker: {0}")]
 pub struct BrokerError(String);
 
+/// Which rooms' channels this node hears, shared by the follower (which
+/// subscribes) and joins (which wait for their room's subscription).
+#[derive(Default)]
+struct Following {
+    /// Room channels subscribed to.
+    rooms: HashSet<Arc<str>>,
+    /// Joins waiting for their room's subscription.
+    waiters: HashMap<Arc<str>, Vec<oneshot::Sender<()>>>,
+    /// Redis is lost: joins do not wait.
+    lost: bool,
+}
+
+/// How long a join waits for its room's subscription at most.
+const SUBSCRIBE_PATIENCE: Duration = Duration::from_secs(2);
+
+fn lock(following: &Mutex<Following>) -> std::sync::MutexGuard<'_, Following> {
+    following.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// Broker for several nodes on one Redis.
 pub struct RedisBroker {
     hub: Arc<Hub>,
+    channels: Channels,
+    following: Arc<Mutex<Following>>,
     /// Encoded broadcasts on their way to Redis, in publish order.
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
 }
@@ -58,7 +98,11 @@ impl RedisBroker {
     /// node hears, and starts following the hub's rooms. Redis being
     /// unreachable does not stop the start: the node serves its own
     /// connections and keeps trying.
-    pub fn connect(url: &str, hub: Arc<Hub>) -> Result<(RedisBroker, RedisTasks), BrokerError> {
+    pub fn connect(
+        url: &str,
+        namespace: &str,
+        hub: Arc<Hub>,
+    ) -> Result<(RedisBroker, RedisTasks), BrokerError> {
         let client = client(url)?;
         let (pushes, push_receiver) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
@@ -76,10 +120,15 @@ impl RedisBroker {
         let interest = hub
             .watch_rooms()
             .ok_or_else(|| BrokerError("the hub already has a broker".into()))?;
+        let channels = Channels {
+            namespace: namespace.to_owned(),
+        };
+        let following = Arc::new(Mutex::new(Following::default()));
         let follower = Follower {
             hub: hub.clone(),
+            channels: channels.clone(),
+            following: following.clone(),
             connection: subscriber,
-            subscribed: HashSet::new(),
             lost: false,
         };
         let (outgoing, queue) = mpsc::unbounded_channel();
@@ -87,16 +136,24 @@ impl RedisBroker {
             tokio::spawn(follower.run(interest, push_receiver)),
             tokio::spawn(publish(publisher, queue)),
         ];
-        Ok((RedisBroker { hub, outgoing }, RedisTasks { tasks }))
+        Ok((
+            RedisBroker {
+                hub,
+                channels,
+                following,
+                outgoing,
+            },
+            RedisTasks { tasks },
+        ))
     }
 }
 
 impl Broker for RedisBroker {
     fn publish(&self, audience: Audience, frame: OutFrame, except: Option<&str>) {
         let channel = match &audience {
-            Audience::Room(room) => room_channel(room),
-            Audience::Everyone => EVERYONE.to_owned(),
-            Audience::Watchers { .. } => ONLINE.to_owned(),
+            Audience::Room(room) => self.channels.room(room),
+            Audience::Everyone => self.channels.everyone(),
+            Audience::Watchers { .. } => self.channels.online(),
         };
         if let Some(bytes) = envelope::encode(self.hub.node_id(), &audience, except, &frame) {
             // The task is gone only at shutdown.
@@ -107,6 +164,22 @@ impl Broker for RedisBroker {
 
     fn spans_nodes(&self) -> bool {
         true
+    }
+
+    fn following(&self, room: &str) -> Option<BoxFuture<'static, ()>> {
+        let mut following = lock(&self.following);
+        if following.lost || following.rooms.contains(room) {
+            return None;
+        }
+        let (ready, subscribed) = oneshot::channel();
+        following
+            .waiters
+            .entry(room.into())
+            .or_default()
+            .push(ready);
+        Some(Box::pin(async move {
+            let _ = tokio::time::timeout(SUBSCRIBE_PATIENCE, subscribed).await;
+        }))
     }
 }
 
@@ -144,7 +217,7 @@ async fn publish(
         let mut pipeline = redis::pipe();
         for (channel, bytes) in waiting.drain(..) {
             pipeline
-                .cmd("SPUBLISH")
+                .cmd("PUBLISH")
                 .arg(channel)
                 .arg(bytes.as_ref())
                 .ignore();
@@ -172,9 +245,9 @@ async fn publish(
 /// Follows the hub's rooms with subscriptions and delivers what arrives.
 struct Follower {
     hub: Arc<Hub>,
+    channels: Channels,
+    following: Arc<Mutex<Following>>,
     connection: ConnectionManager,
-    /// Room channels subscribed to.
-    subscribed: HashSet<Arc<str>>,
     /// The connection was lost: subscriptions are to be made again.
     lost: bool,
 }
@@ -213,17 +286,16 @@ impl Follower {
             // Done when the connection is back, from the hub's rooms then.
             return;
         }
-        let command = if open { "SSUBSCRIBE" } else { "SUNSUBSCRIBE" };
-        let result = redis::cmd(command)
-            .arg(room_channel(&room))
-            .query_async::<Value>(&mut self.connection)
-            .await;
+        let channel = self.channels.room(&room);
+        let result = if open {
+            self.connection.subscribe(channel).await
+        } else {
+            self.connection.unsubscribe(channel).await
+        };
         match result {
-            Ok(_) if open => {
-                self.subscribed.insert(room);
-            }
+            Ok(_) if open => self.subscribed(room),
             Ok(_) => {
-                self.subscribed.remove(&room);
+                lock(&self.following).rooms.remove(&room);
             }
             Err(err) => self.lose(&err),
         }
@@ -232,21 +304,34 @@ impl Follower {
     /// Subscribes to the channels every node hears and to every room with
     /// members here.
     async fn subscribe_all(&mut self) -> redis::RedisResult<()> {
-        for channel in [EVERYONE, ONLINE] {
-            redis::cmd("SSUBSCRIBE")
-                .arg(channel)
-                .query_async::<Value>(&mut self.connection)
-                .await?;
+        for channel in [self.channels.everyone(), self.channels.online()] {
+            self.connection.subscribe(channel).await?;
         }
-        self.subscribed.clear();
+        lock(&self.following).rooms.clear();
         for room in self.hub.room_names() {
-            redis::cmd("SSUBSCRIBE")
-                .arg(room_channel(&room))
-                .query_async::<Value>(&mut self.connection)
-                .await?;
-            self.subscribed.insert(room);
+            self.connection.subscribe(self.channels.room(&room)).await?;
+            self.subscribed(room);
         }
+        lock(&self.following).lost = false;
         Ok(())
+    }
+
+    /// The room's channel is subscribed: joins waiting for it go on.
+    fn subscribed(&self, room: Arc<str>) {
+        let mut following = lock(&self.following);
+        for waiter in following.waiters.remove(&room).into_iter().flatten() {
+            let _ = waiter.send(());
+        }
+        following.rooms.insert(room);
+    }
+
+    /// Redis is lost: joins stop waiting for subscriptions, which are made
+    /// again once it is back.
+    fn set_lost(&mut self) {
+        self.lost = true;
+        let mut following = lock(&self.following);
+        following.lost = true;
+        following.waiters.clear();
     }
 
     fn lose(&mut self, err: &redis::RedisError) {
@@ -255,7 +340,7 @@ impl Follower {
                 error = describe(err),
                 "lost Redis: this node serves its own connections alone until it is back"
             );
-            self.lost = true;
+            self.set_lost();
         }
     }
 
@@ -283,7 +368,7 @@ impl Follower {
                 tracing::error!(
                     "lost Redis: this node serves its own connections alone until it is back"
                 );
-                self.lost = true;
+                self.set_lost();
             }
             _ => {}
         }

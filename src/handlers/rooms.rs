@@ -41,6 +41,13 @@ pub async fn join(
     // broadcast to this connection rather than lost (it may arrive twice:
     // clients de-duplicate by id).
     let joined = app.hub.join_room(connection, &room);
+    // With several nodes, the room's broadcasts from the others must reach
+    // this node before history is read, or one could fall in between.
+    if joined.is_some()
+        && let Some(subscribed) = app.broker.following(&room)
+    {
+        subscribed.await;
+    }
     let (page, limit) = match request.since_id {
         Some(since_id) => (Page::After(since_id), app.config.max_recovery),
         None => (Page::Newest, app.config.room_history),

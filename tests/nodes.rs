@@ -1,0 +1,202 @@
+//! Several nodes (`--broker redis://...`): real roomcast processes on the
+//! machine's Redis and PostgreSQL. Chat, global chat, typing, room presence
+//! and online announcements cross nodes; a node subscribes to a room's
+//! channel only while it has members there; SQLite with Redis is refused.
+
+mod support;
+
+use serde_json::json;
+use std::time::Duration;
+use support::process::Process;
+use support::{PgSchema, SECRET, join, subscribe};
+
+/// `ROOMCAST_TEST_REDIS_URL`, or `None` (and a visible skip).
+fn redis_url(test: &str) -> Option<String> {
+    let url = std::env::var("ROOMCAST_TEST_REDIS_URL").ok();
+    if url.is_none() {
+        support::skipped(test, "Redis", "ROOMCAST_TEST_REDIS_URL");
+    }
+    url
+}
+
+/// Two nodes on one PostgreSQL schema and one Redis, with a channel
+/// namespace of their own (tests run side by side on one Redis).
+async fn two_nodes(test: &str) -> Option<(Process, Process, PgSchema, String, String)> {
+    let redis = redis_url(test)?;
+    let schema = PgSchema::create(test).await?;
+    let namespace = format!("rc-test-{}-{test}", std::process::id());
+    let flags = [
+        "--database",
+        schema.url.as_str(),
+        "--broker",
+        redis.as_str(),
+        "--broker-namespace",
+        namespace.as_str(),
+        "--jwt-secret",
+        SECRET,
+    ];
+    let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
+    a.ready().await;
+    b.ready().await;
+    Some((a, b, schema, redis, namespace))
+}
+
+#[tokio::test]
+async fn chat_presence_and_announcements_cross_nodes() {
+    let Some((node_a, node_b, _schema, _, _)) = two_nodes("cross_nodes").await else {
+        return;
+    };
+    let mut alice = node_a.user("alice").await;
+    subscribe(&mut alice, None).await;
+    // The subscription is made before bob arrives on the other node.
+    let mut bob = node_b.user("bob").await;
+    let arrived = alice.recv_type("user_join").await;
+    assert_eq!(arrived["user"]["id"], "bob", "{arrived}");
+
+    join(&mut alice, "dev").await;
+    join(&mut bob, "dev").await;
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(presence["event"], "join");
+    assert_eq!(presence["user"]["id"], "bob");
+
+    // A room message from node B reaches node A's member, once.
+    let ack = bob
+        .request(json!({"type": "chat_message", "room": "dev", "content": "from b"}))
+        .await;
+    assert_eq!(ack["type"], "message_ack", "{ack}");
+    let said = alice.recv_type("chat_message").await;
+    assert_eq!(said["message"]["id"], ack["message_id"]);
+    assert_eq!(said["message"]["content"], "from b");
+
+    // Typing, and global chat the other way.
+    bob.send(json!({"type": "user_typing", "room": "dev"}))
+        .await;
+    let typing = alice.recv_type("user_typing").await;
+    assert_eq!(typing["user"]["id"], "bob");
+    let ack = alice
+        .request(json!({"type": "chat_message", "content": "to everyone"}))
+        .await;
+    assert_eq!(ack["type"], "message_ack", "{ack}");
+    // (Bob's own room message comes first.)
+    let global = loop {
+        let frame = bob.recv_type("chat_message").await;
+        if frame["message"]["room"] == "global" {
+            break frame;
+        }
+    };
+    assert_eq!(global["message"]["id"], ack["message_id"]);
+    assert_eq!(global["message"]["room"], "global");
+    let own = alice.recv_type("chat_message").await;
+    assert_eq!(own["message"]["id"], ack["message_id"]);
+
+    // Leaving crosses too, and nothing arrives twice.
+    bob.send(json!({"type": "room_leave", "room": "dev"})).await;
+    let left = loop {
+        let frame = alice.recv().await;
+        if frame["type"] == "presence" {
+            break frame;
+        }
+        assert_ne!(
+            frame["type"], "chat_message",
+            "a message came twice: {frame}"
+        );
+    };
+    assert_eq!(left["event"], "leave");
+    drop(bob);
+    let gone = alice.recv_type("user_leave").await;
+    assert_eq!(gone["user"]["id"], "bob");
+    alice.expect_silence().await;
+}
+
+#[tokio::test]
+async fn messages_sent_right_after_a_join_on_another_node_arrive() {
+    let Some((node_a, node_b, _schema, _, _)) = two_nodes("right_after_join").await else {
+        return;
+    };
+    // Many rounds of: a member joins a fresh room on node B (the node's
+    // first), and at once a message is sent to the room from node A.
+    let mut sender = node_a.user("sender").await;
+    for round in 0..20 {
+        let room = format!("fresh-{round}");
+        join(&mut sender, &room).await;
+        let mut member = node_b.user(&format!("member-{round}")).await;
+        join(&mut member, &room).await;
+        sender
+            .send(json!({"type": "chat_message", "room": room, "content": "hi"}))
+            .await;
+        let ack = sender.recv_type("message_ack").await;
+        let said = member.recv_type("chat_message").await;
+        assert_eq!(said["message"]["id"], ack["message_id"], "round {round}");
+    }
+}
+
+#[tokio::test]
+async fn a_node_hears_a_room_only_while_it_has_members_there() {
+    let Some((node_a, _node_b, _schema, redis, namespace)) = two_nodes("interest").await else {
+        return;
+    };
+    let client = redis::Client::open(redis).expect("redis url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let channel = format!("{namespace}:room:quiet");
+    let mut listeners = async || -> i64 {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&channel)
+            .query_async(&mut connection)
+            .await
+            .expect("PUBSUB NUMSUB");
+        counts.first().map_or(0, |(_, count)| *count)
+    };
+    assert_eq!(listeners().await, 0);
+    let mut alice = node_a.user("alice").await;
+    join(&mut alice, "quiet").await;
+    assert_eq!(listeners().await, 1, "node A listens once it has a member");
+    let mut alice_again = node_a.user("alice").await;
+    join(&mut alice_again, "quiet").await;
+    assert_eq!(
+        listeners().await,
+        1,
+        "one subscription per node, not per member"
+    );
+    for client in [&mut alice, &mut alice_again] {
+        client
+            .send(json!({"type": "room_leave", "room": "quiet"}))
+            .await;
+        client.recv_type("room_left").await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while listeners().await != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node A still listens to a room it has no member in"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn redis_with_sqlite_is_refused_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let database = format!("sqlite://{}", dir.path().join("chat.db").display());
+    let mut node = Process::start(
+        &[
+            "--database",
+            &database,
+            "--broker",
+            "redis://127.0.0.1:6379",
+            "--jwt-secret",
+            SECRET,
+        ],
+        &[],
+    );
+    assert_eq!(node.exit_code(Duration::from_secs(10)).await, 2);
+    let stderr = node.stderr();
+    assert!(
+        stderr.contains("a Redis broker runs several nodes, which need one shared PostgreSQL"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}

@@ -51,6 +51,18 @@ impl App {
         self.hub.send_patiently(connection, &frame, patience).await
     }
 
+    /// Broadcasts a newly stored chat message to its room (everyone, for
+    /// `global`), in the room's id order on every node.
+    pub fn publish_stored(&self, appended: &crate::store::Appended) {
+        let message = &appended.message;
+        self.broker.publish_stored(crate::broker::Stored {
+            room: message.room.clone(),
+            id: message.id,
+            previous: appended.previous,
+            frame: OutFrame::from(ServerMessage::ChatMessage { message }.encode(None)),
+        });
+    }
+
     /// Encodes a frame once and broadcasts it to an audience.
     pub fn publish(&self, audience: Audience, message: &ServerMessage<'_>, except: Option<&str>) {
         self.broker

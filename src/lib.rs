@@ -101,7 +101,8 @@ pub async fn serve(
     let (broker, broker_tasks): (Arc<dyn broker::Broker>, _) = match &config.broker {
         BrokerLocation::Local => (Arc::new(LocalBroker::new(hub.clone())), None),
         BrokerLocation::Redis(url) => {
-            let (broker, tasks) = RedisBroker::connect(url, &config.broker_namespace, hub.clone())?;
+            let (broker, tasks) =
+                RedisBroker::connect(url, &config.broker_namespace, hub.clone(), store.clone())?;
             tracing::info!(broker = ?config.broker, "broadcasts reach the other nodes through Redis");
             (Arc::new(broker), Some(tasks))
         }

@@ -200,3 +200,56 @@ async fn redis_with_sqlite_is_refused_at_start() {
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }
+
+#[tokio::test]
+async fn concurrent_senders_on_two_nodes_are_seen_in_one_id_order_everywhere() {
+    let Some((node_a, node_b, _schema, _, _)) = two_nodes("one_order").await else {
+        return;
+    };
+    let mut readers = Vec::new();
+    for (node, name) in [(&node_a, "reader-a"), (&node_b, "reader-b")] {
+        let mut reader = node.user(name).await;
+        join(&mut reader, "shared").await;
+        readers.push(reader);
+    }
+    const PER_WRITER: usize = 150;
+    let writer = |url: String, name: &'static str| async move {
+        let mut client = support::Client::connect(&url).await;
+        join(&mut client, "shared").await;
+        let mut acked = Vec::new();
+        let mut sent = 0;
+        while acked.len() < PER_WRITER {
+            while sent < PER_WRITER && sent - acked.len() < 8 {
+                client
+                    .send(json!({"type": "chat_message", "room": "shared", "content": format!("{name}-{sent}")}))
+                    .await;
+                sent += 1;
+            }
+            let ack = client.recv_type("message_ack").await;
+            acked.push(ack["message_id"].as_i64().expect("id"));
+        }
+        acked
+    };
+    let writers = [
+        tokio::spawn(writer(node_a.url("writer-a1"), "a1")),
+        tokio::spawn(writer(node_a.url("writer-a2"), "a2")),
+        tokio::spawn(writer(node_b.url("writer-b1"), "b1")),
+        tokio::spawn(writer(node_b.url("writer-b2"), "b2")),
+    ];
+    let mut all = Vec::new();
+    for writer in writers {
+        all.extend(writer.await.expect("writer"));
+    }
+    all.sort_unstable();
+    for (n, reader) in readers.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        while seen.len() < all.len() {
+            let frame = reader.recv_type("chat_message").await;
+            seen.push(frame["message"]["id"].as_i64().expect("id"));
+        }
+        assert_eq!(
+            seen, all,
+            "reader {n} saw the room's messages out of order or not once each"
+        );
+    }
+}

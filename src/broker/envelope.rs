@@ -6,7 +6,9 @@
 //! [`ServerType::ALL`]), the audience's tag (`R` room, `E` everyone, `W` a
 //! user's watchers), then length-prefixed strings (2 bytes, big-endian):
 //! the sending node, the excepted connection (empty for none), the room or
-//! the watched user's id; then the frame.
+//! the watched user's id; a byte saying whether a stored message's id and
+//! its predecessor's follow (`1`, then two big-endian `i64`, `-1` for no
+//! predecessor) or not (`0`); then the frame.
 
 use crate::hub::{Audience, OutFrame};
 use crate::protocol::{ServerType, User, UserKind};
@@ -22,6 +24,8 @@ pub struct Envelope {
     pub origin: String,
     pub audience: Audience,
     pub except: Option<String>,
+    /// A stored message's id and the id of the room's message before it.
+    pub sequence: Option<(i64, Option<i64>)>,
     pub frame: OutFrame,
 }
 
@@ -31,6 +35,7 @@ pub fn encode(
     origin: &str,
     audience: &Audience,
     except: Option<&str>,
+    sequence: Option<(i64, Option<i64>)>,
     frame: &OutFrame,
 ) -> Option<Bytes> {
     let (tag, name): (u8, &str) = match audience {
@@ -41,13 +46,21 @@ pub fn encode(
     let kind = ServerType::ALL.iter().position(|k| *k == frame.kind)?;
     let except = except.unwrap_or("");
     let mut out =
-        BytesMut::with_capacity(9 + origin.len() + except.len() + name.len() + frame.bytes.len());
+        BytesMut::with_capacity(26 + origin.len() + except.len() + name.len() + frame.bytes.len());
     out.put_u8(VERSION);
     out.put_u8(u8::try_from(kind).ok()?);
     out.put_u8(tag);
     for text in [origin, except, name] {
         out.put_u16(u16::try_from(text.len()).ok()?);
         out.put_slice(text.as_bytes());
+    }
+    match sequence {
+        Some((id, previous)) => {
+            out.put_u8(1);
+            out.put_i64(id);
+            out.put_i64(previous.unwrap_or(-1));
+        }
+        None => out.put_u8(0),
     }
     out.put_slice(&frame.bytes);
     Some(out.freeze())
@@ -76,6 +89,21 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
     let origin = text(&mut at)?;
     let except = Some(text(&mut at)?).filter(|except| !except.is_empty());
     let name = text(&mut at)?;
+    let number = |at: &mut usize| -> Option<i64> {
+        let end = at.checked_add(8)?;
+        let value = i64::from_be_bytes(bytes.get(*at..end)?.try_into().ok()?);
+        *at = end;
+        Some(value)
+    };
+    let sequence = match byte(&mut at)? {
+        0 => None,
+        1 => {
+            let id = number(&mut at)?;
+            let previous = number(&mut at)?;
+            Some((id, (previous >= 0).then_some(previous)))
+        }
+        _ => return None,
+    };
     let audience = match tag {
         b'R' if !name.is_empty() => Audience::Room(name.into()),
         b'E' => Audience::Everyone,
@@ -97,6 +125,7 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
         origin,
         audience,
         except,
+        sequence,
         frame: OutFrame {
             kind,
             bytes: bytes.slice(at..),
@@ -122,29 +151,39 @@ mod tests {
             username: "u1".into(),
             kind: UserKind::User,
         };
-        for (audience, except) in [
-            (Audience::Room("dev".into()), Some("n-1")),
-            (Audience::Everyone, None),
+        for (audience, except, sequence) in [
+            (Audience::Room("dev".into()), Some("n-1"), None),
+            (Audience::Room("dev".into()), None, Some((12, Some(7)))),
+            (Audience::Everyone, None, Some((1, None))),
             (
                 Audience::Watchers {
                     user,
                     if_online: None,
                 },
                 None,
+                None,
             ),
         ] {
-            let bytes = encode("node-a", &audience, except, &frame()).expect("encoded");
+            let bytes = encode("node-a", &audience, except, sequence, &frame()).expect("encoded");
             let envelope = decode(&bytes).expect("decoded");
             assert_eq!(envelope.origin, "node-a");
             assert_eq!(envelope.audience, audience);
             assert_eq!(envelope.except.as_deref(), except);
+            assert_eq!(envelope.sequence, sequence);
             assert_eq!(envelope.frame, frame());
         }
     }
 
     #[test]
     fn anything_else_is_refused_without_panicking() {
-        let good = encode("n", &Audience::Room("r".into()), None, &frame()).expect("encoded");
+        let good = encode(
+            "n",
+            &Audience::Room("r".into()),
+            None,
+            Some((2, Some(1))),
+            &frame(),
+        )
+        .expect("encoded");
         for cut in 0..good.len() - frame().bytes.len() {
             assert_eq!(decode(&good.slice(..cut)), None, "cut at {cut}");
         }
@@ -155,6 +194,8 @@ mod tests {
             b"\x01\x02X\x00\x00\x00\x00\x00\x00",
             b"\x01\x02R\x00\x00\x00\x00\x00\x00",
             b"\x01\x02R\xff\xff",
+            b"\x01\x02R\x00\x00\x00\x00\x00\x01r\x07",
+            b"\x01\x02R\x00\x00\x00\x00\x00\x01r\x01\x00",
         ] {
             assert_eq!(decode(&Bytes::from_static(bad)), None, "{bad:?}");
         }

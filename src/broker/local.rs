@@ -1,6 +1,6 @@
 //! The in-process broker: a broadcast is a direct hand-off to the local hub.
 
-use super::Broker;
+use super::{Broker, Stored};
 use crate::hub::{Audience, Hub, OutFrame};
 use std::sync::Arc;
 
@@ -19,5 +19,14 @@ impl LocalBroker {
 impl Broker for LocalBroker {
     fn publish(&self, audience: Audience, frame: OutFrame, except: Option<&str>) {
         self.hub.broadcast(&audience, &frame, except);
+    }
+
+    /// One node stores and delivers in commit order already.
+    fn publish_stored(&self, message: Stored) {
+        self.hub.broadcast(
+            &super::sequencer::audience(&message.room),
+            &message.frame,
+            None,
+        );
     }
 }

@@ -8,9 +8,11 @@
 pub mod envelope;
 mod local;
 mod redis;
+mod sequencer;
 
 pub use local::LocalBroker;
 pub use redis::{BrokerError, RedisBroker, RedisTasks};
+pub use sequencer::Stored;
 
 use crate::hub::{Audience, OutFrame};
 
@@ -21,6 +23,11 @@ use crate::hub::{Audience, OutFrame};
 /// published; `except` (a connection id) is skipped on every node.
 pub trait Broker: Send + Sync + 'static {
     fn publish(&self, audience: Audience, frame: OutFrame, except: Option<&str>);
+
+    /// Publishes a stored chat message to its room (or to everyone, for
+    /// `global`): on every node its room sees the room's messages in id
+    /// order, each once.
+    fn publish_stored(&self, message: Stored);
 
     /// Whether broadcasts reach other nodes too: then this node's view of
     /// who would receive one is not the whole picture.

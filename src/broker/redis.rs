@@ -17,8 +17,10 @@
 
 use super::Broker;
 use super::envelope::{self, Envelope};
+use super::sequencer::{Sequencer, Stored};
 use crate::hub::{Audience, Hub, OutFrame, RoomInterest};
 use crate::store::BoxFuture;
+use crate::store::MessageStore;
 use bytes::Bytes;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ProtocolVersion, PushInfo, PushKind, Value};
@@ -78,6 +80,7 @@ pub struct RedisBroker {
     hub: Arc<Hub>,
     channels: Channels,
     following: Arc<Mutex<Following>>,
+    sequencer: Arc<Sequencer>,
     /// Encoded broadcasts on their way to Redis, in publish order.
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
 }
@@ -102,7 +105,9 @@ impl RedisBroker {
         url: &str,
         namespace: &str,
         hub: Arc<Hub>,
+        store: Arc<dyn MessageStore>,
     ) -> Result<(RedisBroker, RedisTasks), BrokerError> {
+        let sequencer = Sequencer::new(hub.clone(), store);
         let client = client(url)?;
         let (pushes, push_receiver) = mpsc::unbounded_channel::<PushInfo>();
         let config = ConnectionManagerConfig::new()
@@ -128,6 +133,7 @@ impl RedisBroker {
             hub: hub.clone(),
             channels: channels.clone(),
             following: following.clone(),
+            sequencer: sequencer.clone(),
             connection: subscriber,
             lost: false,
         };
@@ -141,6 +147,7 @@ impl RedisBroker {
                 hub,
                 channels,
                 following,
+                sequencer,
                 outgoing,
             },
             RedisTasks { tasks },
@@ -155,11 +162,30 @@ impl Broker for RedisBroker {
             Audience::Everyone => self.channels.everyone(),
             Audience::Watchers { .. } => self.channels.online(),
         };
-        if let Some(bytes) = envelope::encode(self.hub.node_id(), &audience, except, &frame) {
+        if let Some(bytes) = envelope::encode(self.hub.node_id(), &audience, except, None, &frame) {
             // The task is gone only at shutdown.
             let _ = self.outgoing.send((channel, bytes));
         }
         self.hub.broadcast(&audience, &frame, except);
+    }
+
+    fn publish_stored(&self, message: Stored) {
+        let audience = super::sequencer::audience(&message.room);
+        let channel = match &audience {
+            Audience::Everyone => self.channels.everyone(),
+            _ => self.channels.room(&message.room),
+        };
+        let sequence = Some((message.id, message.previous));
+        if let Some(bytes) = envelope::encode(
+            self.hub.node_id(),
+            &audience,
+            None,
+            sequence,
+            &message.frame,
+        ) {
+            let _ = self.outgoing.send((channel, bytes));
+        }
+        self.sequencer.offer(message);
     }
 
     fn spans_nodes(&self) -> bool {
@@ -246,6 +272,7 @@ async fn publish(
 struct Follower {
     hub: Arc<Hub>,
     channels: Channels,
+    sequencer: Arc<Sequencer>,
     following: Arc<Mutex<Following>>,
     connection: ConnectionManager,
     /// The connection was lost: subscriptions are to be made again.
@@ -296,6 +323,7 @@ impl Follower {
             Ok(_) if open => self.subscribed(room),
             Ok(_) => {
                 lock(&self.following).rooms.remove(&room);
+                self.sequencer.forget(&room);
             }
             Err(err) => self.lose(&err),
         }
@@ -354,14 +382,36 @@ impl Follower {
                     origin,
                     audience,
                     except,
+                    sequence,
                     frame,
                 }) = envelope::decode(&Bytes::copy_from_slice(payload))
                 else {
                     tracing::warn!("ignored a Redis message that is not a roomcast broadcast");
                     return;
                 };
-                if origin != self.hub.node_id() {
-                    self.hub.broadcast(&audience, &frame, except.as_deref());
+                if origin == self.hub.node_id() {
+                    return;
+                }
+                match (sequence, &audience) {
+                    (Some((id, previous)), Audience::Room(room)) => {
+                        self.sequencer.offer(Stored {
+                            room: room.clone(),
+                            id,
+                            previous,
+                            frame,
+                        });
+                    }
+                    (Some((id, previous)), Audience::Everyone) => {
+                        self.sequencer.offer(Stored {
+                            room: crate::protocol::GLOBAL_ROOM.into(),
+                            id,
+                            previous,
+                            frame,
+                        });
+                    }
+                    _ => {
+                        self.hub.broadcast(&audience, &frame, except.as_deref());
+                    }
                 }
             }
             PushKind::Disconnection if !self.lost => {

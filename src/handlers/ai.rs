@@ -417,12 +417,7 @@ impl Job {
                 // Broadcast here, in commit order, like every chat message:
                 // the room sees its messages in id order.
                 if let Ok(appended) = &result {
-                    let message = &appended.message;
-                    app.publish(
-                        Audience::Room(message.room.clone()),
-                        &ServerMessage::ChatMessage { message },
-                        None,
-                    );
+                    app.publish_stored(appended);
                 }
                 // The task waits for this; if it is gone, nobody needs it.
                 let _ = done.send(result);

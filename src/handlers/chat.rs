@@ -8,7 +8,6 @@
 
 use super::{HandlerError, auto_reply, report, require_joined, speaker};
 use crate::app::App;
-use crate::hub::Audience;
 use crate::protocol::{ChatMessage, GLOBAL_ROOM, ServerMessage, Timestamp};
 use crate::session::Session;
 use crate::store::NewMessage;
@@ -58,12 +57,7 @@ pub fn send(
                     );
                     // A retried send was broadcast the first time.
                     if !appended.duplicate {
-                        let audience = if &*message.room == GLOBAL_ROOM {
-                            Audience::Everyone
-                        } else {
-                            Audience::Room(message.room.clone())
-                        };
-                        app.publish(audience, &ServerMessage::ChatMessage { message }, None);
+                        app.publish_stored(&appended);
                         auto_reply(&app, message);
                     }
                 }

@@ -117,6 +117,12 @@ pub struct Appended {
     /// The same user had already stored this `client_msg_id` in this room;
     /// `message` is that earlier message and nothing new was stored.
     pub duplicate: bool,
+    /// The id of the room's newest message when this one was stored, where
+    /// the store tells it (PostgreSQL, which several nodes share): a node
+    /// that receives this message from another sees from it whether it
+    /// missed one in between. `None` for the room's first message, for a
+    /// duplicate, and on SQLite.
+    pub previous: Option<i64>,
 }
 
 /// Which page of a room's history to read.

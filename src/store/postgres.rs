@@ -458,6 +458,21 @@ async fn commit(
             &[&rooms],
         )
         .await?;
+    // Each room's newest id, read once the rooms are locked (a statement
+    // of its own: a statement that waited for the locks would still see
+    // the rows as they were before it waited). The batch's first message in
+    // a room follows it.
+    let mut newest: HashMap<String, Option<i64>> = HashMap::new();
+    for row in transaction
+        .query(
+            "SELECT r, (SELECT m.id FROM messages m WHERE m.room = r ORDER BY m.id DESC LIMIT 1) \
+             FROM UNNEST($1::text[]) AS r",
+            &[&rooms],
+        )
+        .await?
+    {
+        newest.insert(row.try_get(0)?, row.try_get(1)?);
+    }
 
     // Earlier sends of the same client_msg_id.
     let keyed: Vec<&NewMessage> = batch
@@ -601,18 +616,26 @@ async fn commit(
     let mut results: Vec<Result<Appended, StoreError>> = Vec::with_capacity(batch.len());
     for (new, plan) in batch.iter().zip(plans) {
         let result = match plan {
-            Plan::Insert(slot) => Ok(Appended {
-                message: stored_message(ids[slot], new),
-                duplicate: false,
-            }),
+            Plan::Insert(slot) => {
+                let previous = newest
+                    .get_mut(&*new.room)
+                    .and_then(|newest| newest.replace(ids[slot]));
+                Ok(Appended {
+                    message: stored_message(ids[slot], new),
+                    duplicate: false,
+                    previous,
+                })
+            }
             Plan::Duplicate(message) => Ok(Appended {
                 message: *message,
                 duplicate: true,
+                previous: None,
             }),
             Plan::DuplicateInBatch(earlier) => match &results[earlier] {
                 Ok(first) => Ok(Appended {
                     message: first.message.clone(),
                     duplicate: true,
+                    previous: None,
                 }),
                 Err(_) => Err(StoreError::ReplyToNotFound),
             },

@@ -507,6 +507,7 @@ fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, St
             return Ok(Appended {
                 message,
                 duplicate: true,
+                previous: None,
             });
         }
         let found = transaction
@@ -545,6 +546,7 @@ fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, St
             Some(message) => Ok(Appended {
                 message,
                 duplicate: true,
+                previous: None,
             }),
             None => Err(StoreError::Corrupt(
                 "an insert was refused but no duplicate is stored".into(),
@@ -563,6 +565,7 @@ fn insert_one(transaction: &Connection, new: &NewMessage) -> Result<Appended, St
             attachment: new.attachment.clone(),
         },
         duplicate: false,
+        previous: None,
     })
 }
 

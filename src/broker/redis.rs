@@ -232,7 +232,14 @@ fn describe(err: &redis::RedisError) -> String {
     }
 }
 
+/// Broadcasts waiting for Redis beyond which, while it is unreachable, the
+/// oldest are given up (stored messages among them are read from the store
+/// by the other nodes when they see the gap).
+const MAX_WAITING: usize = 100_000;
+
 /// Publishes broadcasts in order, as many as are waiting in one pipeline.
+/// While Redis is unreachable the pipeline is tried again, with a growing
+/// pause (up to a second), so that what was said meanwhile still goes out.
 async fn publish(
     mut connection: ConnectionManager,
     mut queue: mpsc::UnboundedReceiver<(String, Bytes)>,
@@ -248,20 +255,32 @@ async fn publish(
                 .arg(bytes.as_ref())
                 .ignore();
         }
-        match pipeline.query_async::<()>(&mut connection).await {
-            Ok(()) => {
-                if failing {
-                    tracing::info!("publishing to Redis again");
-                    failing = false;
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match pipeline.query_async::<()>(&mut connection).await {
+                Ok(()) => {
+                    if failing {
+                        tracing::info!("publishing to Redis again");
+                        failing = false;
+                    }
+                    break;
                 }
-            }
-            Err(err) => {
-                if !failing {
-                    tracing::error!(
-                        error = describe(&err),
-                        "cannot publish to Redis: other nodes miss this node's broadcasts until it is back"
-                    );
-                    failing = true;
+                Err(err) => {
+                    if !failing {
+                        tracing::error!(
+                            error = describe(&err),
+                            "cannot publish to Redis: other nodes get this node's broadcasts once it is back"
+                        );
+                        failing = true;
+                    }
+                    if queue.len() > MAX_WAITING {
+                        tracing::warn!(
+                            "Redis unreachable for long: gave up a batch of broadcasts to other nodes"
+                        );
+                        break;
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
             }
         }

@@ -81,12 +81,17 @@ pub async fn tell_counts(app: Arc<App>) {
     };
     while let Some(due) = ticker.next().await {
         for (room, member_count) in due {
-            app.publish(
-                Audience::Room(room.clone()),
-                &ServerMessage::PresenceCount {
-                    room: &room,
-                    member_count,
-                },
+            // The count is this node's members: each node tells its own
+            // members (not through the broker, whose other nodes count
+            // theirs).
+            let frame = ServerMessage::PresenceCount {
+                room: &room,
+                member_count,
+            }
+            .encode(None);
+            app.hub.broadcast(
+                &Audience::Room(room.clone()),
+                &crate::hub::OutFrame::from(frame),
                 None,
             );
         }

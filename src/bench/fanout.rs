@@ -33,12 +33,12 @@ struct Counters {
     errors: Mutex<BTreeMap<String, u64>>,
 }
 
-pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Report {
+pub async fn run(target: &Target, also: &[String], shape: Shape, server_pids: &[u32]) -> Report {
     let mut report = Report::new(format!(
         "fanout: {} rooms x {} members, {} sender(s) per room at {} msg/s for {:?}",
         shape.rooms, shape.members, shape.senders, shape.rate, shape.duration
     ));
-    let sockets = match join_all(target, shape).await {
+    let sockets = match join_all(target, also, shape).await {
         Ok(sockets) => sockets,
         Err(err) => {
             report.add("error", err, "");
@@ -84,7 +84,7 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
     // to everyone (user_join); let that traffic drain before measuring.
     settle(&counters.frames).await;
     let _ = stop_senders_ready.send(true);
-    let cpu_before = server_pid.and_then(cpu_seconds);
+    let cpu_before = cpu_of(server_pids);
     let started = Instant::now();
     let progress = async {
         loop {
@@ -132,7 +132,7 @@ pub async fn run(target: &Target, shape: Shape, server_pid: Option<u32>) -> Repo
             break;
         }
     }
-    let cpu_after = server_pid.and_then(cpu_seconds);
+    let cpu_after = cpu_of(server_pids);
     let _ = stop_readers.send(true);
     let mut samples = Vec::new();
     for reader in readers {
@@ -187,9 +187,25 @@ async fn settle(frames: &AtomicU64) {
     }
 }
 
-/// Connects every member and joins it to its room.
-async fn join_all(target: &Target, shape: Shape) -> Result<Vec<(String, Socket)>, String> {
-    let endpoint = Arc::new(Endpoint::parse(&target.url)?);
+/// The CPU seconds of all these processes; `None` without any.
+fn cpu_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter().map(|pid| cpu_seconds(*pid)).sum()
+}
+
+/// Connects every member and joins it to its room, spreading each room's
+/// members over the nodes in turn.
+async fn join_all(
+    target: &Target,
+    also: &[String],
+    shape: Shape,
+) -> Result<Vec<(String, Socket)>, String> {
+    let mut endpoints = vec![Arc::new(Endpoint::parse(&target.url)?)];
+    for url in also {
+        endpoints.push(Arc::new(Endpoint::parse(url)?));
+    }
     let members = shape.rooms * shape.members;
     let tokens = Arc::new(TokenBook::mint(target, "fan-", members));
     let permits = Arc::new(Semaphore::new(256));
@@ -197,7 +213,8 @@ async fn join_all(target: &Target, shape: Shape) -> Result<Vec<(String, Socket)>
     for room in 0..shape.rooms {
         for member in 0..shape.members {
             let index = room * shape.members + member;
-            let (target, tokens, endpoint) = (target.clone(), tokens.clone(), endpoint.clone());
+            let endpoint = endpoints[member % endpoints.len()].clone();
+            let (target, tokens) = (target.clone(), tokens.clone());
             let permits = permits.clone();
             tasks.push(tokio::spawn(async move {
                 let _permit = permits.acquire_owned().await.map_err(|e| e.to_string())?;

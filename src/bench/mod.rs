@@ -103,9 +103,15 @@ pub enum Scenario {
         /// Messages a sender may have unacknowledged.
         #[arg(long, default_value_t = 64)]
         window: usize,
-        /// The server's pid, to report its CPU time per delivery.
+        /// Another node's WebSocket URL (repeatable): members are spread
+        /// over `--url` and these in turn, so every room has members on
+        /// every node.
         #[arg(long)]
-        server_pid: Option<u32>,
+        also_url: Vec<String>,
+        /// The server's pid, to report its CPU time per delivery
+        /// (repeatable: the nodes' CPU time is added up).
+        #[arg(long)]
+        server_pid: Vec<u32>,
     },
     /// One connection sending with a window of unacknowledged messages.
     Burst {
@@ -181,10 +187,12 @@ pub async fn run(args: &BenchArgs) -> Report {
             rate,
             duration,
             window,
+            also_url,
             server_pid,
         } => {
             fanout::run(
                 target,
+                also_url,
                 fanout::Shape {
                     rooms: *rooms,
                     members: *members,
@@ -193,7 +201,7 @@ pub async fn run(args: &BenchArgs) -> Report {
                     duration: std::time::Duration::from_secs(*duration),
                     window: *window,
                 },
-                *server_pid,
+                server_pid,
             )
             .await
         }

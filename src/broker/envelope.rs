@@ -3,7 +3,7 @@
 //! node writes the same bytes into its sockets without encoding again.
 //!
 //! Layout: a version byte, the frame's type (its index in
-//! [`ServerType::ALL`]), the audience's tag (`R` room, `E` everyone, `W` a
+//! declaration order, [`ServerType::index`]), the audience's tag (`R` room, `E` everyone, `W` a
 //! user's watchers), then length-prefixed strings (2 bytes, big-endian):
 //! the sending node, the excepted connection (empty for none), the room or
 //! the watched user's id; a byte saying whether a stored message's id and
@@ -43,7 +43,7 @@ pub fn encode(
         Audience::Everyone => (b'E', ""),
         Audience::Watchers { user, .. } => (b'W', &user.id),
     };
-    let kind = ServerType::ALL.iter().position(|k| *k == frame.kind)?;
+    let kind = frame.kind.index();
     let except = except.unwrap_or("");
     let mut out =
         BytesMut::with_capacity(26 + origin.len() + except.len() + name.len() + frame.bytes.len());
@@ -77,7 +77,7 @@ pub fn decode(bytes: &Bytes) -> Option<Envelope> {
     if byte(&mut at)? != VERSION {
         return None;
     }
-    let kind = *ServerType::ALL.get(usize::from(byte(&mut at)?))?;
+    let kind = ServerType::all().nth(usize::from(byte(&mut at)?))?;
     let tag = byte(&mut at)?;
     let text = |at: &mut usize| -> Option<String> {
         let length = usize::from(u16::from_be_bytes([byte(at)?, byte(at)?]));

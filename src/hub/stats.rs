@@ -19,9 +19,9 @@ pub struct HubStats {
     pub(super) peak: AtomicU64,
     pub(super) total: AtomicU64,
     pub(super) slow_consumer_disconnects: AtomicU64,
-    messages_in: [AtomicU64; MessageType::ALL.len()],
-    messages_out: [AtomicU64; ServerType::ALL.len()],
-    errors: [AtomicU64; ErrorCode::ALL.len()],
+    messages_in: [AtomicU64; <MessageType as strum::EnumCount>::COUNT],
+    messages_out: [AtomicU64; <ServerType as strum::EnumCount>::COUNT],
+    errors: [AtomicU64; <ErrorCode as strum::EnumCount>::COUNT],
     broadcast_latency: Histogram,
 }
 
@@ -70,7 +70,7 @@ impl HubStats {
 
     /// Count per client message type received, by type name.
     pub fn messages_in(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        MessageType::ALL.into_iter().map(|kind| {
+        MessageType::all().map(|kind| {
             (
                 kind.as_str(),
                 self.messages_in[kind.index()].load(Ordering::Relaxed),
@@ -80,7 +80,7 @@ impl HubStats {
 
     /// Count per server frame type sent (one per recipient), by type name.
     pub fn messages_out(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ServerType::ALL.into_iter().map(|kind| {
+        ServerType::all().map(|kind| {
             (
                 kind.as_str(),
                 self.messages_out[kind.index()].load(Ordering::Relaxed),
@@ -90,7 +90,7 @@ impl HubStats {
 
     /// Count per error code sent, by code.
     pub fn errors(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
-        ErrorCode::ALL.into_iter().map(|code| {
+        ErrorCode::all().map(|code| {
             (
                 code.as_str(),
                 self.errors[code.index()].load(Ordering::Relaxed),

@@ -63,7 +63,10 @@ impl Rejection {
 }
 
 /// Every `type` a client may send (section 4 of the protocol).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum MessageType {
     Authentication,
     ChatMessage,
@@ -86,51 +89,17 @@ pub enum MessageType {
 }
 
 impl MessageType {
-    /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [MessageType; 17] = [
-        MessageType::Authentication,
-        MessageType::ChatMessage,
-        MessageType::UserTyping,
-        MessageType::UserJoin,
-        MessageType::UserLeave,
-        MessageType::PresenceSubscribe,
-        MessageType::PresenceUnsubscribe,
-        MessageType::RoomJoin,
-        MessageType::RoomLeave,
-        MessageType::History,
-        MessageType::Presence,
-        MessageType::AiRequest,
-        MessageType::FileUploadRequest,
-        MessageType::ProjectUpdate,
-        MessageType::TicketUpdate,
-        MessageType::Ping,
-        MessageType::AiCancel,
-    ];
-
     pub fn parse(name: &str) -> Option<MessageType> {
-        MessageType::ALL.into_iter().find(|t| t.as_str() == name)
+        MessageType::all().find(|t| t.as_str() == name)
     }
 
     pub fn as_str(self) -> &'static str {
-        match self {
-            MessageType::Authentication => "authentication",
-            MessageType::ChatMessage => "chat_message",
-            MessageType::UserTyping => "user_typing",
-            MessageType::UserJoin => "user_join",
-            MessageType::UserLeave => "user_leave",
-            MessageType::PresenceSubscribe => "presence_subscribe",
-            MessageType::PresenceUnsubscribe => "presence_unsubscribe",
-            MessageType::RoomJoin => "room_join",
-            MessageType::RoomLeave => "room_leave",
-            MessageType::History => "history",
-            MessageType::Presence => "presence",
-            MessageType::AiRequest => "ai_request",
-            MessageType::FileUploadRequest => "file_upload_request",
-            MessageType::ProjectUpdate => "project_update",
-            MessageType::TicketUpdate => "ticket_update",
-            MessageType::Ping => "ping",
-            MessageType::AiCancel => "ai_cancel",
-        }
+        self.into()
+    }
+
+    /// Every value, in declaration order (which [`Self::index`] follows).
+    pub fn all() -> impl Iterator<Item = Self> {
+        <Self as strum::IntoEnumIterator>::iter()
     }
 
     pub fn index(self) -> usize {

@@ -5,8 +5,20 @@ use serde::Serialize;
 /// The `error_code` of an `error` frame. An error never closes the connection
 /// by itself; the few cases that do close (five failed authentications) say so
 /// with a [`CloseReason`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    Serialize,
+    strum::EnumCount,
+    strum::EnumIter,
+    strum::IntoStaticStr,
+)]
 #[serde(rename_all = "snake_case")]
+#[strum(serialize_all = "snake_case")]
 pub enum ErrorCode {
     InvalidJson,
     UnknownType,
@@ -29,45 +41,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// Every code, in a fixed order; statistics index counters by position.
-    pub const ALL: [ErrorCode; 16] = [
-        ErrorCode::InvalidJson,
-        ErrorCode::UnknownType,
-        ErrorCode::ValidationError,
-        ErrorCode::UnsupportedFrame,
-        ErrorCode::NotAuthenticated,
-        ErrorCode::AuthFailed,
-        ErrorCode::Forbidden,
-        ErrorCode::NotFound,
-        ErrorCode::UsernameTaken,
-        ErrorCode::RateLimited,
-        ErrorCode::FileTooLarge,
-        ErrorCode::FileTypeNotAllowed,
-        ErrorCode::AiUnavailable,
-        ErrorCode::AiTimeout,
-        ErrorCode::InternalError,
-        ErrorCode::TokenExpired,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            ErrorCode::InvalidJson => "invalid_json",
-            ErrorCode::UnknownType => "unknown_type",
-            ErrorCode::ValidationError => "validation_error",
-            ErrorCode::UnsupportedFrame => "unsupported_frame",
-            ErrorCode::NotAuthenticated => "not_authenticated",
-            ErrorCode::AuthFailed => "auth_failed",
-            ErrorCode::Forbidden => "forbidden",
-            ErrorCode::NotFound => "not_found",
-            ErrorCode::UsernameTaken => "username_taken",
-            ErrorCode::RateLimited => "rate_limited",
-            ErrorCode::FileTooLarge => "file_too_large",
-            ErrorCode::FileTypeNotAllowed => "file_type_not_allowed",
-            ErrorCode::AiUnavailable => "ai_unavailable",
-            ErrorCode::AiTimeout => "ai_timeout",
-            ErrorCode::InternalError => "internal_error",
-            ErrorCode::TokenExpired => "token_expired",
-        }
+        self.into()
+    }
+
+    /// Every value, in declaration order (which [`Self::index`] follows).
+    pub fn all() -> impl Iterator<Item = Self> {
+        <Self as strum::IntoEnumIterator>::iter()
     }
 
     pub fn index(self) -> usize {

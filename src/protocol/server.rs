@@ -145,7 +145,10 @@ pub enum PresenceEvent {
 }
 
 /// The `type` of a server frame, for counting frames out by type.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum ServerType {
     Welcome,
     AuthSuccess,
@@ -173,59 +176,13 @@ pub enum ServerType {
 }
 
 impl ServerType {
-    /// Every type, in a fixed order; statistics index counters by position.
-    pub const ALL: [ServerType; 23] = [
-        ServerType::Welcome,
-        ServerType::AuthSuccess,
-        ServerType::ChatMessage,
-        ServerType::MessageAck,
-        ServerType::UserTyping,
-        ServerType::UserJoin,
-        ServerType::UserLeave,
-        ServerType::RoomJoined,
-        ServerType::RoomLeft,
-        ServerType::Presence,
-        ServerType::PresenceState,
-        ServerType::PresenceUnsubscribed,
-        ServerType::PresenceCount,
-        ServerType::History,
-        ServerType::ProjectUpdated,
-        ServerType::ProjectUpdate,
-        ServerType::TicketUpdated,
-        ServerType::TicketUpdate,
-        ServerType::Pong,
-        ServerType::AiResponseChunk,
-        ServerType::AiResponse,
-        ServerType::AiCancelled,
-        ServerType::Error,
-    ];
-
     pub fn as_str(self) -> &'static str {
-        match self {
-            ServerType::Welcome => "welcome",
-            ServerType::AuthSuccess => "auth_success",
-            ServerType::ChatMessage => "chat_message",
-            ServerType::MessageAck => "message_ack",
-            ServerType::UserTyping => "user_typing",
-            ServerType::UserJoin => "user_join",
-            ServerType::UserLeave => "user_leave",
-            ServerType::RoomJoined => "room_joined",
-            ServerType::RoomLeft => "room_left",
-            ServerType::Presence => "presence",
-            ServerType::PresenceState => "presence_state",
-            ServerType::PresenceUnsubscribed => "presence_unsubscribed",
-            ServerType::PresenceCount => "presence_count",
-            ServerType::History => "history",
-            ServerType::ProjectUpdated => "project_updated",
-            ServerType::ProjectUpdate => "project_update",
-            ServerType::TicketUpdated => "ticket_updated",
-            ServerType::TicketUpdate => "ticket_update",
-            ServerType::Pong => "pong",
-            ServerType::AiResponseChunk => "ai_response_chunk",
-            ServerType::AiResponse => "ai_response",
-            ServerType::AiCancelled => "ai_cancelled",
-            ServerType::Error => "error",
-        }
+        self.into()
+    }
+
+    /// Every value, in declaration order (which [`Self::index`] follows).
+    pub fn all() -> impl Iterator<Item = Self> {
+        <Self as strum::IntoEnumIterator>::iter()
     }
 
     pub fn index(self) -> usize {
@@ -299,6 +256,27 @@ impl ServerMessage<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn type_tables_are_complete_and_named_as_the_protocol_says() {
+        use crate::protocol::{ErrorCode, MessageType};
+        for (n, kind) in MessageType::all().enumerate() {
+            assert_eq!(kind.index(), n);
+            assert_eq!(MessageType::parse(kind.as_str()), Some(kind));
+        }
+        for (n, kind) in ServerType::all().enumerate() {
+            assert_eq!(kind.index(), n);
+        }
+        assert_eq!(ServerType::AiResponseChunk.as_str(), "ai_response_chunk");
+        for (n, code) in ErrorCode::all().enumerate() {
+            assert_eq!(code.index(), n);
+            // The name counted in metrics is the one sent on the wire.
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::from(code.as_str()))
+            );
+        }
+    }
     use crate::protocol::UserKind;
 
     #[test]

@@ -143,6 +143,11 @@ pub async fn serve(
         config,
     });
     let counts = tokio::spawn(handlers::tell_counts(app.clone()));
+    let mut broker_tasks = broker_tasks;
+    let evictions = broker_tasks
+        .as_mut()
+        .and_then(|tasks| tasks.evictions.take())
+        .map(|evictions| tokio::spawn(server::carry_out_evictions(app.clone(), evictions)));
     let router = server::router(app.clone());
     let closing_hub = hub.clone();
     let stopping = async move {
@@ -191,6 +196,9 @@ pub async fn serve(
     counts.abort();
     if let Some(tasks) = broker_tasks {
         tasks.abort();
+    }
+    if let Some(evictions) = evictions {
+        evictions.abort();
     }
     store.flush().await?;
     tracing::info!("stopped");

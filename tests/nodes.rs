@@ -8,7 +8,7 @@ mod support;
 use serde_json::json;
 use std::time::Duration;
 use support::process::Process;
-use support::{PgSchema, SECRET, join, subscribe};
+use support::{ADMIN_KEY, PgSchema, SECRET, http_request, join, subscribe};
 
 /// `ROOMCAST_TEST_REDIS_URL`, or `None` (and a visible skip).
 fn redis_url(test: &str) -> Option<String> {
@@ -34,6 +34,8 @@ async fn two_nodes(test: &str) -> Option<(Process, Process, PgSchema, String, St
         namespace.as_str(),
         "--jwt-secret",
         SECRET,
+        "--admin-key",
+        ADMIN_KEY,
     ];
     let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
     a.ready().await;
@@ -252,4 +254,78 @@ async fn concurrent_senders_on_two_nodes_are_seen_in_one_id_order_everywhere() {
             "reader {n} saw the room's messages out of order or not once each"
         );
     }
+}
+
+fn token(sub: &str) -> String {
+    roomcast::auth::Tokens::new(SECRET).mint(sub, None, None, 600)
+}
+
+#[tokio::test]
+async fn a_kick_and_a_removal_reach_the_node_that_holds_the_connection() {
+    let Some((node_a, node_b, _schema, _, _)) = two_nodes("admin").await else {
+        return;
+    };
+    // Kicked through node A, held by node B.
+    let mut victim = node_b.user("victim").await;
+    let mut witness = node_b.user("witness").await;
+    let path = format!("/api/connections/{}/kick", victim.connection_id());
+    let (status, body) =
+        http_request(node_a.addr(), "POST", &path, Some(ADMIN_KEY), None, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(victim.closed().await, Some(4003));
+    witness.assert_alive().await;
+    // Gone, or never there: 404 from either node.
+    let (status, _) = http_request(node_a.addr(), "POST", &path, Some(ADMIN_KEY), None, None).await;
+    assert_eq!(status, 404);
+    let (status, _) = http_request(
+        node_a.addr(),
+        "POST",
+        "/api/connections/nope/kick",
+        Some(ADMIN_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+
+    // A private room: bob, on node B, is removed through node A.
+    let owner = token("owner");
+    let (status, body) = http_request(
+        node_a.addr(),
+        "POST",
+        "/api/rooms",
+        Some(&owner),
+        Some(&json!({"name": "secret", "private": true})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http_request(
+        node_a.addr(),
+        "POST",
+        "/api/rooms/secret/members",
+        Some(&owner),
+        Some(&json!({"user_id": "bob"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut bob = node_b.user("bob").await;
+    join(&mut bob, "secret").await;
+    let (status, body) = http_request(
+        node_a.addr(),
+        "DELETE",
+        "/api/rooms/secret/members/bob",
+        Some(&owner),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let left = bob.recv_type("room_left").await;
+    assert_eq!(left["room"], "secret");
+    let error = bob
+        .request(json!({"type": "room_join", "room": "secret"}))
+        .await;
+    assert_eq!(error["error_code"], "forbidden", "{error}");
 }

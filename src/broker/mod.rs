@@ -11,7 +11,7 @@ mod redis;
 mod sequencer;
 
 pub use local::LocalBroker;
-pub use redis::{BrokerError, RedisBroker, RedisTasks};
+pub use redis::{BrokerError, Eviction, RedisBroker, RedisTasks};
 pub use sequencer::Stored;
 
 use crate::hub::{Audience, OutFrame};
@@ -34,6 +34,15 @@ pub trait Broker: Send + Sync + 'static {
     fn spans_nodes(&self) -> bool {
         false
     }
+
+    /// Closes a connection with 4003 (kicked), on whichever node holds it;
+    /// resolves to whether one was found.
+    fn kick(&self, connection_id: &str) -> crate::store::BoxFuture<'static, bool>;
+
+    /// Tells the other nodes that `user_id` was removed from the private
+    /// `room`: their connections of that user leave it (this node's are
+    /// the caller's to handle). Nothing to do on one node.
+    fn evict(&self, _room: &str, _user_id: &str) {}
 
     /// After this node's first connection joined `room`: what to wait for
     /// until broadcasts from other nodes to the room arrive here (`None`:

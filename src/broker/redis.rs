@@ -49,6 +49,54 @@ impl Channels {
     fn online(&self) -> String {
         format!("{}:online", self.namespace)
     }
+
+    /// Requests between nodes (kicks, evictions), heard by every node.
+    fn control(&self) -> String {
+        format!("{}:control", self.namespace)
+    }
+
+    /// Answers to one node's requests.
+    fn replies(&self, node: &str) -> String {
+        format!("{}:reply:{node}", self.namespace)
+    }
+}
+
+/// How long a kick waits for the node that holds the connection.
+const KICK_PATIENCE: Duration = Duration::from_secs(1);
+
+/// A request or answer on the control channels.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Control {
+    /// Close this connection with 4003 if it is yours, and say so.
+    Kick {
+        origin: String,
+        request: u64,
+        connection: String,
+    },
+    /// The connection of request `request` was found and closed.
+    Kicked { request: u64 },
+    /// This user was removed from this private room.
+    Evict {
+        origin: String,
+        room: String,
+        user: String,
+    },
+}
+
+/// A user removed from a private room by a request on another node: this
+/// node's connections of theirs leave the room (see `server::rooms`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Eviction {
+    pub room: String,
+    pub user_id: String,
+}
+
+/// Kicks waiting for their answer, by request number.
+#[derive(Default)]
+struct Kicks {
+    next: u64,
+    waiting: HashMap<u64, oneshot::Sender<()>>,
 }
 
 /// Why the broker could not start.
@@ -81,6 +129,7 @@ pub struct RedisBroker {
     channels: Channels,
     following: Arc<Mutex<Following>>,
     sequencer: Arc<Sequencer>,
+    kicks: Arc<Mutex<Kicks>>,
     /// Encoded broadcasts on their way to Redis, in publish order.
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
 }
@@ -88,6 +137,8 @@ pub struct RedisBroker {
 /// The broker's tasks, to abort at shutdown.
 pub struct RedisTasks {
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Evictions requested on other nodes, for the server to carry out.
+    pub evictions: Option<mpsc::UnboundedReceiver<Eviction>>,
 }
 
 impl RedisTasks {
@@ -129,15 +180,20 @@ impl RedisBroker {
             namespace: namespace.to_owned(),
         };
         let following = Arc::new(Mutex::new(Following::default()));
+        let kicks = Arc::new(Mutex::new(Kicks::default()));
+        let (outgoing, queue) = mpsc::unbounded_channel();
+        let (evicted, evictions) = mpsc::unbounded_channel();
         let follower = Follower {
             hub: hub.clone(),
             channels: channels.clone(),
             following: following.clone(),
             sequencer: sequencer.clone(),
+            kicks: kicks.clone(),
+            outgoing: outgoing.clone(),
+            evicted,
             connection: subscriber,
             lost: false,
         };
-        let (outgoing, queue) = mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(follower.run(interest, push_receiver)),
             tokio::spawn(publish(publisher, queue)),
@@ -148,9 +204,13 @@ impl RedisBroker {
                 channels,
                 following,
                 sequencer,
+                kicks,
                 outgoing,
             },
-            RedisTasks { tasks },
+            RedisTasks {
+                tasks,
+                evictions: Some(evictions),
+            },
         ))
     }
 }
@@ -192,6 +252,52 @@ impl Broker for RedisBroker {
         true
     }
 
+    fn kick(&self, connection_id: &str) -> BoxFuture<'static, bool> {
+        if super::local::kick_here(&self.hub, connection_id) {
+            return Box::pin(std::future::ready(true));
+        }
+        // Connection ids start with their node's id: one of this node's
+        // that is not here is gone.
+        let own = connection_id
+            .strip_prefix(self.hub.node_id())
+            .is_some_and(|rest| rest.starts_with('-'));
+        if own {
+            return Box::pin(std::future::ready(false));
+        }
+        let (found, answer) = oneshot::channel();
+        let request = {
+            let mut kicks = lock_kicks(&self.kicks);
+            kicks.next += 1;
+            let request = kicks.next;
+            kicks.waiting.insert(request, found);
+            request
+        };
+        let control = Control::Kick {
+            origin: self.hub.node_id().to_owned(),
+            request,
+            connection: connection_id.to_owned(),
+        };
+        self.send_control(self.channels.control(), &control);
+        let kicks = self.kicks.clone();
+        Box::pin(async move {
+            let found = matches!(
+                tokio::time::timeout(KICK_PATIENCE, answer).await,
+                Ok(Ok(()))
+            );
+            lock_kicks(&kicks).waiting.remove(&request);
+            found
+        })
+    }
+
+    fn evict(&self, room: &str, user_id: &str) {
+        let control = Control::Evict {
+            origin: self.hub.node_id().to_owned(),
+            room: room.to_owned(),
+            user: user_id.to_owned(),
+        };
+        self.send_control(self.channels.control(), &control);
+    }
+
     fn following(&self, room: &str) -> Option<BoxFuture<'static, ()>> {
         let mut following = lock(&self.following);
         if following.lost || following.rooms.contains(room) {
@@ -207,6 +313,18 @@ impl Broker for RedisBroker {
             let _ = tokio::time::timeout(SUBSCRIBE_PATIENCE, subscribed).await;
         }))
     }
+}
+
+impl RedisBroker {
+    fn send_control(&self, channel: String, control: &Control) {
+        if let Ok(text) = serde_json::to_vec(control) {
+            let _ = self.outgoing.send((channel, Bytes::from(text)));
+        }
+    }
+}
+
+fn lock_kicks(kicks: &Mutex<Kicks>) -> std::sync::MutexGuard<'_, Kicks> {
+    kicks.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A Redis client for `url`, speaking RESP3 (subscriptions and commands on
@@ -292,6 +410,10 @@ struct Follower {
     hub: Arc<Hub>,
     channels: Channels,
     sequencer: Arc<Sequencer>,
+    kicks: Arc<Mutex<Kicks>>,
+    /// For answers to other nodes' kicks.
+    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    evicted: mpsc::UnboundedSender<Eviction>,
     following: Arc<Mutex<Following>>,
     connection: ConnectionManager,
     /// The connection was lost: subscriptions are to be made again.
@@ -351,7 +473,12 @@ impl Follower {
     /// Subscribes to the channels every node hears and to every room with
     /// members here.
     async fn subscribe_all(&mut self) -> redis::RedisResult<()> {
-        for channel in [self.channels.everyone(), self.channels.online()] {
+        for channel in [
+            self.channels.everyone(),
+            self.channels.online(),
+            self.channels.control(),
+            self.channels.replies(self.hub.node_id()),
+        ] {
             self.connection.subscribe(channel).await?;
         }
         lock(&self.following).rooms.clear();
@@ -370,6 +497,40 @@ impl Follower {
             let _ = waiter.send(());
         }
         following.rooms.insert(room);
+    }
+
+    /// Carries out another node's request, or takes an answer to ours.
+    fn controlled(&self, payload: &[u8]) {
+        match serde_json::from_slice::<Control>(payload) {
+            Ok(Control::Kick {
+                origin,
+                request,
+                connection,
+            }) => {
+                if origin != self.hub.node_id()
+                    && super::local::kick_here(&self.hub, &connection)
+                    && let Ok(answer) = serde_json::to_vec(&Control::Kicked { request })
+                {
+                    let _ = self
+                        .outgoing
+                        .send((self.channels.replies(&origin), Bytes::from(answer)));
+                }
+            }
+            Ok(Control::Kicked { request }) => {
+                if let Some(found) = lock_kicks(&self.kicks).waiting.remove(&request) {
+                    let _ = found.send(());
+                }
+            }
+            Ok(Control::Evict { origin, room, user }) => {
+                if origin != self.hub.node_id() {
+                    let _ = self.evicted.send(Eviction {
+                        room,
+                        user_id: user,
+                    });
+                }
+            }
+            Err(_) => tracing::warn!("ignored a control message roomcast does not know"),
+        }
     }
 
     /// Redis is lost: joins stop waiting for subscriptions, which are made
@@ -397,6 +558,13 @@ impl Follower {
                 let Some(Value::BulkString(payload)) = push.data.get(1) else {
                     return;
                 };
+                if let Some(Value::BulkString(channel)) = push.data.first()
+                    && (*channel == self.channels.control().as_bytes()
+                        || *channel == self.channels.replies(self.hub.node_id()).as_bytes())
+                {
+                    self.controlled(payload);
+                    return;
+                }
                 let Some(Envelope {
                     origin,
                     audience,

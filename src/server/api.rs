@@ -5,7 +5,7 @@ use super::{ApiError, require_admin, require_user};
 use crate::app::App;
 use crate::handlers::may_enter;
 use crate::hub::{Connection, count_by_kind};
-use crate::protocol::{CloseReason, ErrorCode, GLOBAL_ROOM, validate_room_name};
+use crate::protocol::{ErrorCode, GLOBAL_ROOM, validate_room_name};
 use crate::store::{Page, RoomRecord};
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -140,12 +140,11 @@ pub async fn kick(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&app, &headers)?;
-    let connection = app
-        .hub
-        .get(&id)
-        .filter(|connection| connection.close_requested().is_none())
-        .ok_or_else(|| ApiError::not_found(format!("no connection `{id}`")))?;
-    connection.close(CloseReason::KICKED);
+    // On whichever node holds it (with several nodes, the node that holds
+    // it answers within a second or it counts as not found).
+    if !app.broker.kick(&id).await {
+        return Err(ApiError::not_found(format!("no connection `{id}`")));
+    }
     Ok(Json(json!({ "kicked": id })))
 }
 

@@ -22,6 +22,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
+pub use rooms::carry_out_evictions;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;

@@ -133,19 +133,38 @@ pub async fn remove_member(
         .await
         .map_err(ApiError::internal)?;
     if record.private && record.owner_id.as_deref() != Some(&*user_id) {
-        for connection in app.hub.connections() {
-            let theirs = connection.user().is_some_and(|user| *user.id == *user_id);
-            let admin = connection.role() == Some(Role::Admin);
-            if theirs
-                && !admin
-                && let Some(departure) = app.hub.leave_room(&connection, &room)
-            {
-                app.send(&connection, &ServerMessage::RoomLeft { room: &room }, None);
-                announce_departures(&app, &[departure]);
-            }
-        }
+        evict_here(&app, &room, &user_id);
+        app.broker.evict(&room, &user_id);
     }
     Ok(Json(
         json!({ "room": record.name, "user_id": user_id, "removed": removed }),
     ))
+}
+
+/// Takes this node's connections of `user_id` (admins aside) out of `room`,
+/// which they may no longer enter: `room_left` to them, a presence leave to
+/// the room.
+pub fn evict_here(app: &App, room: &str, user_id: &str) {
+    for connection in app.hub.connections() {
+        let theirs = connection.user().is_some_and(|user| *user.id == *user_id);
+        let admin = connection.role() == Some(Role::Admin);
+        if theirs
+            && !admin
+            && let Some(departure) = app.hub.leave_room(&connection, room)
+        {
+            app.send(&connection, &ServerMessage::RoomLeft { room }, None);
+            announce_departures(app, &[departure]);
+        }
+    }
+}
+
+/// Carries out removals from private rooms made on other nodes, for as long
+/// as the server runs.
+pub async fn carry_out_evictions(
+    app: Arc<App>,
+    mut evictions: tokio::sync::mpsc::UnboundedReceiver<crate::broker::Eviction>,
+) {
+    while let Some(eviction) = evictions.recv().await {
+        evict_here(&app, &eviction.room, &eviction.user_id);
+    }
 }

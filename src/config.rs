@@ -474,7 +474,14 @@ impl Config {
             broker,
             broker_namespace: args.broker_namespace.unwrap_or_else(|| "roomcast".into()),
             data_dir,
-            jwt_secret: args.jwt_secret.unwrap_or_else(random_secret),
+            jwt_secret: match args.jwt_secret {
+                Some(secret) => secret,
+                None => random_secret().ok_or_else(|| ConfigError::Invalid {
+                    name: "jwt_secret",
+                    reason: "none given, and the operating system gave no random bytes for one"
+                        .into(),
+                })?,
+            },
             jwt_secret_configured,
             admin_key: args.admin_key.filter(|key| !key.is_empty()),
             open_registration: args.open_registration,
@@ -753,16 +760,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(duration)
 }
 
-/// A secret nobody else knows, for a server started without `--jwt-secret`.
-fn random_secret() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    (0..4)
-        .map(|_| {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
-            format!("{:016x}", hasher.finish())
-        })
-        .collect()
+/// A secret nobody else knows (32 random bytes from the operating system),
+/// for a server started without `--jwt-secret`; `None` if the operating
+/// system has no randomness to give.
+fn random_secret() -> Option<String> {
+    crate::auth::random_hex(32)
 }
 
 #[cfg(test)]

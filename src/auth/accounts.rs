@@ -42,6 +42,8 @@ pub enum RegisterError {
     Taken,
     #[error("cannot hash the password")]
     Hash,
+    #[error("the operating system gave no random bytes")]
+    Random,
     #[error("storage failed: {0}")]
     Store(#[source] StoreError),
 }
@@ -114,7 +116,7 @@ impl Accounts {
             .await
             .ok_or(RegisterError::Hash)?;
         let account = Account {
-            id: new_account_id(),
+            id: new_account_id()?,
             username: username.to_owned(),
             password_hash: hash,
             role: role.to_owned(),
@@ -193,12 +195,11 @@ pub fn account_user(account: &Account) -> User {
     }
 }
 
-/// A fresh account id: `u_` and 16 hex digits.
-fn new_account_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_nanos()));
-    format!("u_{:016x}", hasher.finish())
+/// A fresh account id: `u_` and 16 random hex digits.
+fn new_account_id() -> Result<String, RegisterError> {
+    super::random_hex(8)
+        .map(|hex| format!("u_{hex}"))
+        .ok_or(RegisterError::Random)
 }
 
 #[cfg(test)]

@@ -182,9 +182,27 @@ fn identity_from_claims(claims: Claims) -> Result<Identity, AuthError> {
     })
 }
 
+/// `bytes` random bytes from the operating system, as hex digits; `None`
+/// only if the operating system has no randomness to give.
+pub fn random_hex(bytes: usize) -> Option<String> {
+    let mut buffer = vec![0u8; bytes];
+    getrandom::fill(&mut buffer).ok()?;
+    Some(buffer.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_hex_is_random_hex() {
+        let (a, b) = (random_hex(8), random_hex(8));
+        assert!(
+            a.as_ref()
+                .is_some_and(|a| a.len() == 16 && a.bytes().all(|c| c.is_ascii_hexdigit()))
+        );
+        assert_ne!(a, b);
+    }
 
     #[test]
     fn round_trip_and_roles() {

@@ -736,10 +736,16 @@ impl CountTicker {
     }
 }
 
-/// A short random id for this process.
+/// A short random id for this process (8 hex digits), unique among nodes
+/// and restarts with overwhelming likelihood.
 fn node_id() -> String {
-    let random = RandomState::new().hash_one(std::process::id());
-    format!("{:08x}", random as u32)
+    crate::auth::random_hex(4).unwrap_or_else(|| {
+        // No randomness from the operating system: the pid and the clock.
+        let nanos = std::time::UNIX_EPOCH
+            .elapsed()
+            .map_or(0, |d| d.subsec_nanos());
+        format!("{:08x}", std::process::id().rotate_left(16) ^ nanos)
+    })
 }
 
 #[cfg(test)]

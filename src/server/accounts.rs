@@ -42,7 +42,9 @@ pub async fn register(
             RegisterError::InvalidUsername
             | RegisterError::InvalidPassword
             | RegisterError::InvalidRole => ApiError::bad_request(err.to_string()),
-            RegisterError::Hash | RegisterError::Store(_) => ApiError::internal(err),
+            RegisterError::Hash | RegisterError::Random | RegisterError::Store(_) => {
+                ApiError::internal(err)
+            }
         })?;
     Ok((
         StatusCode::CREATED,

@@ -329,3 +329,39 @@ async fn a_kick_and_a_removal_reach_the_node_that_holds_the_connection() {
         .await;
     assert_eq!(error["error_code"], "forbidden", "{error}");
 }
+
+#[tokio::test]
+async fn stats_give_this_node_and_the_cluster_totals() {
+    let Some((node_a, node_b, _schema, _, _)) = two_nodes("stats").await else {
+        return;
+    };
+    let _alice = node_a.user("alice").await;
+    let _bob = node_b.user("bob").await;
+    let _carol = node_b.user("carol").await;
+    // Nodes report every 5 seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(12);
+    loop {
+        let (status, body) = http_request(
+            node_a.addr(),
+            "GET",
+            "/api/stats",
+            Some(ADMIN_KEY),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["active_connections"], 1, "this node's own: {body}");
+        let cluster = &body["cluster"];
+        if cluster["nodes"] == 2 && cluster["active_connections"] == 3 {
+            assert_eq!(cluster["online_users"], 3, "{body}");
+            assert!(body["node"].is_string());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no cluster totals of both nodes: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

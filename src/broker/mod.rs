@@ -14,6 +14,18 @@ pub use local::LocalBroker;
 pub use redis::{BrokerError, Eviction, RedisBroker, RedisTasks};
 pub use sequencer::Stored;
 
+/// Figures of every live node added up (see [`Broker::cluster`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ClusterTotals {
+    /// Nodes that reported in the last 15 seconds.
+    pub nodes: u64,
+    pub active_connections: u64,
+    pub total_connections: u64,
+    /// Distinct users online on each node, added up (a user on two nodes
+    /// counts twice).
+    pub online_users: u64,
+}
+
 use crate::hub::{Audience, OutFrame};
 
 /// Delivers broadcasts.
@@ -43,6 +55,12 @@ pub trait Broker: Send + Sync + 'static {
     /// `room`: their connections of that user leave it (this node's are
     /// the caller's to handle). Nothing to do on one node.
     fn evict(&self, _room: &str, _user_id: &str) {}
+
+    /// Totals over every live node (`None` on one node): what each node
+    /// last reported of itself, added up.
+    fn cluster(&self) -> Option<crate::store::BoxFuture<'static, Option<ClusterTotals>>> {
+        None
+    }
 
     /// After this node's first connection joined `room`: what to wait for
     /// until broadcasts from other nodes to the room arrive here (`None`:

@@ -55,10 +55,30 @@ impl Channels {
         format!("{}:control", self.namespace)
     }
 
+    /// Live nodes, scored by the time of their last report (ms).
+    fn nodes(&self) -> String {
+        format!("{}:nodes", self.namespace)
+    }
+
+    /// Each node's last report, by node id.
+    fn reports(&self) -> String {
+        format!("{}:reports", self.namespace)
+    }
+
     /// Answers to one node's requests.
     fn replies(&self, node: &str) -> String {
         format!("{}:reply:{node}", self.namespace)
     }
+}
+
+/// How often a node reports its figures, and how long a report lives.
+const REPORT_EVERY: Duration = Duration::from_secs(5);
+const REPORT_LIVES_MS: u64 = 15_000;
+
+fn now_ms() -> u64 {
+    std::time::UNIX_EPOCH.elapsed().map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// How long a kick waits for the node that holds the connection.
@@ -130,6 +150,8 @@ pub struct RedisBroker {
     following: Arc<Mutex<Following>>,
     sequencer: Arc<Sequencer>,
     kicks: Arc<Mutex<Kicks>>,
+    /// For reading the other nodes' reports.
+    reader: ConnectionManager,
     /// Encoded broadcasts on their way to Redis, in publish order.
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
 }
@@ -196,7 +218,8 @@ impl RedisBroker {
         };
         let tasks = vec![
             tokio::spawn(follower.run(interest, push_receiver)),
-            tokio::spawn(publish(publisher, queue)),
+            tokio::spawn(report(publisher.clone(), hub.clone(), channels.clone())),
+            tokio::spawn(publish(publisher.clone(), queue)),
         ];
         Ok((
             RedisBroker {
@@ -205,6 +228,7 @@ impl RedisBroker {
                 following,
                 sequencer,
                 kicks,
+                reader: publisher,
                 outgoing,
             },
             RedisTasks {
@@ -289,6 +313,39 @@ impl Broker for RedisBroker {
         })
     }
 
+    fn cluster(&self) -> Option<BoxFuture<'static, Option<super::ClusterTotals>>> {
+        let mut connection = self.reader.clone();
+        let (nodes, reports) = (self.channels.nodes(), self.channels.reports());
+        Some(Box::pin(async move {
+            let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(nodes)
+                .arg(now_ms().saturating_sub(REPORT_LIVES_MS))
+                .arg("+inf")
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            let mut totals = super::ClusterTotals::default();
+            if live.is_empty() {
+                return Some(totals);
+            }
+            let figures: Vec<Option<String>> = redis::cmd("HMGET")
+                .arg(reports)
+                .arg(&live)
+                .query_async(&mut connection)
+                .await
+                .ok()?;
+            for figures in figures.into_iter().flatten() {
+                if let Ok(node) = serde_json::from_str::<super::ClusterTotals>(&figures) {
+                    totals.nodes += 1;
+                    totals.active_connections += node.active_connections;
+                    totals.total_connections += node.total_connections;
+                    totals.online_users += node.online_users;
+                }
+            }
+            Some(totals)
+        }))
+    }
+
     fn evict(&self, room: &str, user_id: &str) {
         let control = Control::Evict {
             origin: self.hub.node_id().to_owned(),
@@ -347,6 +404,45 @@ fn describe(err: &redis::RedisError) -> String {
     match err.kind() {
         redis::ErrorKind::Io => "Redis is unreachable".into(),
         _ => format!("{:?}", err.kind()),
+    }
+}
+
+/// Reports this node's figures every few seconds; a node that stops
+/// reporting drops out of the totals after 15 s (see [`Broker::cluster`]).
+async fn report(mut connection: ConnectionManager, hub: Arc<Hub>, channels: Channels) {
+    let node = hub.node_id().to_owned();
+    loop {
+        let stats = hub.stats();
+        let figures = super::ClusterTotals {
+            nodes: 1,
+            active_connections: stats.active(),
+            total_connections: stats.total(),
+            online_users: hub.online_users() as u64,
+        };
+        if let Ok(text) = serde_json::to_string(&figures) {
+            let now = now_ms();
+            let cutoff = now.saturating_sub(REPORT_LIVES_MS);
+            // Redis may be away; the next report tries again.
+            let _ = redis::pipe()
+                .cmd("HSET")
+                .arg(channels.reports())
+                .arg(&node)
+                .arg(text)
+                .ignore()
+                .cmd("ZADD")
+                .arg(channels.nodes())
+                .arg(now)
+                .arg(&node)
+                .ignore()
+                .cmd("ZREMRANGEBYSCORE")
+                .arg(channels.nodes())
+                .arg("-inf")
+                .arg(format!("({cutoff}"))
+                .ignore()
+                .query_async::<()>(&mut connection)
+                .await;
+        }
+        tokio::time::sleep(REPORT_EVERY).await;
     }
 }
 

@@ -41,7 +41,13 @@ pub async fn stats(
             .map(|(name, value)| (name.to_owned(), Value::from(value)))
             .collect::<serde_json::Map<_, _>>()
     };
+    let cluster = match app.broker.cluster() {
+        Some(totals) => Some(totals.await),
+        None => None,
+    };
     Ok(Json(json!({
+        "node": app.hub.node_id(),
+        "cluster": cluster,
         "active_connections": stats.active(),
         "peak_connections": stats.peak(),
         "total_connections": stats.total(),

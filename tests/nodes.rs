@@ -40,6 +40,31 @@ async fn two_nodes(test: &str) -> Option<(Process, Process, PgSchema, String, St
     let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
     a.ready().await;
     b.ready().await;
+    // Ready to hear each other: both nodes subscribed (they subscribe just
+    // after they start listening).
+    let client = redis::Client::open(redis.as_str()).expect("redis url");
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let control = format!("{namespace}:control");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(&control)
+            .query_async(&mut connection)
+            .await
+            .expect("PUBSUB NUMSUB");
+        if counts.first().is_some_and(|(_, count)| *count == 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     Some((a, b, schema, redis, namespace))
 }
 
@@ -364,4 +389,152 @@ async fn stats_give_this_node_and_the_cluster_totals() {
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// A Redis server of the test's own, which it may stop and start again.
+struct PrivateRedis {
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateRedis {
+    /// `None` (and a visible skip, or a failure under CI) without a
+    /// `redis-server` binary.
+    fn start(test: &str) -> Option<PrivateRedis> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .map(|addr| addr.port())
+            .expect("free port");
+        let mut redis = PrivateRedis { port, child: None };
+        if !redis.resume() {
+            support::skipped(test, "a redis-server binary", "PATH");
+            return None;
+        }
+        Some(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again); `false` if there is no binary.
+    fn resume(&mut self) -> bool {
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        match child {
+            Ok(child) => {
+                self.child = Some(child);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    async fn ready(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Subscribers of `channel` (connections, one per node).
+    async fn listeners(&self, channel: &str) -> i64 {
+        let Ok(client) = redis::Client::open(self.url()) else {
+            return 0;
+        };
+        let Ok(mut connection) = client.get_multiplexed_async_connection().await else {
+            return 0;
+        };
+        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query_async(&mut connection)
+            .await
+            .unwrap_or_default();
+        counts.first().map_or(0, |(_, count)| *count)
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[tokio::test]
+async fn a_redis_restart_loses_nothing_and_keeps_the_order() {
+    let Some(mut redis) = PrivateRedis::start("redis_restart") else {
+        return;
+    };
+    let Some(schema) = PgSchema::create("redis_restart").await else {
+        return;
+    };
+    redis.ready().await;
+    let url = redis.url();
+    let flags = [
+        "--database",
+        schema.url.as_str(),
+        "--broker",
+        url.as_str(),
+        "--jwt-secret",
+        SECRET,
+    ];
+    let (node_a, node_b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
+    node_a.ready().await;
+    node_b.ready().await;
+    let mut alice = node_a.user("alice").await;
+    let mut bob = node_b.user("bob").await;
+    join(&mut alice, "dev").await;
+    join(&mut bob, "dev").await;
+    let mut said = Vec::new();
+    let mut say = async |bob: &mut support::Client, text: &str| {
+        bob.send(json!({"type": "chat_message", "room": "dev", "content": text}))
+            .await;
+        let ack = bob.recv_type("message_ack").await;
+        said.push(ack["message_id"].as_i64().expect("id"));
+    };
+    say(&mut bob, "before").await;
+
+    // Redis goes away; bob goes on talking (stored, acknowledged).
+    redis.kill();
+    say(&mut bob, "during 1").await;
+    say(&mut bob, "during 2").await;
+    // Redis comes back: both nodes subscribe to the room again.
+    assert!(redis.resume());
+    redis.ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while redis.listeners("roomcast:room:dev").await < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes did not subscribe again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    say(&mut bob, "after").await;
+
+    // Alice, on the other node, has every message once, in order.
+    let mut seen = Vec::new();
+    while seen.len() < said.len() {
+        let frame = alice.recv_type("chat_message").await;
+        seen.push(frame["message"]["id"].as_i64().expect("id"));
+    }
+    assert_eq!(seen, said);
 }

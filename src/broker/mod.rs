@@ -62,6 +62,11 @@ pub trait Broker: Send + Sync + 'static {
         None
     }
 
+    /// A join read `room`'s history up to `newest` (`None`: the room has no
+    /// message yet): where this node's order of the room starts if it has
+    /// none yet, so that a message it missed before is noticed.
+    fn history_read(&self, _room: &str, _newest: Option<i64>) {}
+
     /// After this node's first connection joined `room`: what to wait for
     /// until broadcasts from other nodes to the room arrive here (`None`:
     /// they already do).

@@ -346,6 +346,10 @@ impl Broker for RedisBroker {
         }))
     }
 
+    fn history_read(&self, room: &str, newest: Option<i64>) {
+        self.sequencer.start(room, newest.unwrap_or(0));
+    }
+
     fn evict(&self, room: &str, user_id: &str) {
         let control = Control::Evict {
             origin: self.hub.node_id().to_owned(),

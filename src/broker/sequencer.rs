@@ -84,6 +84,25 @@ impl Sequencer {
         }
     }
 
+    /// Starts the room's order after `newest` (0: before any message),
+    /// unless this node already delivers to the room.
+    pub fn start(&self, room: &str, newest: i64) {
+        let mut rooms = self.rooms();
+        match rooms.get_mut(room) {
+            Some(order) if order.last.is_some() => {}
+            Some(order) => order.last = Some(newest),
+            None => {
+                rooms.insert(
+                    room.into(),
+                    RoomOrder {
+                        last: Some(newest),
+                        ..RoomOrder::default()
+                    },
+                );
+            }
+        }
+    }
+
     /// The room has no member here any more: what it was given is forgotten,
     /// so that a later member starts from its own join.
     pub fn forget(&self, room: &str) {

@@ -62,6 +62,10 @@ pub async fn join(
             return Err(err.into());
         }
     };
+    if joined.is_some() {
+        app.broker
+            .history_read(&room, recent.messages.last().map(|message| message.id));
+    }
     let (members, member_count) = app
         .hub
         .room_members(&room, 0, app.config.max_members_listed);

@@ -538,3 +538,42 @@ async fn a_redis_restart_loses_nothing_and_keeps_the_order() {
     }
     assert_eq!(seen, said);
 }
+
+#[tokio::test]
+async fn a_user_is_online_once_however_many_nodes_hold_them_and_a_dead_node_is_counted_off() {
+    let Some((node_a, mut node_b, _schema, _, _)) = two_nodes("online_once").await else {
+        return;
+    };
+    let mut alice = node_a.user("alice").await;
+    subscribe(&mut alice, None).await;
+    let bob_on_b = node_b.user("bob").await;
+    let joined = alice.recv_type("user_join").await;
+    assert_eq!(joined["user"]["id"], "bob");
+    // A second connection of bob's, on the other node: bob was online already.
+    let bob_on_a = node_a.user("bob").await;
+    alice.expect_silence().await;
+    // Node B's connection goes: bob is still online on node A.
+    bob_on_b.close().await;
+    alice.expect_silence().await;
+    bob_on_a.close().await;
+    let left = alice.recv_type("user_leave").await;
+    assert_eq!(left["user"]["id"], "bob");
+
+    // Carol's node dies without a word: carol is announced gone once the
+    // node has been silent for 15 s (nodes report every 5 s).
+    let _carol = node_b.user("carol").await;
+    let joined = alice.recv_type("user_join").await;
+    assert_eq!(joined["user"]["id"], "carol");
+    node_b.kill_hard();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let gone = loop {
+        match tokio::time::timeout(Duration::from_secs(1), alice.recv()).await {
+            Ok(frame) if frame["type"] == "user_leave" => break frame,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "carol was not counted off"
+            ),
+        }
+    };
+    assert_eq!(gone["user"]["id"], "carol");
+}

@@ -27,6 +27,7 @@ pub struct ClusterTotals {
 }
 
 use crate::hub::{Audience, OutFrame};
+use crate::protocol::User;
 
 /// Delivers broadcasts.
 ///
@@ -40,6 +41,18 @@ pub trait Broker: Send + Sync + 'static {
     /// `global`): on every node its room sees the room's messages in id
     /// order, each once.
     fn publish_stored(&self, message: Stored);
+
+    /// Announces to `user`'s watchers that the user's first connection on
+    /// this node arrived (`arrived`) or its last one here left. With
+    /// several nodes the announcement goes out only if it changes whether
+    /// the user is online anywhere.
+    fn announce(&self, user: &User, arrived: bool, frame: OutFrame, except: Option<&str>) {
+        let audience = Audience::Watchers {
+            user: user.clone(),
+            if_online: Some(arrived),
+        };
+        self.publish(audience, frame, except);
+    }
 
     /// Whether broadcasts reach other nodes too: then this node's view of
     /// who would receive one is not the whole picture.

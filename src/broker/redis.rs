@@ -55,14 +55,32 @@ impl Channels {
         format!("{}:control", self.namespace)
     }
 
-    /// Live nodes, scored by the time of their last report (ms).
+    /// Live nodes, scored by the time of their last report (ms). Keys carry
+    /// the namespace as a hash tag, so that on a Redis Cluster the keys a
+    /// script touches together live on one shard.
     fn nodes(&self) -> String {
-        format!("{}:nodes", self.namespace)
+        format!("{{{}}}:nodes", self.namespace)
     }
 
     /// Each node's last report, by node id.
     fn reports(&self) -> String {
-        format!("{}:reports", self.namespace)
+        format!("{{{}}}:reports", self.namespace)
+    }
+
+    /// Users online anywhere: user id → the number of nodes they are on.
+    fn online_users(&self) -> String {
+        format!("{{{}}}:online", self.namespace)
+    }
+
+    /// The users online on one node (to count them off if it dies).
+    fn node_users(&self, node: &str) -> String {
+        format!("{{{}}}:users:{node}", self.namespace)
+    }
+
+    /// Users online anywhere: user id → the user object (for announcing a
+    /// dead node's users as gone).
+    fn who(&self) -> String {
+        format!("{{{}}}:who", self.namespace)
     }
 
     /// Answers to one node's requests.
@@ -79,6 +97,37 @@ fn now_ms() -> u64 {
     std::time::UNIX_EPOCH.elapsed().map_or(0, |elapsed| {
         u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
     })
+}
+
+/// A user's first connection on a node: counts the node once for the user;
+/// returns the number of nodes the user is now on, or -1 if this node was
+/// counted already.
+const ARRIVE: &str = r"
+if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
+  return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+end
+return -1";
+
+/// A user's last connection on a node left (or the node died): returns the
+/// number of nodes the user is still on, or -1 if this node was not counted.
+const DEPART: &str = r"
+if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
+  local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
+  if left <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+    redis.call('HDEL', KEYS[3], ARGV[1])
+  end
+  return left
+end
+return -1";
+
+/// A change of a user's presence on this node, to be counted in Redis.
+struct Announcement {
+    user: crate::protocol::User,
+    arrived: bool,
+    frame: OutFrame,
+    except: Option<String>,
 }
 
 /// How long a kick waits for the node that holds the connection.
@@ -152,6 +201,8 @@ pub struct RedisBroker {
     kicks: Arc<Mutex<Kicks>>,
     /// For reading the other nodes' reports.
     reader: ConnectionManager,
+    /// Online announcements on their way to be counted, in order.
+    announcements: mpsc::UnboundedSender<Announcement>,
     /// Encoded broadcasts on their way to Redis, in publish order.
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
 }
@@ -216,9 +267,19 @@ impl RedisBroker {
             connection: subscriber,
             lost: false,
         };
+        let (announcements, announced) = mpsc::unbounded_channel();
+        let presence = Presence {
+            connection: publisher.clone(),
+            hub: hub.clone(),
+            channels: channels.clone(),
+            outgoing: outgoing.clone(),
+            arrive: redis::Script::new(ARRIVE),
+            depart: redis::Script::new(DEPART),
+        };
         let tasks = vec![
             tokio::spawn(follower.run(interest, push_receiver)),
-            tokio::spawn(report(publisher.clone(), hub.clone(), channels.clone())),
+            tokio::spawn(presence.clone().run(announced)),
+            tokio::spawn(report(publisher.clone(), presence)),
             tokio::spawn(publish(publisher.clone(), queue)),
         ];
         Ok((
@@ -229,6 +290,7 @@ impl RedisBroker {
                 sequencer,
                 kicks,
                 reader: publisher,
+                announcements,
                 outgoing,
             },
             RedisTasks {
@@ -346,6 +408,21 @@ impl Broker for RedisBroker {
         }))
     }
 
+    fn announce(
+        &self,
+        user: &crate::protocol::User,
+        arrived: bool,
+        frame: OutFrame,
+        except: Option<&str>,
+    ) {
+        let _ = self.announcements.send(Announcement {
+            user: user.clone(),
+            arrived,
+            frame,
+            except: except.map(str::to_owned),
+        });
+    }
+
     fn history_read(&self, room: &str, newest: Option<i64>) {
         self.sequencer.start(room, newest.unwrap_or(0));
     }
@@ -411,9 +488,167 @@ fn describe(err: &redis::RedisError) -> String {
     }
 }
 
-/// Reports this node's figures every few seconds; a node that stops
-/// reporting drops out of the totals after 15 s (see [`Broker::cluster`]).
-async fn report(mut connection: ConnectionManager, hub: Arc<Hub>, channels: Channels) {
+/// Counts users online across nodes and announces their arrivals and
+/// departures to every node's watchers when they change whether the user
+/// is online anywhere.
+#[derive(Clone)]
+struct Presence {
+    connection: ConnectionManager,
+    hub: Arc<Hub>,
+    channels: Channels,
+    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    arrive: redis::Script,
+    depart: redis::Script,
+}
+
+impl Presence {
+    async fn run(mut self, mut announced: mpsc::UnboundedReceiver<Announcement>) {
+        while let Some(announcement) = announced.recv().await {
+            let node = self.hub.node_id().to_owned();
+            let nodes = self
+                .count(&announcement.user, announcement.arrived, &node)
+                .await;
+            // Announced when the user came online anywhere (1 node) or went
+            // offline everywhere (0); without Redis, as this node sees it.
+            let tell = match nodes {
+                Some(nodes) if announcement.arrived => nodes == 1,
+                Some(nodes) => nodes == 0,
+                None => true,
+            };
+            if tell {
+                self.tell(
+                    &announcement.user,
+                    &announcement.frame,
+                    announcement.except.as_deref(),
+                    nodes.is_some(),
+                );
+            }
+        }
+    }
+
+    /// The number of nodes the user is on after this change; `None` when
+    /// Redis cannot say (then this node was not counted, and is not
+    /// counted off either).
+    async fn count(
+        &mut self,
+        user: &crate::protocol::User,
+        arrived: bool,
+        node: &str,
+    ) -> Option<i64> {
+        let keys = [
+            self.channels.online_users(),
+            self.channels.node_users(node),
+            self.channels.who(),
+        ];
+        let result = if arrived {
+            let who = serde_json::to_string(user).ok()?;
+            self.arrive
+                .key(&keys[0])
+                .key(&keys[1])
+                .key(&keys[2])
+                .arg(&*user.id)
+                .arg(who)
+                .invoke_async::<i64>(&mut self.connection)
+                .await
+        } else {
+            self.depart
+                .key(&keys[0])
+                .key(&keys[1])
+                .key(&keys[2])
+                .arg(&*user.id)
+                .invoke_async::<i64>(&mut self.connection)
+                .await
+        };
+        match result {
+            // This node was already counted (or not): no change anywhere.
+            Ok(-1) => Some(-1),
+            Ok(nodes) => Some(nodes),
+            Err(_) => None,
+        }
+    }
+
+    /// Delivers an announcement to the watchers here and on every node.
+    fn tell(
+        &self,
+        user: &crate::protocol::User,
+        frame: &OutFrame,
+        except: Option<&str>,
+        everywhere: bool,
+    ) {
+        let audience = Audience::Watchers {
+            user: user.clone(),
+            if_online: None,
+        };
+        if everywhere
+            && let Some(bytes) =
+                envelope::encode(self.hub.node_id(), &audience, except, None, frame)
+        {
+            let _ = self.outgoing.send((self.channels.online(), bytes));
+        }
+        self.hub.broadcast(&audience, frame, except);
+    }
+
+    /// Counts off the users of nodes that stopped reporting, announcing as
+    /// gone those on no other node.
+    async fn sweep(&mut self, cutoff: u64) -> redis::RedisResult<()> {
+        let dead: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.channels.nodes())
+            .arg("-inf")
+            .arg(format!("({cutoff}"))
+            .query_async(&mut self.connection)
+            .await?;
+        for node in dead {
+            let users: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(self.channels.node_users(&node))
+                .query_async(&mut self.connection)
+                .await?;
+            for id in users {
+                let who: Option<String> = redis::cmd("HGET")
+                    .arg(self.channels.who())
+                    .arg(&id)
+                    .query_async(&mut self.connection)
+                    .await?;
+                let left: i64 = self
+                    .depart
+                    .key(self.channels.online_users())
+                    .key(self.channels.node_users(&node))
+                    .key(self.channels.who())
+                    .arg(&id)
+                    .invoke_async(&mut self.connection)
+                    .await?;
+                let user =
+                    who.and_then(|who| serde_json::from_str::<crate::protocol::User>(&who).ok());
+                if left == 0
+                    && let Some(user) = user
+                {
+                    let frame = OutFrame::from(
+                        crate::protocol::ServerMessage::UserLeave { user: &user }.encode(None),
+                    );
+                    self.tell(&user, &frame, None, true);
+                }
+            }
+            redis::pipe()
+                .cmd("ZREM")
+                .arg(self.channels.nodes())
+                .arg(&node)
+                .ignore()
+                .cmd("HDEL")
+                .arg(self.channels.reports())
+                .arg(&node)
+                .ignore()
+                .query_async::<()>(&mut self.connection)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Reports this node's figures every few seconds, and counts off the users
+/// of nodes that stopped (see [`Broker::cluster`]): a node silent for 15 s
+/// is dead, its users announced gone within 20 s of its death.
+async fn report(mut connection: ConnectionManager, mut presence: Presence) {
+    let hub = presence.hub.clone();
+    let channels = presence.channels.clone();
     let node = hub.node_id().to_owned();
     loop {
         let stats = hub.stats();
@@ -425,7 +660,6 @@ async fn report(mut connection: ConnectionManager, hub: Arc<Hub>, channels: Chan
         };
         if let Ok(text) = serde_json::to_string(&figures) {
             let now = now_ms();
-            let cutoff = now.saturating_sub(REPORT_LIVES_MS);
             // Redis may be away; the next report tries again.
             let _ = redis::pipe()
                 .cmd("HSET")
@@ -438,13 +672,14 @@ async fn report(mut connection: ConnectionManager, hub: Arc<Hub>, channels: Chan
                 .arg(now)
                 .arg(&node)
                 .ignore()
-                .cmd("ZREMRANGEBYSCORE")
-                .arg(channels.nodes())
-                .arg("-inf")
-                .arg(format!("({cutoff}"))
-                .ignore()
                 .query_async::<()>(&mut connection)
                 .await;
+            if let Err(err) = presence.sweep(now.saturating_sub(REPORT_LIVES_MS)).await {
+                tracing::debug!(
+                    error = describe(&err),
+                    "cannot count off dead nodes' users yet"
+                );
+            }
         }
         tokio::time::sleep(REPORT_EVERY).await;
     }

@@ -209,10 +209,25 @@ fn tell_watchers(
     if_online: Option<bool>,
     except: Option<&str>,
 ) {
-    // A crowd mostly has no watchers: then there is nothing to encode. (A
-    // node knows only its own watchers; with several nodes every
-    // announcement goes out, once, to the broker.)
-    if !app.broker.spans_nodes() && !app.hub.is_watched(&user.id) {
+    if app.broker.spans_nodes() {
+        // The deployment decides whether the user came or went (they may
+        // be online on another node); every node's watchers hear it.
+        let frame = crate::hub::OutFrame::from(message.encode(None));
+        match if_online {
+            Some(arrived) => app.broker.announce(user, arrived, frame, except),
+            None => app.broker.publish(
+                Audience::Watchers {
+                    user: user.clone(),
+                    if_online,
+                },
+                frame,
+                except,
+            ),
+        }
+        return;
+    }
+    // A crowd mostly has no watchers: then there is nothing to encode.
+    if !app.hub.is_watched(&user.id) {
         return;
     }
     let audience = Audience::Watchers {

@@ -39,7 +39,7 @@ impl UserKind {
 ///
 /// Strings are `Arc<str>` because one user object is copied into every room
 /// membership and every message the user writes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct User {
     pub id: Arc<str>,
     pub username: Arc<str>,

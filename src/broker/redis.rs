@@ -99,28 +99,35 @@ fn now_ms() -> u64 {
     })
 }
 
-/// A user's first connection on a node: counts the node once for the user;
-/// returns the number of nodes the user is now on, or -1 if this node was
-/// counted already.
-const ARRIVE: &str = r"
-if redis.call('SADD', KEYS[2], ARGV[1]) == 1 then
-  redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
-  return redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
-end
-return -1";
-
-/// A user's last connection on a node left (or the node died): returns the
-/// number of nodes the user is still on, or -1 if this node was not counted.
-const DEPART: &str = r"
-if redis.call('SREM', KEYS[2], ARGV[1]) == 1 then
-  local left = redis.call('HINCRBY', KEYS[1], ARGV[1], -1)
-  if left <= 0 then
-    redis.call('HDEL', KEYS[1], ARGV[1])
-    redis.call('HDEL', KEYS[3], ARGV[1])
+/// Changes of users' presence on one node, counted in one call: for each
+/// triple of arguments (`+` or `-`, user id, user object), `+` counts the
+/// node once for the user (its first connection there) and `-` counts it
+/// off (its last one left, or the node died). Returns, per change, the
+/// number of nodes the user is on now, or -1 where nothing changed (the
+/// node was counted already, or was not).
+const CHANGE: &str = r"
+local out = {}
+for i = 1, #ARGV, 3 do
+  local user = ARGV[i + 1]
+  local nodes = -1
+  if ARGV[i] == '+' then
+    if redis.call('SADD', KEYS[2], user) == 1 then
+      redis.call('HSET', KEYS[3], user, ARGV[i + 2])
+      nodes = redis.call('HINCRBY', KEYS[1], user, 1)
+    end
+  elseif redis.call('SREM', KEYS[2], user) == 1 then
+    nodes = redis.call('HINCRBY', KEYS[1], user, -1)
+    if nodes <= 0 then
+      redis.call('HDEL', KEYS[1], user)
+      redis.call('HDEL', KEYS[3], user)
+    end
   end
-  return left
+  out[#out + 1] = nodes
 end
-return -1";
+return out";
+
+/// Announcements counted in one call, at most.
+const COUNTED_TOGETHER: usize = 256;
 
 /// A change of a user's presence on this node, to be counted in Redis.
 struct Announcement {
@@ -273,8 +280,7 @@ impl RedisBroker {
             hub: hub.clone(),
             channels: channels.clone(),
             outgoing: outgoing.clone(),
-            arrive: redis::Script::new(ARRIVE),
-            depart: redis::Script::new(DEPART),
+            change: redis::Script::new(CHANGE),
         };
         let tasks = vec![
             tokio::spawn(follower.run(interest, push_receiver)),
@@ -497,74 +503,69 @@ struct Presence {
     hub: Arc<Hub>,
     channels: Channels,
     outgoing: mpsc::UnboundedSender<(String, Bytes)>,
-    arrive: redis::Script,
-    depart: redis::Script,
+    change: redis::Script,
 }
 
 impl Presence {
     async fn run(mut self, mut announced: mpsc::UnboundedReceiver<Announcement>) {
-        while let Some(announcement) = announced.recv().await {
-            let node = self.hub.node_id().to_owned();
-            let nodes = self
-                .count(&announcement.user, announcement.arrived, &node)
-                .await;
-            // Announced when the user came online anywhere (1 node) or went
-            // offline everywhere (0); without Redis, as this node sees it.
-            let tell = match nodes {
-                Some(nodes) if announcement.arrived => nodes == 1,
-                Some(nodes) => nodes == 0,
-                None => true,
-            };
-            if tell {
-                self.tell(
-                    &announcement.user,
-                    &announcement.frame,
-                    announcement.except.as_deref(),
-                    nodes.is_some(),
-                );
+        let node = self.hub.node_id().to_owned();
+        let mut batch = Vec::with_capacity(COUNTED_TOGETHER);
+        while announced.recv_many(&mut batch, COUNTED_TOGETHER).await > 0 {
+            let changes: Vec<(bool, &crate::protocol::User)> = batch
+                .iter()
+                .map(|announcement| (announcement.arrived, &announcement.user))
+                .collect();
+            let counted = self.count(&node, &changes).await;
+            for (n, announcement) in batch.drain(..).enumerate() {
+                let nodes = counted.as_ref().and_then(|counted| counted.get(n).copied());
+                // Announced when the user came online anywhere (1 node) or
+                // went offline everywhere (0); without Redis, as this node
+                // sees it.
+                let tell = match nodes {
+                    Some(nodes) if announcement.arrived => nodes == 1,
+                    Some(nodes) => nodes == 0,
+                    None => true,
+                };
+                if tell {
+                    self.tell(
+                        &announcement.user,
+                        &announcement.frame,
+                        announcement.except.as_deref(),
+                        nodes.is_some(),
+                    );
+                }
             }
         }
     }
 
-    /// The number of nodes the user is on after this change; `None` when
-    /// Redis cannot say (then this node was not counted, and is not
-    /// counted off either).
+    /// Counts `changes` of users' presence on `node` (`true`: arrived);
+    /// returns the number of nodes each user is on now (-1: no change), or
+    /// `None` when Redis cannot say (then nothing was counted).
     async fn count(
         &mut self,
-        user: &crate::protocol::User,
-        arrived: bool,
         node: &str,
-    ) -> Option<i64> {
-        let keys = [
-            self.channels.online_users(),
-            self.channels.node_users(node),
-            self.channels.who(),
-        ];
-        let result = if arrived {
-            let who = serde_json::to_string(user).ok()?;
-            self.arrive
-                .key(&keys[0])
-                .key(&keys[1])
-                .key(&keys[2])
+        changes: &[(bool, &crate::protocol::User)],
+    ) -> Option<Vec<i64>> {
+        let mut invocation = self.change.prepare_invoke();
+        invocation
+            .key(self.channels.online_users())
+            .key(self.channels.node_users(node))
+            .key(self.channels.who());
+        for (arrived, user) in changes {
+            let who = if *arrived {
+                serde_json::to_string(user).unwrap_or_default()
+            } else {
+                String::new()
+            };
+            invocation
+                .arg(if *arrived { "+" } else { "-" })
                 .arg(&*user.id)
-                .arg(who)
-                .invoke_async::<i64>(&mut self.connection)
-                .await
-        } else {
-            self.depart
-                .key(&keys[0])
-                .key(&keys[1])
-                .key(&keys[2])
-                .arg(&*user.id)
-                .invoke_async::<i64>(&mut self.connection)
-                .await
-        };
-        match result {
-            // This node was already counted (or not): no change anywhere.
-            Ok(-1) => Some(-1),
-            Ok(nodes) => Some(nodes),
-            Err(_) => None,
+                .arg(who);
         }
+        invocation
+            .invoke_async::<Vec<i64>>(&mut self.connection)
+            .await
+            .ok()
     }
 
     /// Delivers an announcement to the watchers here and on every node.
@@ -602,31 +603,40 @@ impl Presence {
                 .arg(self.channels.node_users(&node))
                 .query_async(&mut self.connection)
                 .await?;
-            for id in users {
-                let who: Option<String> = redis::cmd("HGET")
+            let whos: Vec<Option<String>> = if users.is_empty() {
+                Vec::new()
+            } else {
+                redis::cmd("HMGET")
                     .arg(self.channels.who())
-                    .arg(&id)
+                    .arg(&users)
                     .query_async(&mut self.connection)
-                    .await?;
-                let left: i64 = self
-                    .depart
-                    .key(self.channels.online_users())
-                    .key(self.channels.node_users(&node))
-                    .key(self.channels.who())
-                    .arg(&id)
-                    .invoke_async(&mut self.connection)
-                    .await?;
-                let user =
-                    who.and_then(|who| serde_json::from_str::<crate::protocol::User>(&who).ok());
-                if left == 0
-                    && let Some(user) = user
-                {
-                    let frame = OutFrame::from(
-                        crate::protocol::ServerMessage::UserLeave { user: &user }.encode(None),
-                    );
-                    self.tell(&user, &frame, None, true);
+                    .await?
+            };
+            let gone: Vec<crate::protocol::User> = whos
+                .into_iter()
+                .flatten()
+                .filter_map(|who| serde_json::from_str(&who).ok())
+                .collect();
+            for chunk in gone.chunks(COUNTED_TOGETHER) {
+                let changes: Vec<(bool, &crate::protocol::User)> =
+                    chunk.iter().map(|user| (false, user)).collect();
+                let Some(counted) = self.count(&node, &changes).await else {
+                    return Ok(());
+                };
+                for (user, nodes) in chunk.iter().zip(counted) {
+                    if nodes == 0 {
+                        let frame = OutFrame::from(
+                            crate::protocol::ServerMessage::UserLeave { user }.encode(None),
+                        );
+                        self.tell(user, &frame, None, true);
+                    }
                 }
             }
+            // What is left of the node's list (users counted off already) goes.
+            redis::cmd("DEL")
+                .arg(self.channels.node_users(&node))
+                .query_async::<()>(&mut self.connection)
+                .await?;
             redis::pipe()
                 .cmd("ZREM")
                 .arg(self.channels.nodes())

@@ -68,4 +68,17 @@ impl App {
         self.broker
             .publish(audience, OutFrame::from(message.encode(None)), except);
     }
+
+    /// Broadcasts to this node's connections only: for what each node
+    /// decides for its own (room presence events, whose changes the broker
+    /// carries to the other nodes as memberships).
+    pub fn tell_here(
+        &self,
+        audience: &Audience,
+        message: &ServerMessage<'_>,
+        except: Option<&str>,
+    ) {
+        self.hub
+            .broadcast(audience, &OutFrame::from(message.encode(None)), except);
+    }
 }

@@ -22,10 +22,18 @@ fn redis_url(test: &str) -> Option<String> {
 /// Two nodes on one PostgreSQL schema and one Redis, with a channel
 /// namespace of their own (tests run side by side on one Redis).
 async fn two_nodes(test: &str) -> Option<(Process, Process, PgSchema, String, String)> {
+    two_nodes_with(test, &[]).await
+}
+
+/// [`two_nodes`] with more flags for both.
+async fn two_nodes_with(
+    test: &str,
+    extra: &[&str],
+) -> Option<(Process, Process, PgSchema, String, String)> {
     let redis = redis_url(test)?;
     let schema = PgSchema::create(test).await?;
     let namespace = format!("rc-test-{}-{test}", std::process::id());
-    let flags = [
+    let mut flags = vec![
         "--database",
         schema.url.as_str(),
         "--broker",
@@ -37,6 +45,7 @@ async fn two_nodes(test: &str) -> Option<(Process, Process, PgSchema, String, St
         "--admin-key",
         ADMIN_KEY,
     ];
+    flags.extend_from_slice(extra);
     let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
     a.ready().await;
     b.ready().await;
@@ -576,4 +585,102 @@ async fn a_user_is_online_once_however_many_nodes_hold_them_and_a_dead_node_is_c
         }
     };
     assert_eq!(gone["user"]["id"], "carol");
+}
+
+fn member_ids(frame: &serde_json::Value) -> Vec<String> {
+    frame["members"]
+        .as_array()
+        .map(|members| {
+            members
+                .iter()
+                .filter_map(|member| member["id"].as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn room_members_counts_and_large_rooms_span_nodes() {
+    let Some((node_a, mut node_b, _schema, _, _)) =
+        two_nodes_with("room_members", &["--presence-max-members", "2"]).await
+    else {
+        return;
+    };
+    let mut alice = node_a.user("alice").await;
+    let joined = join(&mut alice, "dev").await;
+    assert_eq!(member_ids(&joined), ["alice"], "{joined}");
+
+    // Bob joins on the other node: his list has alice, alice hears of him.
+    let mut bob_on_b = node_b.user("bob").await;
+    let joined = join(&mut bob_on_b, "dev").await;
+    assert_eq!(member_ids(&joined), ["alice", "bob"], "{joined}");
+    assert_eq!(joined["member_count"], 2, "{joined}");
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(
+        (presence["event"].as_str(), presence["user"]["id"].as_str()),
+        (Some("join"), Some("bob"))
+    );
+
+    // A second connection of bob's, on node A: bob is one member.
+    let mut bob_on_a = node_a.user("bob").await;
+    let joined = join(&mut bob_on_a, "dev").await;
+    assert_eq!(joined["member_count"], 2, "{joined}");
+    alice.expect_silence().await;
+    let state = alice
+        .request(json!({"type": "presence", "room": "dev"}))
+        .await;
+    assert_eq!(state["member_count"], 2, "{state}");
+    assert_eq!(member_ids(&state), ["alice", "bob"], "{state}");
+    bob_on_b.close().await;
+    alice.expect_silence().await;
+
+    // Carol makes three of limit 2 on node B: large everywhere, so alice
+    // gets a count, not an event.
+    let mut carol = node_b.user("carol").await;
+    let joined = join(&mut carol, "dev").await;
+    assert_eq!(joined["member_count"], 3, "{joined}");
+    let count = alice.recv_type("presence_count").await;
+    assert_eq!(count["member_count"], 3, "{count}");
+    // Back to two: small again, the leave is an event.
+    carol
+        .request(json!({"type": "room_leave", "room": "dev"}))
+        .await;
+    let left = alice.recv_type("presence").await;
+    assert_eq!(
+        (left["event"].as_str(), left["user"]["id"].as_str()),
+        (Some("leave"), Some("carol"))
+    );
+
+    bob_on_a.close().await;
+    let left = alice.recv_type("presence").await;
+    assert_eq!(
+        (left["event"].as_str(), left["user"]["id"].as_str()),
+        (Some("leave"), Some("bob"))
+    );
+
+    // Dave's node dies without a word: node A tells alice dave left once
+    // the node has been silent for 15 s.
+    let mut dave = node_b.user("dave").await;
+    join(&mut dave, "dev").await;
+    let presence = alice.recv_type("presence").await;
+    assert_eq!(presence["user"]["id"], "dave", "{presence}");
+    node_b.kill_hard();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let gone = loop {
+        match tokio::time::timeout(Duration::from_secs(1), alice.recv()).await {
+            Ok(frame) if frame["type"] == "presence" => break frame,
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "dave was not taken out of the room"
+            ),
+        }
+    };
+    assert_eq!(
+        (gone["event"].as_str(), gone["user"]["id"].as_str()),
+        (Some("leave"), Some("dave"))
+    );
+    let state = alice
+        .request(json!({"type": "presence", "room": "dev"}))
+        .await;
+    assert_eq!(member_ids(&state), ["alice"], "{state}");
 }

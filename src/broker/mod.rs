@@ -54,6 +54,12 @@ pub trait Broker: Send + Sync + 'static {
         self.publish(audience, frame, except);
     }
 
+    /// The user's first connection in `room` on this node joined it
+    /// (`joined`), or their last one here left. Other nodes learn of it and
+    /// tell their own members (room presence events, counts); each node
+    /// tells its own. Nothing to do on one node.
+    fn membership(&self, _room: &str, _user: &User, _joined: bool) {}
+
     /// Whether broadcasts reach other nodes too: then this node's view of
     /// who would receive one is not the whole picture.
     fn spans_nodes(&self) -> bool {

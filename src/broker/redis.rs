@@ -83,6 +83,17 @@ impl Channels {
         format!("{{{}}}:who", self.namespace)
     }
 
+    /// A room's members on every node: `{node}|{user id}` → the user.
+    fn members(&self, room: &str) -> String {
+        format!("{{{}}}:members:{room}", self.namespace)
+    }
+
+    /// The rooms one node has recorded members of (to count them off if it
+    /// dies).
+    fn node_rooms(&self, node: &str) -> String {
+        format!("{{{}}}:rooms:{node}", self.namespace)
+    }
+
     /// Answers to one node's requests.
     fn replies(&self, node: &str) -> String {
         format!("{}:reply:{node}", self.namespace)
@@ -137,6 +148,15 @@ struct Announcement {
     except: Option<String>,
 }
 
+/// What the publishing task sends to Redis, in order.
+enum Outgoing {
+    /// A broadcast or a request for a channel.
+    Publish(String, Bytes),
+    /// A record that goes before the broadcasts after it (the members of
+    /// rooms).
+    Command(redis::Cmd),
+}
+
 /// How long a kick waits for the node that holds the connection.
 const KICK_PATIENCE: Duration = Duration::from_secs(1);
 
@@ -152,6 +172,14 @@ enum Control {
     },
     /// The connection of request `request` was found and closed.
     Kicked { request: u64 },
+    /// A user's first connection in a room on `node` joined it (`joined`),
+    /// or their last one there left. Sent on the room's channel.
+    Member {
+        node: String,
+        room: String,
+        user: crate::protocol::User,
+        joined: bool,
+    },
     /// This user was removed from this private room.
     Evict {
         origin: String,
@@ -211,7 +239,7 @@ pub struct RedisBroker {
     /// Online announcements on their way to be counted, in order.
     announcements: mpsc::UnboundedSender<Announcement>,
     /// Encoded broadcasts on their way to Redis, in publish order.
-    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
 }
 
 /// The broker's tasks, to abort at shutdown.
@@ -316,7 +344,7 @@ impl Broker for RedisBroker {
         };
         if let Some(bytes) = envelope::encode(self.hub.node_id(), &audience, except, None, &frame) {
             // The task is gone only at shutdown.
-            let _ = self.outgoing.send((channel, bytes));
+            let _ = self.outgoing.send(Outgoing::Publish(channel, bytes));
         }
         self.hub.broadcast(&audience, &frame, except);
     }
@@ -335,7 +363,7 @@ impl Broker for RedisBroker {
             sequence,
             &message.frame,
         ) {
-            let _ = self.outgoing.send((channel, bytes));
+            let _ = self.outgoing.send(Outgoing::Publish(channel, bytes));
         }
         self.sequencer.offer(message);
     }
@@ -429,6 +457,35 @@ impl Broker for RedisBroker {
         });
     }
 
+    fn membership(&self, room: &str, user: &crate::protocol::User, joined: bool) {
+        let node = self.hub.node_id();
+        let field = format!("{node}|{}", user.id);
+        let members = self.channels.members(room);
+        let record = if joined {
+            let mut record = redis::cmd("HSET");
+            record
+                .arg(members)
+                .arg(field)
+                .arg(serde_json::to_string(user).unwrap_or_default());
+            let mut listed = redis::cmd("SADD");
+            listed.arg(self.channels.node_rooms(node)).arg(room);
+            let _ = self.outgoing.send(Outgoing::Command(listed));
+            record
+        } else {
+            let mut record = redis::cmd("HDEL");
+            record.arg(members).arg(field);
+            record
+        };
+        let _ = self.outgoing.send(Outgoing::Command(record));
+        let member = Control::Member {
+            node: node.to_owned(),
+            room: room.to_owned(),
+            user: user.clone(),
+            joined,
+        };
+        self.send_control(self.channels.room(room), &member);
+    }
+
     fn history_read(&self, room: &str, newest: Option<i64>) {
         self.sequencer.start(room, newest.unwrap_or(0));
     }
@@ -462,7 +519,9 @@ impl Broker for RedisBroker {
 impl RedisBroker {
     fn send_control(&self, channel: String, control: &Control) {
         if let Ok(text) = serde_json::to_vec(control) {
-            let _ = self.outgoing.send((channel, Bytes::from(text)));
+            let _ = self
+                .outgoing
+                .send(Outgoing::Publish(channel, Bytes::from(text)));
         }
     }
 }
@@ -502,7 +561,7 @@ struct Presence {
     connection: ConnectionManager,
     hub: Arc<Hub>,
     channels: Channels,
-    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     change: redis::Script,
 }
 
@@ -584,7 +643,9 @@ impl Presence {
             && let Some(bytes) =
                 envelope::encode(self.hub.node_id(), &audience, except, None, frame)
         {
-            let _ = self.outgoing.send((self.channels.online(), bytes));
+            let _ = self
+                .outgoing
+                .send(Outgoing::Publish(self.channels.online(), bytes));
         }
         self.hub.broadcast(&audience, frame, except);
     }
@@ -632,6 +693,7 @@ impl Presence {
                     }
                 }
             }
+            self.sweep_members(&node).await?;
             // What is left of the node's list (users counted off already) goes.
             redis::cmd("DEL")
                 .arg(self.channels.node_users(&node))
@@ -650,6 +712,56 @@ impl Presence {
                 .await?;
         }
         Ok(())
+    }
+}
+
+impl Presence {
+    /// Takes a dead node's members out of its rooms, telling every node.
+    async fn sweep_members(&mut self, node: &str) -> redis::RedisResult<()> {
+        let rooms: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.channels.node_rooms(node))
+            .query_async(&mut self.connection)
+            .await?;
+        let prefix = format!("{node}|");
+        for room in rooms {
+            let recorded: HashMap<String, String> = redis::cmd("HGETALL")
+                .arg(self.channels.members(&room))
+                .query_async(&mut self.connection)
+                .await?;
+            let theirs: Vec<(String, String)> = recorded
+                .into_iter()
+                .filter(|(field, _)| field.starts_with(&prefix))
+                .collect();
+            if theirs.is_empty() {
+                continue;
+            }
+            redis::cmd("HDEL")
+                .arg(self.channels.members(&room))
+                .arg(theirs.iter().map(|(field, _)| field).collect::<Vec<_>>())
+                .query_async::<()>(&mut self.connection)
+                .await?;
+            for (_, user) in theirs {
+                let Ok(user) = serde_json::from_str(&user) else {
+                    continue;
+                };
+                let member = Control::Member {
+                    node: node.to_owned(),
+                    room: room.clone(),
+                    user,
+                    joined: false,
+                };
+                if let Ok(text) = serde_json::to_vec(&member) {
+                    let _ = self.outgoing.send(Outgoing::Publish(
+                        self.channels.room(&room),
+                        Bytes::from(text),
+                    ));
+                }
+            }
+        }
+        redis::cmd("DEL")
+            .arg(self.channels.node_rooms(node))
+            .query_async::<()>(&mut self.connection)
+            .await
     }
 }
 
@@ -703,20 +815,24 @@ const MAX_WAITING: usize = 100_000;
 /// Publishes broadcasts in order, as many as are waiting in one pipeline.
 /// While Redis is unreachable the pipeline is tried again, with a growing
 /// pause (up to a second), so that what was said meanwhile still goes out.
-async fn publish(
-    mut connection: ConnectionManager,
-    mut queue: mpsc::UnboundedReceiver<(String, Bytes)>,
-) {
+async fn publish(mut connection: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let mut failing = false;
     let mut waiting = Vec::new();
     while queue.recv_many(&mut waiting, 512).await > 0 {
         let mut pipeline = redis::pipe();
-        for (channel, bytes) in waiting.drain(..) {
-            pipeline
-                .cmd("PUBLISH")
-                .arg(channel)
-                .arg(bytes.as_ref())
-                .ignore();
+        for outgoing in waiting.drain(..) {
+            match outgoing {
+                Outgoing::Publish(channel, bytes) => {
+                    pipeline
+                        .cmd("PUBLISH")
+                        .arg(channel)
+                        .arg(bytes.as_ref())
+                        .ignore();
+                }
+                Outgoing::Command(command) => {
+                    pipeline.add_command(command).ignore();
+                }
+            }
         }
         let mut pause = Duration::from_millis(50);
         loop {
@@ -750,6 +866,57 @@ async fn publish(
     }
 }
 
+/// The members `room` has on other nodes, as Redis has them.
+async fn members_elsewhere(
+    connection: &mut ConnectionManager,
+    channels: &Channels,
+    hub: &Hub,
+    room: &str,
+) -> redis::RedisResult<Vec<(Arc<str>, crate::protocol::User)>> {
+    let recorded: HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(channels.members(room))
+        .query_async(connection)
+        .await?;
+    let mut nodes: HashMap<String, Arc<str>> = HashMap::new();
+    Ok(recorded
+        .into_iter()
+        .filter_map(|(field, user)| {
+            let (node, _) = field.split_once('|')?;
+            if node == hub.node_id() {
+                return None;
+            }
+            let user = serde_json::from_str(&user).ok()?;
+            let node = nodes
+                .entry(node.to_owned())
+                .or_insert_with(|| node.into())
+                .clone();
+            Some((node, user))
+        })
+        .collect())
+}
+
+/// Tells this node's members of `room` that `user` joined or left it, if
+/// that changed the room's membership and the room is not large.
+fn tell_room(
+    hub: &Hub,
+    room: &str,
+    user: &crate::protocol::User,
+    joined: bool,
+    change: crate::hub::RoomChange,
+) {
+    if change.user_changed && !change.quiet {
+        let event = if joined {
+            crate::protocol::PresenceEvent::Join
+        } else {
+            crate::protocol::PresenceEvent::Leave
+        };
+        let frame = OutFrame::from(
+            crate::protocol::ServerMessage::Presence { room, event, user }.encode(None),
+        );
+        hub.broadcast(&Audience::Room(room.into()), &frame, None);
+    }
+}
+
 /// Follows the hub's rooms with subscriptions and delivers what arrives.
 struct Follower {
     hub: Arc<Hub>,
@@ -757,7 +924,7 @@ struct Follower {
     sequencer: Arc<Sequencer>,
     kicks: Arc<Mutex<Kicks>>,
     /// For answers to other nodes' kicks.
-    outgoing: mpsc::UnboundedSender<(String, Bytes)>,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
     evicted: mpsc::UnboundedSender<Eviction>,
     following: Arc<Mutex<Following>>,
     connection: ConnectionManager,
@@ -806,7 +973,20 @@ impl Follower {
             self.connection.unsubscribe(channel).await
         };
         match result {
-            Ok(_) if open => self.subscribed(room),
+            Ok(_) if open => {
+                // The members the room has elsewhere, before the joins that
+                // wait for the subscription go on; they are told by
+                // `room_joined`, not by events.
+                match members_elsewhere(&mut self.connection, &self.channels, &self.hub, &room)
+                    .await
+                {
+                    Ok(members) => {
+                        self.hub.members_elsewhere(&room, &members);
+                    }
+                    Err(err) => self.lose(&err),
+                }
+                self.subscribed(room);
+            }
             Ok(_) => {
                 lock(&self.following).rooms.remove(&room);
                 self.sequencer.forget(&room);
@@ -829,10 +1009,47 @@ impl Follower {
         lock(&self.following).rooms.clear();
         for room in self.hub.room_names() {
             self.connection.subscribe(self.channels.room(&room)).await?;
+            // Redis may have lost the room's members (a restart): this
+            // node's are recorded again, and the others' read as they are
+            // now, the differences told as events.
+            for user in self.hub.room_users_here(&room) {
+                self.announce_member(&room, &user);
+            }
+            let members =
+                members_elsewhere(&mut self.connection, &self.channels, &self.hub, &room).await?;
+            for (user, joined, change) in self.hub.members_elsewhere(&room, &members) {
+                tell_room(&self.hub, &room, &user, joined, change);
+            }
             self.subscribed(room);
         }
         lock(&self.following).lost = false;
         Ok(())
+    }
+
+    /// Records and announces this node's `user` in `room` again.
+    fn announce_member(&self, room: &str, user: &crate::protocol::User) {
+        let node = self.hub.node_id();
+        let mut record = redis::cmd("HSET");
+        record
+            .arg(self.channels.members(room))
+            .arg(format!("{node}|{}", user.id))
+            .arg(serde_json::to_string(user).unwrap_or_default());
+        let mut listed = redis::cmd("SADD");
+        listed.arg(self.channels.node_rooms(node)).arg(room);
+        let member = Control::Member {
+            node: node.to_owned(),
+            room: room.to_owned(),
+            user: user.clone(),
+            joined: true,
+        };
+        let _ = self.outgoing.send(Outgoing::Command(listed));
+        let _ = self.outgoing.send(Outgoing::Command(record));
+        if let Ok(text) = serde_json::to_vec(&member) {
+            let _ = self.outgoing.send(Outgoing::Publish(
+                self.channels.room(room),
+                Bytes::from(text),
+            ));
+        }
     }
 
     /// The room's channel is subscribed: joins waiting for it go on.
@@ -856,14 +1073,28 @@ impl Follower {
                     && super::local::kick_here(&self.hub, &connection)
                     && let Ok(answer) = serde_json::to_vec(&Control::Kicked { request })
                 {
-                    let _ = self
-                        .outgoing
-                        .send((self.channels.replies(&origin), Bytes::from(answer)));
+                    let _ = self.outgoing.send(Outgoing::Publish(
+                        self.channels.replies(&origin),
+                        Bytes::from(answer),
+                    ));
                 }
             }
             Ok(Control::Kicked { request }) => {
                 if let Some(found) = lock_kicks(&self.kicks).waiting.remove(&request) {
                     let _ = found.send(());
+                }
+            }
+            Ok(Control::Member {
+                node,
+                room,
+                user,
+                joined,
+            }) => {
+                if node != self.hub.node_id() {
+                    let node: Arc<str> = node.into();
+                    if let Some(change) = self.hub.member_elsewhere(&room, &node, &user, joined) {
+                        tell_room(&self.hub, &room, &user, joined, change);
+                    }
                 }
             }
             Ok(Control::Evict { origin, room, user }) => {
@@ -905,7 +1136,8 @@ impl Follower {
                 };
                 if let Some(Value::BulkString(channel)) = push.data.first()
                     && (*channel == self.channels.control().as_bytes()
-                        || *channel == self.channels.replies(self.hub.node_id()).as_bytes())
+                        || *channel == self.channels.replies(self.hub.node_id()).as_bytes()
+                        || payload.first() == Some(&b'{'))
                 {
                     self.controlled(payload);
                     return;

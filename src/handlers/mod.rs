@@ -165,16 +165,22 @@ fn require_joined(connection: &Connection, room: &str) -> Result<(), HandlerErro
 /// Tells each room a user left (for good) that they are gone; a large room
 /// learns it from its next `presence_count` instead.
 pub fn announce_departures(app: &App, departures: &[RoomDeparture]) {
-    for departure in departures.iter().filter(|d| d.last_of_user && !d.quiet) {
-        app.publish(
-            Audience::Room(departure.room.clone()),
-            &ServerMessage::Presence {
-                room: &departure.room,
-                event: crate::protocol::PresenceEvent::Leave,
-                user: &departure.user,
-            },
-            None,
-        );
+    for departure in departures {
+        if departure.last_here {
+            app.broker
+                .membership(&departure.room, &departure.user, false);
+        }
+        if departure.last_of_user && !departure.quiet {
+            app.tell_here(
+                &Audience::Room(departure.room.clone()),
+                &ServerMessage::Presence {
+                    room: &departure.room,
+                    event: crate::protocol::PresenceEvent::Leave,
+                    user: &departure.user,
+                },
+                None,
+            );
+        }
     }
 }
 

@@ -80,17 +80,22 @@ pub async fn join(
         },
         reference,
     );
-    // In a large room the join is told by the next `presence_count`.
-    if joined.is_some_and(|change| change.user_changed && !change.quiet) {
-        app.publish(
-            Audience::Room(room.as_str().into()),
-            &ServerMessage::Presence {
-                room: &room,
-                event: PresenceEvent::Join,
-                user: &user,
-            },
-            Some(&connection.id),
-        );
+    if let Some(change) = joined {
+        if change.here_changed {
+            app.broker.membership(&room, &user, true);
+        }
+        // In a large room the join is told by the next `presence_count`.
+        if change.user_changed && !change.quiet {
+            app.tell_here(
+                &Audience::Room(room.as_str().into()),
+                &ServerMessage::Presence {
+                    room: &room,
+                    event: PresenceEvent::Join,
+                    user: &user,
+                },
+                Some(&connection.id),
+            );
+        }
     }
     Ok(())
 }

@@ -106,7 +106,10 @@ pub struct NameTaken;
 pub struct RoomDeparture {
     pub room: Arc<str>,
     pub user: User,
+    /// The user is no longer in the room on any node this node knows of.
     pub last_of_user: bool,
+    /// That was the user's last connection in the room on this node.
+    pub last_here: bool,
     /// The room is large: members learn of the leave by a count (rule 13).
     pub quiet: bool,
 }
@@ -467,11 +470,86 @@ impl Hub {
         let change = live
             .write()
             .add(connection.clone(), &user, self.presence_max_members);
+        self.count_if_large(&name, live, change);
+        Some(change)
+    }
+
+    /// Puts a room that just became large on the count ticker's list.
+    fn count_if_large(&self, name: &Arc<str>, live: &Arc<Room>, change: RoomChange) {
         if change.became_large {
             // The ticker may be gone (shutting down); then no count is due.
-            let _ = self.newly_large.send((name, live.clone()));
+            let _ = self.newly_large.send((name.clone(), live.clone()));
         }
+    }
+
+    /// Another node (`node`) says `user` joined `room` there (`joined`) or
+    /// left it. Known only for rooms with members here; `None` when it
+    /// changes nothing here.
+    pub fn member_elsewhere(
+        &self,
+        room: &str,
+        node: &Arc<str>,
+        user: &User,
+        joined: bool,
+    ) -> Option<RoomChange> {
+        let shard = self.rooms.read(room);
+        let (name, live) = shard.get_key_value(room)?;
+        let change = live
+            .write()
+            .elsewhere(node, user, joined, self.presence_max_members)?;
+        self.count_if_large(name, live, change);
         Some(change)
+    }
+
+    /// Replaces what this node knows of `room`'s members on other nodes
+    /// with `members` (node, user). Returns the users whose membership
+    /// that changed (`true`: joined), with the change.
+    pub fn members_elsewhere(
+        &self,
+        room: &str,
+        members: &[(Arc<str>, User)],
+    ) -> Vec<(User, bool, RoomChange)> {
+        let shard = self.rooms.read(room);
+        let Some((name, live)) = shard.get_key_value(room) else {
+            return Vec::new();
+        };
+        let limit = self.presence_max_members;
+        let wanted: std::collections::HashSet<(&str, &str)> = members
+            .iter()
+            .map(|(node, user)| (&**node, &*user.id))
+            .collect();
+        // By user id; a user who left by one pair and came back by another
+        // did not change.
+        let mut changes: HashMap<Arc<str>, (User, bool, RoomChange)> = HashMap::new();
+        let mut record = |user: &User, joined: bool, change: RoomChange| {
+            if !change.user_changed {
+                return;
+            }
+            match changes.get(&user.id) {
+                Some((_, before, _)) if *before != joined => {
+                    changes.remove(&user.id);
+                }
+                _ => {
+                    changes.insert(user.id.clone(), (user.clone(), joined, change));
+                }
+            }
+        };
+        let mut room_members = live.write();
+        for (node, user) in room_members.elsewhere_pairs() {
+            if !wanted.contains(&(&*node, &*user.id))
+                && let Some(change) = room_members.elsewhere(&node, &user, false, limit)
+            {
+                record(&user, false, change);
+            }
+        }
+        for (node, user) in members {
+            if let Some(change) = room_members.elsewhere(node, user, true, limit) {
+                self.count_if_large(name, live, change);
+                record(user, true, change);
+            }
+        }
+        drop(room_members);
+        changes.into_values().collect()
     }
 
     /// Rooms opening and closing on this node, from now on, each told under
@@ -540,6 +618,7 @@ impl Hub {
             room: name,
             user,
             last_of_user: change.user_changed,
+            last_here: change.here_changed,
             quiet: change.quiet,
         })
     }
@@ -563,6 +642,12 @@ impl Hub {
             }
             None => (Vec::new(), 0),
         }
+    }
+
+    /// The users with a connection in `room` on this node.
+    pub fn room_users_here(&self, room: &str) -> Vec<User> {
+        self.live_room(room)
+            .map_or_else(Vec::new, |live| live.read().users_here())
     }
 
     /// Number of connections in a room.

@@ -1,5 +1,6 @@
 //! One room's live membership: the connections in it (for fan-out) and the
-//! distinct users behind them (for `members`, presence and room stats).
+//! distinct users behind them (for `members`, presence and room stats),
+//! with, on several nodes, the users the room has on the other nodes.
 
 use super::Outbox;
 use super::connection::Connection;
@@ -27,8 +28,17 @@ impl MemberKey {
 #[derive(Debug)]
 struct Member {
     user: User,
-    /// Connections of this user in the room; the user leaves at zero.
+    /// Connections of this user in the room on this node.
     connections: usize,
+    /// The other nodes on which the user is in the room; the user leaves
+    /// when neither this node nor another has them.
+    elsewhere: Vec<Arc<str>>,
+}
+
+impl Member {
+    fn present(&self) -> bool {
+        self.connections > 0 || !self.elsewhere.is_empty()
+    }
 }
 
 #[derive(Debug, Default)]
@@ -57,8 +67,11 @@ pub(super) struct Members {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Change {
     /// The user's first connection in the room (on a join) or last (on a
-    /// leave): the user's membership changed.
+    /// leave), on every node this node knows of: the user's membership
+    /// changed.
     pub user_changed: bool,
+    /// The user's first connection in the room on this node, or last.
+    pub here_changed: bool,
     /// The room is large: the change is told by a count, not by an event.
     pub quiet: bool,
     /// The room has just become large and needs to go on the count list.
@@ -73,34 +86,11 @@ impl Members {
             .insert(connection.id.clone(), self.connections.len());
         self.outboxes.push(connection.outbox.clone());
         self.connections.push(connection);
-        let member = self
-            .users
-            .entry(MemberKey::of(user))
-            .or_insert_with(|| Member {
-                user: user.clone(),
-                connections: 0,
-            });
+        let member = self.member(user);
         member.connections += 1;
-        let user_changed = member.connections == 1;
-        let mut became_large = false;
-        if user_changed {
-            if self.users.len() > limit {
-                if !self.large {
-                    // Members know the count from before this join.
-                    self.large = true;
-                    self.told = self.users.len() - 1;
-                    became_large = !self.counted;
-                    self.counted = true;
-                }
-            } else {
-                self.told = self.users.len();
-            }
-        }
-        Change {
-            user_changed,
-            quiet: self.large,
-            became_large,
-        }
+        let here_changed = member.connections == 1;
+        let user_changed = here_changed && member.elsewhere.is_empty();
+        self.changed(user_changed, here_changed, true, limit)
     }
 
     /// Removes a connection; `None` if it was not here. `user` must be the
@@ -119,26 +109,118 @@ impl Members {
             self.positions.insert(moved.id.clone(), position);
         }
         let key = MemberKey::of(user);
-        let user_changed = match self.users.get_mut(&key) {
+        let (here_changed, user_changed) = match self.users.get_mut(&key) {
             Some(member) if member.connections > 1 => {
                 member.connections -= 1;
-                false
+                (false, false)
             }
-            Some(_) => {
-                self.users.remove(&key);
-                true
+            Some(member) => {
+                member.connections = 0;
+                let gone = !member.present();
+                if gone {
+                    self.users.remove(&key);
+                }
+                (true, gone)
             }
-            None => false,
+            None => (false, false),
         };
-        if user_changed && self.users.len() <= limit {
-            self.large = false;
-            self.told = self.users.len();
+        Some(self.changed(user_changed, here_changed, false, limit))
+    }
+
+    /// Another node says the user is in the room there (`joined`) or no
+    /// longer is; `None` if that changes nothing.
+    pub(super) fn elsewhere(
+        &mut self,
+        node: &Arc<str>,
+        user: &User,
+        joined: bool,
+        limit: usize,
+    ) -> Option<Change> {
+        let key = MemberKey::of(user);
+        let user_changed = if joined {
+            let member = self.member(user);
+            if member.elsewhere.contains(node) {
+                return None;
+            }
+            member.elsewhere.push(node.clone());
+            member.connections == 0 && member.elsewhere.len() == 1
+        } else {
+            let member = self.users.get_mut(&key)?;
+            let at = member.elsewhere.iter().position(|known| known == node)?;
+            member.elsewhere.swap_remove(at);
+            let gone = !member.present();
+            if gone {
+                self.users.remove(&key);
+            }
+            gone
+        };
+        Some(self.changed(user_changed, false, joined, limit))
+    }
+
+    /// The users with a connection in the room on this node.
+    pub(super) fn users_here(&self) -> Vec<User> {
+        self.users
+            .values()
+            .filter(|member| member.connections > 0)
+            .map(|member| member.user.clone())
+            .collect()
+    }
+
+    /// What other nodes said of their members: (node, user) pairs.
+    pub(super) fn elsewhere_pairs(&self) -> Vec<(Arc<str>, User)> {
+        self.users
+            .values()
+            .flat_map(|member| {
+                member
+                    .elsewhere
+                    .iter()
+                    .map(|node| (node.clone(), member.user.clone()))
+            })
+            .collect()
+    }
+
+    fn member(&mut self, user: &User) -> &mut Member {
+        self.users
+            .entry(MemberKey::of(user))
+            .or_insert_with(|| Member {
+                user: user.clone(),
+                connections: 0,
+                elsewhere: Vec::new(),
+            })
+    }
+
+    /// Keeps the large flag and the told count in step with a change of
+    /// the distinct users (`arrived`: one more, else one fewer).
+    fn changed(
+        &mut self,
+        user_changed: bool,
+        here_changed: bool,
+        arrived: bool,
+        limit: usize,
+    ) -> Change {
+        let mut became_large = false;
+        if user_changed {
+            let users = self.users.len();
+            if arrived && users > limit {
+                if !self.large {
+                    // Members know the count from before this join.
+                    self.large = true;
+                    self.told = users - 1;
+                    became_large = !self.counted;
+                    self.counted = true;
+                }
+            } else if users <= limit {
+                // At `limit` or fewer a large room is small again.
+                self.large = false;
+                self.told = users;
+            }
         }
-        Some(Change {
+        Change {
             user_changed,
+            here_changed,
             quiet: self.large,
-            became_large: false,
-        })
+            became_large,
+        }
     }
 
     pub(super) fn is_empty(&self) -> bool {

@@ -558,6 +558,18 @@ async fn a_user_is_online_once_however_many_nodes_hold_them_and_a_dead_node_is_c
     let bob_on_b = node_b.user("bob").await;
     let joined = alice.recv_type("user_join").await;
     assert_eq!(joined["user"]["id"], "bob");
+    // A subscriber who comes later is told bob is online, though on the
+    // other node; a list watches only its users.
+    let mut erin = node_a.user("erin").await;
+    let state = subscribe(&mut erin, None).await;
+    assert_eq!(member_ids(&state), ["alice", "bob", "erin"], "{state}");
+    assert_eq!(state["member_count"], 3, "{state}");
+    let state = subscribe(&mut erin, Some(&["bob", "nobody"])).await;
+    assert_eq!(member_ids(&state), ["bob"], "{state}");
+    assert_eq!(state["member_count"], 1, "{state}");
+    erin.close().await;
+    let left = alice.recv_type("user_leave").await;
+    assert_eq!(left["user"]["id"], "erin");
     // A second connection of bob's, on the other node: bob was online already.
     let bob_on_a = node_a.user("bob").await;
     alice.expect_silence().await;

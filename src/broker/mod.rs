@@ -60,6 +60,15 @@ pub trait Broker: Send + Sync + 'static {
     /// tells its own. Nothing to do on one node.
     fn membership(&self, _room: &str, _user: &User, _joined: bool) {}
 
+    /// The users online on any node (all, or those of `user_ids`), as the
+    /// nodes last counted them; `None` on one node.
+    fn online_elsewhere(
+        &self,
+        _user_ids: Option<&[String]>,
+    ) -> Option<crate::store::BoxFuture<'static, Vec<User>>> {
+        None
+    }
+
     /// Whether broadcasts reach other nodes too: then this node's view of
     /// who would receive one is not the whole picture.
     fn spans_nodes(&self) -> bool {

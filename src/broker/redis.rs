@@ -486,6 +486,37 @@ impl Broker for RedisBroker {
         self.send_control(self.channels.room(room), &member);
     }
 
+    fn online_elsewhere(
+        &self,
+        user_ids: Option<&[String]>,
+    ) -> Option<BoxFuture<'static, Vec<crate::protocol::User>>> {
+        let mut connection = self.reader.clone();
+        let who = self.channels.who();
+        let user_ids = user_ids.map(<[String]>::to_vec);
+        Some(Box::pin(async move {
+            // Redis away: this node's own users only.
+            let recorded: Vec<String> = match user_ids {
+                Some(ids) if ids.is_empty() => Vec::new(),
+                Some(ids) => redis::cmd("HMGET")
+                    .arg(who)
+                    .arg(ids)
+                    .query_async::<Vec<Option<String>>>(&mut connection)
+                    .await
+                    .map(|found| found.into_iter().flatten().collect())
+                    .unwrap_or_default(),
+                None => redis::cmd("HVALS")
+                    .arg(who)
+                    .query_async(&mut connection)
+                    .await
+                    .unwrap_or_default(),
+            };
+            recorded
+                .iter()
+                .filter_map(|user| serde_json::from_str(user).ok())
+                .collect()
+        }))
+    }
+
     fn history_read(&self, room: &str, newest: Option<i64>) {
         self.sequencer.start(room, newest.unwrap_or(0));
     }

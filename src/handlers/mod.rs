@@ -124,7 +124,7 @@ pub async fn dispatch(
         ClientMessage::UserJoin(request) => users::join(app, session, request, reference).await,
         ClientMessage::UserLeave => users::leave(app, session, reference),
         ClientMessage::PresenceSubscribe(request) => {
-            presence::subscribe(app, session, request, reference)
+            presence::subscribe(app, session, request, reference).await
         }
         ClientMessage::PresenceUnsubscribe => presence::unsubscribe(app, session, reference),
         ClientMessage::RoomJoin(request) => rooms::join(app, session, request, reference).await,

@@ -35,16 +35,22 @@ pub fn state(
     Ok(())
 }
 
-pub fn subscribe(
+pub async fn subscribe(
     app: &App,
     session: &Session,
     request: PresenceSubscribe,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
+    // With several nodes, the users online on the others count too.
+    let elsewhere = match app.broker.online_elsewhere(request.user_ids.as_deref()) {
+        Some(reading) => reading.await,
+        None => Vec::new(),
+    };
     app.hub.subscribe(
         &session.connection,
         request.user_ids,
         SUBSCRIBE_LISTED,
+        &elsewhere,
         |watched| {
             OutFrame::from(
                 ServerMessage::PresenceState {

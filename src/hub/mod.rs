@@ -417,17 +417,19 @@ impl Hub {
 
     /// Makes `connection` an online subscriber of every user (`None`) or of
     /// those listed, replacing its previous subscription, and queues the
-    /// reply `reply` makes of the watched users online now before any
-    /// announcement that follows the subscription.
+    /// reply `reply` makes of the watched users online now (here, or on
+    /// other nodes: `elsewhere`) before any announcement that follows the
+    /// subscription.
     pub fn subscribe(
         &self,
         connection: &Arc<Connection>,
         user_ids: Option<Vec<String>>,
         listed: usize,
+        elsewhere: &[User],
         reply: impl FnOnce(&Watched) -> OutFrame,
     ) -> Delivery {
         let mut online = self.online();
-        let watched = online.subscribe(connection, user_ids, listed);
+        let watched = online.subscribe(connection, user_ids, listed, elsewhere);
         // Queued under the lock: no announcement can come between the
         // state it reports and the reply.
         self.send(connection, &reply(&watched))

@@ -217,16 +217,28 @@ impl Online {
         connection: &Arc<Connection>,
         user_ids: Option<Vec<String>>,
         listed: usize,
+        elsewhere: &[User],
     ) -> Watched {
         self.unsubscribe(&connection.id);
         let id = connection.id.clone();
+        // Users online on other nodes and not here (several nodes).
+        let elsewhere: Vec<&User> = elsewhere
+            .iter()
+            .filter(|user| !self.users.contains(&*user.id))
+            .collect();
         match user_ids {
             None => {
                 self.everyone.insert(id.clone(), connection.clone());
                 self.subscriptions.insert(id, Watch::Everyone);
+                let online = || {
+                    self.users
+                        .iter()
+                        .map(|online| &online.user)
+                        .chain(elsewhere.iter().copied())
+                };
                 Watched {
-                    listed: first_by_name(self.users.iter().map(|online| &online.user), listed),
-                    count: self.users.len(),
+                    listed: first_by_name(online(), listed),
+                    count: self.users.len() + elsewhere.len(),
                 }
             }
             Some(ids) => {
@@ -242,10 +254,20 @@ impl Online {
                         .or_default()
                         .push(connection.clone());
                 }
-                let online = || ids.iter().filter_map(|id| self.users.get(&**id));
+                let online = || {
+                    ids.iter()
+                        .filter_map(|id| self.users.get(&**id))
+                        .map(|online| &online.user)
+                        .chain(
+                            elsewhere
+                                .iter()
+                                .copied()
+                                .filter(|user| seen.contains(&*user.id)),
+                        )
+                };
                 let watched = Watched {
                     count: online().count(),
-                    listed: first_by_name(online().map(|online| &online.user), listed),
+                    listed: first_by_name(online(), listed),
                 };
                 self.subscriptions.insert(id, Watch::Users(ids));
                 watched

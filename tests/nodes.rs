@@ -696,3 +696,55 @@ async fn room_members_counts_and_large_rooms_span_nodes() {
         .await;
     assert_eq!(member_ids(&state), ["alice"], "{state}");
 }
+
+#[tokio::test]
+async fn the_per_user_connection_limit_counts_every_node() {
+    let Some((node_a, mut node_b, _schema, _, _)) =
+        two_nodes_with("user_limit", &["--max-connections-per-user", "2"]).await
+    else {
+        return;
+    };
+    let _on_a = node_a.user("bob").await;
+    let on_b = node_b.user("bob").await;
+    // Each node counts its own in Redis, a moment after the login.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(support::refused(&node_a.url("bob")).await, Some(4004));
+    assert_eq!(support::refused(&node_b.url("bob")).await, Some(4004));
+    // Another user is not affected.
+    let _alice = node_a.user("alice").await;
+
+    // One closes on node B: there is room for one more on node A.
+    on_b.close().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _again = node_a.user("bob").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(support::refused(&node_b.url("bob")).await, Some(4004));
+
+    // Node B's connections are counted off when it dies: carol's two there
+    // hold her limit until the sweep frees it.
+    let _carol_1 = node_b.user("carol").await;
+    let _carol_2 = node_b.user("carol").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(support::refused(&node_a.url("carol")).await, Some(4004));
+    node_b.kill_hard();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (mut socket, _) = tokio_tungstenite::connect_async(node_a.url("carol"))
+            .await
+            .expect("upgrade");
+        use futures_util::StreamExt;
+        let first = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+        match first {
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(text))))
+                if text.contains("\"welcome\"") =>
+            {
+                break;
+            }
+            _ => assert!(
+                tokio::time::Instant::now() < deadline,
+                "carol's connections on the dead node were not counted off"
+            ),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}

@@ -60,6 +60,15 @@ pub trait Broker: Send + Sync + 'static {
     /// tells its own. Nothing to do on one node.
     fn membership(&self, _room: &str, _user: &User, _joined: bool) {}
 
+    /// How many connections `user_id` has on the other nodes, as they last
+    /// counted them; `None` on one node.
+    fn connections_elsewhere(
+        &self,
+        _user_id: &str,
+    ) -> Option<crate::store::BoxFuture<'static, usize>> {
+        None
+    }
+
     /// The users online on any node (all, or those of `user_ids`), as the
     /// nodes last counted them; `None` on one node.
     fn online_elsewhere(

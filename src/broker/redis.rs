@@ -94,6 +94,16 @@ impl Channels {
         format!("{{{}}}:rooms:{node}", self.namespace)
     }
 
+    /// Connections per user on every node: user id → count.
+    fn connections(&self) -> String {
+        format!("{{{}}}:connections", self.namespace)
+    }
+
+    /// Connections per user on one node (to count them off if it dies).
+    fn node_connections(&self, node: &str) -> String {
+        format!("{{{}}}:connections:{node}", self.namespace)
+    }
+
     /// Answers to one node's requests.
     fn replies(&self, node: &str) -> String {
         format!("{}:reply:{node}", self.namespace)
@@ -136,6 +146,41 @@ for i = 1, #ARGV, 3 do
   out[#out + 1] = nodes
 end
 return out";
+
+/// Connections logged in (+n) and out (-n) on one node, per user: pairs
+/// of arguments (user id, n) added to the node's count (`KEYS[2]`) and the
+/// total (`KEYS[1]`); a count never goes below zero, and at zero the field
+/// goes.
+const COUNT_CONNECTIONS: &str = r"
+for i = 1, #ARGV, 2 do
+  local user = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  if n < 0 then
+    local here = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+    n = math.max(n, -here)
+  end
+  if n ~= 0 then
+    if redis.call('HINCRBY', KEYS[2], user, n) <= 0 then
+      redis.call('HDEL', KEYS[2], user)
+    end
+    if redis.call('HINCRBY', KEYS[1], user, n) <= 0 then
+      redis.call('HDEL', KEYS[1], user)
+    end
+  end
+end
+return 0";
+
+/// Counts off a dead node's connections (`KEYS[2]`) from the total
+/// (`KEYS[1]`).
+const SWEEP_CONNECTIONS: &str = r"
+local all = redis.call('HGETALL', KEYS[2])
+for i = 1, #all, 2 do
+  if redis.call('HINCRBY', KEYS[1], all[i], -tonumber(all[i + 1])) <= 0 then
+    redis.call('HDEL', KEYS[1], all[i])
+  end
+end
+redis.call('DEL', KEYS[2])
+return 0";
 
 /// Announcements counted in one call, at most.
 const COUNTED_TOGETHER: usize = 256;
@@ -310,7 +355,16 @@ impl RedisBroker {
             outgoing: outgoing.clone(),
             change: redis::Script::new(CHANGE),
         };
+        let logins = hub
+            .watch_logins()
+            .ok_or_else(|| BrokerError("the hub already has a broker".into()))?;
         let tasks = vec![
+            tokio::spawn(count_connections(
+                logins,
+                channels.clone(),
+                hub.node_id().to_owned(),
+                outgoing.clone(),
+            )),
             tokio::spawn(follower.run(interest, push_receiver)),
             tokio::spawn(presence.clone().run(announced)),
             tokio::spawn(report(publisher.clone(), presence)),
@@ -484,6 +538,28 @@ impl Broker for RedisBroker {
             joined,
         };
         self.send_control(self.channels.room(room), &member);
+    }
+
+    fn connections_elsewhere(&self, user_id: &str) -> Option<BoxFuture<'static, usize>> {
+        let mut connection = self.reader.clone();
+        let mut reading = redis::pipe();
+        reading
+            .atomic()
+            .cmd("HGET")
+            .arg(self.channels.connections())
+            .arg(user_id)
+            .cmd("HGET")
+            .arg(self.channels.node_connections(self.hub.node_id()))
+            .arg(user_id);
+        Some(Box::pin(async move {
+            // Redis away: this node's count only.
+            let (all, here): (Option<u64>, Option<u64>) = reading
+                .query_async(&mut connection)
+                .await
+                .unwrap_or_default();
+            let elsewhere = all.unwrap_or(0).saturating_sub(here.unwrap_or(0));
+            usize::try_from(elsewhere).unwrap_or(usize::MAX)
+        }))
     }
 
     fn online_elsewhere(
@@ -725,6 +801,13 @@ impl Presence {
                 }
             }
             self.sweep_members(&node).await?;
+            redis::cmd("EVAL")
+                .arg(SWEEP_CONNECTIONS)
+                .arg(2)
+                .arg(self.channels.connections())
+                .arg(self.channels.node_connections(&node))
+                .query_async::<()>(&mut self.connection)
+                .await?;
             // What is left of the node's list (users counted off already) goes.
             redis::cmd("DEL")
                 .arg(self.channels.node_users(&node))
@@ -835,6 +918,39 @@ async fn report(mut connection: ConnectionManager, mut presence: Presence) {
             }
         }
         tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+/// Counts this node's connections per user in Redis, a batch of changes
+/// per call, in order with the broadcasts (so retried while Redis is away).
+async fn count_connections(
+    mut logins: mpsc::UnboundedReceiver<crate::hub::Login>,
+    channels: Channels,
+    node: String,
+    outgoing: mpsc::UnboundedSender<Outgoing>,
+) {
+    let mut batch = Vec::with_capacity(COUNTED_TOGETHER);
+    while logins.recv_many(&mut batch, COUNTED_TOGETHER).await > 0 {
+        let mut changes: HashMap<Arc<str>, i64> = HashMap::new();
+        for (user, change) in batch.drain(..) {
+            *changes.entry(user).or_default() += i64::from(change);
+        }
+        changes.retain(|_, change| *change != 0);
+        if changes.is_empty() {
+            continue;
+        }
+        let mut counting = redis::cmd("EVAL");
+        counting
+            .arg(COUNT_CONNECTIONS)
+            .arg(2)
+            .arg(channels.connections())
+            .arg(channels.node_connections(&node));
+        for (user, change) in changes {
+            counting.arg(&*user).arg(change);
+        }
+        if outgoing.send(Outgoing::Command(counting)).is_err() {
+            return;
+        }
     }
 }
 

@@ -35,7 +35,8 @@ pub async fn authenticate(
         _ => return Err(HandlerError::AuthFailed(AuthError::BadCredentials)),
     };
     let user = identity.user.clone();
-    if !log_in(app, &session.connection, identity) {
+    let elsewhere = connections_elsewhere(app, &user.id).await;
+    if !log_in(app, &session.connection, identity, elsewhere) {
         return Ok(());
     }
     app.send(
@@ -49,19 +50,32 @@ pub async fn authenticate(
     Ok(())
 }
 
+/// The user's connections on other nodes, where a per-user limit needs
+/// them (0 on one node).
+pub async fn connections_elsewhere(app: &App, user_id: &str) -> usize {
+    match (
+        app.config.max_connections_per_user,
+        app.broker.connections_elsewhere(user_id),
+    ) {
+        (Some(_), Some(reading)) => reading.await,
+        _ => 0,
+    }
+}
+
 /// Makes `identity` the connection's user and announces the change: a new
 /// user's first connection gets `user_join`, a replaced user's last one
 /// `user_leave`. A connection that changes user leaves its rooms first.
 ///
 /// Returns false (and closes the connection with 4004) when the user already
-/// has as many connections as allowed.
-pub fn log_in(app: &App, connection: &Connection, identity: Identity) -> bool {
+/// has as many connections as allowed, here and on other nodes
+/// (`elsewhere`, see [`connections_elsewhere`]).
+pub fn log_in(app: &App, connection: &Connection, identity: Identity, elsewhere: usize) -> bool {
     let same_user = connection
         .user()
         .is_some_and(|user| user.id == identity.user.id);
     if let Some(limit) = app.config.max_connections_per_user
         && !same_user
-        && app.hub.user_connections(&identity.user.id) >= limit
+        && app.hub.user_connections(&identity.user.id) + elsewhere >= limit
     {
         connection.close(CloseReason::CONNECTION_LIMIT);
         return false;

@@ -20,7 +20,7 @@ mod typing;
 mod users;
 
 pub use ai::auto_reply;
-pub use auth::log_in;
+pub use auth::{connections_elsewhere, log_in};
 pub use presence::tell_counts;
 pub use rooms::may_enter;
 

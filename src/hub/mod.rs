@@ -114,6 +114,9 @@ pub struct RoomDeparture {
     pub quiet: bool,
 }
 
+/// A connection of a user (by id) logged in (+1) or out (-1).
+pub type Login = (Arc<str>, i32);
+
 /// A room gained its first member on this node (`true`) or lost its last.
 pub type RoomInterest = (Arc<str>, bool);
 
@@ -202,6 +205,10 @@ pub struct Hub {
     /// loses its last (`false`), in that order per room; set by
     /// [`Hub::watch_rooms`] for a broker that subscribes by interest.
     interest: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<RoomInterest>>,
+    /// Told of each connection's user arriving (+1) or going (-1); set by
+    /// [`Hub::watch_logins`] for a broker that counts connections per user
+    /// across nodes.
+    logins: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Login>>,
     /// Open connections per client IP, for the per-IP limit.
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     /// Set by [`Hub::close_all`]: connections registered from then on are
@@ -259,6 +266,7 @@ impl Hub {
                 rooms: Vec::new(),
             })),
             interest: std::sync::OnceLock::new(),
+            logins: std::sync::OnceLock::new(),
             per_ip: Mutex::new(HashMap::new()),
             closing: AtomicBool::new(false),
             stats: HubStats::default(),
@@ -386,7 +394,7 @@ impl Hub {
         {
             return Err(NameTaken);
         }
-        Ok(Self::swap_identity(&mut online, connection, Some(identity)))
+        Ok(self.swap_identity(&mut online, connection, Some(identity)))
     }
 
     /// Whether any online user uses this name, compared case-insensitively.
@@ -401,16 +409,28 @@ impl Hub {
         connection: &Connection,
         identity: Option<Identity>,
     ) -> IdentityChange {
-        Self::swap_identity(&mut self.online(), connection, identity)
+        self.swap_identity(&mut self.online(), connection, identity)
     }
 
     fn swap_identity(
+        &self,
         online: &mut Online,
         connection: &Connection,
         identity: Option<Identity>,
     ) -> IdentityChange {
         let previous = connection.user();
         let next = identity.as_ref().map(|identity| identity.user.clone());
+        if previous != next
+            && let Some(logins) = self.logins.get()
+        {
+            // Told under the online lock: in the order they happened.
+            if let Some(user) = &previous {
+                let _ = logins.send((user.id.clone(), -1));
+            }
+            if let Some(user) = &next {
+                let _ = logins.send((user.id.clone(), 1));
+            }
+        }
         connection.set_identity(identity);
         online.swap(previous, next)
     }
@@ -559,6 +579,14 @@ impl Hub {
     pub fn watch_rooms(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<RoomInterest>> {
         let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
         self.interest.set(sender).ok()?;
+        Some(receiver)
+    }
+
+    /// Each connection's user arriving (+1) and going (-1), from now on,
+    /// in order; `None` if something already watches.
+    pub fn watch_logins(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Login>> {
+        let (sender, receiver) = tokio::sync::mpsc::unbounded_channel();
+        self.logins.set(sender).ok()?;
         Some(receiver)
     }
 

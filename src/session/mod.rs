@@ -118,10 +118,8 @@ pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send
         .is_some_and(|limit| app.hub.connections_from(client_addr.ip()) > limit);
     if over_ip_limit {
         connection.close(CloseReason::CONNECTION_LIMIT);
-    } else if let Some(identity) = identity.filter(|_| connection.close_requested().is_none()) {
-        // Over the per-user limit, this closes the connection with 4004.
-        handlers::log_in(&app, &connection, identity);
     }
+    let identity = identity.filter(|_| connection.close_requested().is_none());
     let mut session = Session {
         connection: connection.clone(),
         failed_authentications: 0,
@@ -132,6 +130,11 @@ pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send
     };
     let mut reader = Reader::new(connection.outbox.clone(), early, app.config.max_frame_bytes);
     async move {
+        if let Some(identity) = identity {
+            let elsewhere = handlers::connections_elsewhere(&app, &identity.user.id).await;
+            // Over the per-user limit, this closes the connection with 4004.
+            handlers::log_in(&app, &connection, identity, elsewhere);
+        }
         // A connection refused at the door gets its close code and nothing else.
         let ending = if connection.close_requested().is_some() {
             Ending::Close

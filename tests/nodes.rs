@@ -510,6 +510,7 @@ async fn a_redis_restart_loses_nothing_and_keeps_the_order() {
     node_a.ready().await;
     node_b.ready().await;
     let mut alice = node_a.user("alice").await;
+    subscribe(&mut alice, None).await;
     let mut bob = node_b.user("bob").await;
     join(&mut alice, "dev").await;
     join(&mut bob, "dev").await;
@@ -546,6 +547,17 @@ async fn a_redis_restart_loses_nothing_and_keeps_the_order() {
         seen.push(frame["message"]["id"].as_i64().expect("id"));
     }
     assert_eq!(seen, said);
+
+    // The restarted Redis had lost who is online and who is in which room;
+    // the nodes recorded theirs again, so bob's departure is still told.
+    bob.close().await;
+    let left = alice.recv_type("presence").await;
+    assert_eq!(
+        (left["event"].as_str(), left["user"]["id"].as_str()),
+        (Some("leave"), Some("bob"))
+    );
+    let gone = alice.recv_type("user_leave").await;
+    assert_eq!(gone["user"]["id"], "bob");
 }
 
 #[tokio::test]

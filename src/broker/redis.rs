@@ -189,7 +189,9 @@ const COUNTED_TOGETHER: usize = 256;
 struct Announcement {
     user: crate::protocol::User,
     arrived: bool,
-    frame: OutFrame,
+    /// The frame to announce it with; `None`: counted only (recorded again
+    /// after Redis came back).
+    frame: Option<OutFrame>,
     except: Option<String>,
 }
 
@@ -336,7 +338,9 @@ impl RedisBroker {
         let kicks = Arc::new(Mutex::new(Kicks::default()));
         let (outgoing, queue) = mpsc::unbounded_channel();
         let (evicted, evictions) = mpsc::unbounded_channel();
+        let (announcements, announced) = mpsc::unbounded_channel();
         let follower = Follower {
+            announcements: announcements.clone(),
             hub: hub.clone(),
             channels: channels.clone(),
             following: following.clone(),
@@ -347,7 +351,6 @@ impl RedisBroker {
             connection: subscriber,
             lost: false,
         };
-        let (announcements, announced) = mpsc::unbounded_channel();
         let presence = Presence {
             connection: publisher.clone(),
             hub: hub.clone(),
@@ -506,7 +509,7 @@ impl Broker for RedisBroker {
         let _ = self.announcements.send(Announcement {
             user: user.clone(),
             arrived,
-            frame,
+            frame: Some(frame),
             except: except.map(str::to_owned),
         });
     }
@@ -692,10 +695,10 @@ impl Presence {
                     Some(nodes) => nodes == 0,
                     None => true,
                 };
-                if tell {
+                if tell && let Some(frame) = &announcement.frame {
                     self.tell(
                         &announcement.user,
-                        &announcement.frame,
+                        frame,
                         announcement.except.as_deref(),
                         nodes.is_some(),
                     );
@@ -1073,6 +1076,8 @@ struct Follower {
     /// For answers to other nodes' kicks.
     outgoing: mpsc::UnboundedSender<Outgoing>,
     evicted: mpsc::UnboundedSender<Eviction>,
+    /// For recording this node's online users again after Redis is back.
+    announcements: mpsc::UnboundedSender<Announcement>,
     following: Arc<Mutex<Following>>,
     connection: ConnectionManager,
     /// The connection was lost: subscriptions are to be made again.
@@ -1154,6 +1159,16 @@ impl Follower {
             self.connection.subscribe(channel).await?;
         }
         lock(&self.following).rooms.clear();
+        // Redis may have lost who is online (a restart): this node's users
+        // are counted again (a user counted already is not counted twice).
+        for user in self.hub.online_list() {
+            let _ = self.announcements.send(Announcement {
+                user,
+                arrived: true,
+                frame: None,
+                except: None,
+            });
+        }
         for room in self.hub.room_names() {
             self.connection.subscribe(self.channels.room(&room)).await?;
             // Redis may have lost the room's members (a restart): this

@@ -466,6 +466,11 @@ impl Hub {
         self.online().unsubscribe(&connection.id)
     }
 
+    /// The users online on this node.
+    pub fn online_list(&self) -> Vec<User> {
+        self.online().users()
+    }
+
     /// Number of distinct users online.
     pub fn online_users(&self) -> usize {
         self.online().user_count()

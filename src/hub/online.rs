@@ -149,6 +149,13 @@ impl Online {
             .map_or(0, |online| online.connections.get() as usize)
     }
 
+    pub(super) fn users(&self) -> Vec<User> {
+        self.users
+            .iter()
+            .map(|online| online.user.clone())
+            .collect()
+    }
+
     pub(super) fn user_count(&self) -> usize {
         self.users.len()
     }

@@ -760,3 +760,235 @@ async fn the_per_user_connection_limit_counts_every_node() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
+
+/// Where clients of the rolling restart connect: the nodes up now.
+type Live = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+fn pick(live: &Live, turn: usize) -> Option<String> {
+    let live = live.lock().expect("live list");
+    (!live.is_empty()).then(|| live[turn % live.len()].clone())
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Connects as `sub` to a live node and joins `dev` from `since_id`;
+/// returns the socket and the `room_joined` frame.
+async fn enter(
+    live: &Live,
+    turn: usize,
+    sub: &str,
+    since_id: i64,
+) -> Option<(Socket, serde_json::Value)> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let base = pick(live, turn)?;
+    let token = roomcast::auth::Tokens::new(SECRET).mint(sub, None, None, 600);
+    let (mut socket, _) = tokio_tungstenite::connect_async(format!("{base}?token={token}"))
+        .await
+        .ok()?;
+    let mut join = json!({"type": "room_join", "room": "dev", "ref": "j"});
+    if since_id > 0 {
+        join["since_id"] = json!(since_id);
+    }
+    socket.send(Message::text(join.to_string())).await.ok()?;
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(5), socket.next()).await;
+        let Ok(Some(Ok(Message::Text(text)))) = frame else {
+            return None;
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+        if value["type"] == "room_joined" {
+            return Some((socket, value));
+        }
+    }
+}
+
+/// A member that follows `dev` through node restarts until `until` (a
+/// message id) has arrived: the ids it got, each once, and the close codes
+/// it was given.
+async fn follow_through_restarts(
+    live: Live,
+    first_turn: usize,
+    sub: String,
+    until: tokio::sync::watch::Receiver<i64>,
+) -> (Vec<i64>, Vec<u16>) {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut got, mut closes, mut last, mut turn) = (Vec::new(), Vec::new(), 0i64, first_turn);
+    let mut take = |id: i64, got: &mut Vec<i64>, last: &mut i64| {
+        if id > *last {
+            got.push(id);
+            *last = id;
+        }
+    };
+    loop {
+        turn += 1;
+        let Some((mut socket, joined)) = enter(&live, turn, &sub, last).await else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        for message in joined["recent_messages"].as_array().into_iter().flatten() {
+            if let Some(id) = message["id"].as_i64() {
+                take(id, &mut got, &mut last);
+            }
+        }
+        loop {
+            let target = *until.borrow();
+            if target > 0 && last >= target {
+                return (got, closes);
+            }
+            match tokio::time::timeout(Duration::from_millis(200), socket.next()).await {
+                Err(_) => continue,
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    let value: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                    if value["type"] == "chat_message"
+                        && let Some(id) = value["message"]["id"].as_i64()
+                    {
+                        take(id, &mut got, &mut last);
+                    }
+                }
+                Ok(Some(Ok(Message::Close(frame)))) => {
+                    closes.push(frame.map_or(1005, |frame| u16::from(frame.code)));
+                    break;
+                }
+                Ok(Some(Ok(_))) => {}
+                Ok(_) => break,
+            }
+        }
+    }
+}
+
+/// Sends `count` messages, each retried with its `client_msg_id` until
+/// acknowledged, through node restarts; the acknowledged ids.
+async fn send_through_restarts(live: Live, count: usize) -> Vec<i64> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let mut acked = Vec::new();
+    let mut socket: Option<Socket> = None;
+    let mut turn = 0;
+    for n in 0..count {
+        loop {
+            if socket.is_none() {
+                turn += 1;
+                socket = enter(&live, turn, "sender", 0)
+                    .await
+                    .map(|(socket, _)| socket);
+                if socket.is_none() {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            }
+            let Some(open) = socket.as_mut() else {
+                continue;
+            };
+            let message = json!({"type": "chat_message", "room": "dev", "content": format!("m{n}"),
+                "client_msg_id": format!("m{n}")});
+            if open.send(Message::text(message.to_string())).await.is_err() {
+                socket = None;
+                continue;
+            }
+            let ack = loop {
+                match tokio::time::timeout(Duration::from_secs(3), open.next()).await {
+                    Ok(Some(Ok(Message::Text(text)))) => {
+                        let value: serde_json::Value =
+                            serde_json::from_str(&text).unwrap_or_default();
+                        if value["type"] == "message_ack" {
+                            break value["message_id"].as_i64();
+                        }
+                    }
+                    Ok(Some(Ok(Message::Close(_)))) | Ok(None) | Ok(Some(Err(_))) | Err(_) => {
+                        break None;
+                    }
+                    Ok(Some(Ok(_))) => {}
+                }
+            };
+            match ack {
+                Some(id) => {
+                    acked.push(id);
+                    break;
+                }
+                None => socket = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    acked
+}
+
+#[tokio::test]
+async fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
+    let test = "rolling_restart";
+    let Some(redis) = redis_url(test) else {
+        return;
+    };
+    let Some(schema) = PgSchema::create(test).await else {
+        return;
+    };
+    let namespace = format!("rc-test-{}-{test}", std::process::id());
+    let flags = [
+        "--database",
+        schema.url.as_str(),
+        "--broker",
+        redis.as_str(),
+        "--broker-namespace",
+        namespace.as_str(),
+        "--jwt-secret",
+        SECRET,
+    ];
+    let url = |node: &Process| format!("ws://{}/ws", node.addr());
+    let mut node_a = Process::start(&flags, &[]);
+    let mut node_b = Process::start(&flags, &[]);
+    node_a.ready().await;
+    node_b.ready().await;
+    let live: Live = std::sync::Arc::new(std::sync::Mutex::new(vec![url(&node_a), url(&node_b)]));
+    let (done, until) = tokio::sync::watch::channel(0i64);
+    let members: Vec<_> = (0..4)
+        .map(|n| {
+            tokio::spawn(follow_through_restarts(
+                live.clone(),
+                n,
+                format!("member{n}"),
+                until.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sender = tokio::spawn(send_through_restarts(live.clone(), 300));
+
+    // Node A goes (SIGTERM: its clients are closed with 1001 and come to
+    // B), comes back; then node B does the same.
+    for round in 0..2 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let (going, staying) = if round == 0 {
+            (&mut node_a, &node_b)
+        } else {
+            (&mut node_b, &node_a)
+        };
+        *live.lock().expect("live list") = vec![url(staying)];
+        going.terminate();
+        assert_eq!(going.exit_code(Duration::from_secs(15)).await, 0);
+        let back = Process::start(&flags, &[]);
+        back.ready().await;
+        live.lock().expect("live list").push(url(&back));
+        *going = back;
+    }
+    let acked = sender.await.expect("sender");
+    assert_eq!(acked.len(), 300);
+    let newest = *acked.iter().max().expect("acked");
+    done.send(newest).expect("members listen");
+    for member in members {
+        let (got, closes) = tokio::time::timeout(Duration::from_secs(30), member)
+            .await
+            .expect("a member did not catch up")
+            .expect("member");
+        let mut expected = acked.clone();
+        expected.sort_unstable();
+        expected.dedup();
+        assert_eq!(got, expected, "every acknowledged message once, in order");
+        assert!(
+            !closes.is_empty() && closes.iter().all(|code| *code == 1001),
+            "{closes:?}"
+        );
+    }
+}

@@ -816,7 +816,7 @@ async fn follow_through_restarts(
     use futures_util::StreamExt;
     use tokio_tungstenite::tungstenite::Message;
     let (mut got, mut closes, mut last, mut turn) = (Vec::new(), Vec::new(), 0i64, first_turn);
-    let mut take = |id: i64, got: &mut Vec<i64>, last: &mut i64| {
+    let take = |id: i64, got: &mut Vec<i64>, last: &mut i64| {
         if id > *last {
             got.push(id);
             *last = id;

@@ -287,7 +287,12 @@ pub struct RedisBroker {
     announcements: mpsc::UnboundedSender<Announcement>,
     /// Encoded broadcasts on their way to Redis, in publish order.
     outgoing: mpsc::UnboundedSender<Outgoing>,
+    /// Logins asking how many connections their user has on other nodes.
+    connection_queries: mpsc::UnboundedSender<ConnectionQuery>,
 }
+
+/// A user id and where to send their connection count on other nodes.
+type ConnectionQuery = (Arc<str>, oneshot::Sender<usize>);
 
 /// The broker's tasks, to abort at shutdown.
 pub struct RedisTasks {
@@ -361,7 +366,14 @@ impl RedisBroker {
         let logins = hub
             .watch_logins()
             .ok_or_else(|| BrokerError("the hub already has a broker".into()))?;
+        let (connection_queries, queries) = mpsc::unbounded_channel();
         let tasks = vec![
+            tokio::spawn(answer_connection_queries(
+                publisher.clone(),
+                channels.clone(),
+                hub.node_id().to_owned(),
+                queries,
+            )),
             tokio::spawn(count_connections(
                 logins,
                 channels.clone(),
@@ -383,6 +395,7 @@ impl RedisBroker {
                 reader: publisher,
                 announcements,
                 outgoing,
+                connection_queries,
             },
             RedisTasks {
                 tasks,
@@ -544,24 +557,14 @@ impl Broker for RedisBroker {
     }
 
     fn connections_elsewhere(&self, user_id: &str) -> Option<BoxFuture<'static, usize>> {
-        let mut connection = self.reader.clone();
-        let mut reading = redis::pipe();
-        reading
-            .atomic()
-            .cmd("HGET")
-            .arg(self.channels.connections())
-            .arg(user_id)
-            .cmd("HGET")
-            .arg(self.channels.node_connections(self.hub.node_id()))
-            .arg(user_id);
+        let (answer, counted) = oneshot::channel();
+        let asked = self.connection_queries.send((user_id.into(), answer));
         Some(Box::pin(async move {
-            // Redis away: this node's count only.
-            let (all, here): (Option<u64>, Option<u64>) = reading
-                .query_async(&mut connection)
-                .await
-                .unwrap_or_default();
-            let elsewhere = all.unwrap_or(0).saturating_sub(here.unwrap_or(0));
-            usize::try_from(elsewhere).unwrap_or(usize::MAX)
+            // Redis away (or the task gone at shutdown): this node's count only.
+            match asked {
+                Ok(()) => counted.await.unwrap_or(0),
+                Err(_) => 0,
+            }
         }))
     }
 
@@ -921,6 +924,38 @@ async fn report(mut connection: ConnectionManager, mut presence: Presence) {
             }
         }
         tokio::time::sleep(REPORT_EVERY).await;
+    }
+}
+
+/// Answers logins' questions of their user's connections on other nodes:
+/// those waiting together with one round trip.
+async fn answer_connection_queries(
+    mut connection: ConnectionManager,
+    channels: Channels,
+    node: String,
+    mut queries: mpsc::UnboundedReceiver<ConnectionQuery>,
+) {
+    let mut batch = Vec::with_capacity(COUNTED_TOGETHER);
+    while queries.recv_many(&mut batch, COUNTED_TOGETHER).await > 0 {
+        let users: Vec<&str> = batch.iter().map(|(user, _)| &**user).collect();
+        let reading = redis::pipe()
+            .atomic()
+            .cmd("HMGET")
+            .arg(channels.connections())
+            .arg(&users)
+            .cmd("HMGET")
+            .arg(channels.node_connections(&node))
+            .arg(&users)
+            .query_async::<(Vec<Option<u64>>, Vec<Option<u64>>)>(&mut connection)
+            .await;
+        // Redis away: this node's count only (nothing elsewhere).
+        let (all, here) = reading.unwrap_or_default();
+        for (n, (_, answer)) in batch.drain(..).enumerate() {
+            let all = all.get(n).copied().flatten().unwrap_or(0);
+            let here = here.get(n).copied().flatten().unwrap_or(0);
+            let elsewhere = usize::try_from(all.saturating_sub(here)).unwrap_or(usize::MAX);
+            let _ = answer.send(elsewhere);
+        }
     }
 }
 

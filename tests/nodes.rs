@@ -1,7 +1,9 @@
 //! Several nodes (`--broker redis://...`): real roomcast processes on the
-//! machine's Redis and PostgreSQL. Chat, global chat, typing, room presence
-//! and online announcements cross nodes; a node subscribes to a room's
-//! channel only while it has members there; SQLite with Redis is refused.
+//! machine's Redis and PostgreSQL. Chat, global chat, typing, room members
+//! and presence, online announcements and per-user connection limits cross
+//! nodes; a node subscribes to a room's channel only while it has members
+//! there; a dead node is counted off; a Redis restart and a rolling restart
+//! of the nodes lose nothing; SQLite with Redis is refused.
 
 mod support;
 

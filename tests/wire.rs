@@ -153,8 +153,21 @@ async fn frames_sent_with_the_handshake_are_not_lost() {
 #[tokio::test]
 async fn bad_handshakes_are_refused_before_the_upgrade() {
     let server = TestServer::start().await;
+    // A version other than 13, or none: 426 saying which one (RFC 6455 §4.4).
     let old = upgrade_request("", "").replace("Version: 13", "Version: 8");
-    let (_, head) = Raw::open(&server, &old).await;
+    let versionless = upgrade_request("", "").replace("Sec-WebSocket-Version: 13\r\n", "");
+    for request in [old, versionless] {
+        let (_, head) = Raw::open(&server, &request).await;
+        assert!(head.starts_with("HTTP/1.1 426"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nsec-websocket-version: 13"),
+            "{head}"
+        );
+    }
+    // A key of 24 characters that is not base64.
+    let odd_key = upgrade_request("", "").replace(KEY, "!!!!!!!!!!!!!!!!!!!!!!!!");
+    let (_, head) = Raw::open(&server, &odd_key).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
     let (_, head) = Raw::open(&server, &upgrade_request("?token=forged.token.here", "")).await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
@@ -329,4 +342,103 @@ async fn the_welcome_comes_first_while_broadcasts_race_it() {
     }
     let mut talker = flood.await.expect("flood");
     talker.assert_alive().await;
+}
+
+/// Opens a logged-in raw connection and reads its welcome.
+async fn logged_in(server: &TestServer) -> Raw {
+    let token = server.token("alice");
+    let (mut raw, _) = Raw::open(server, &upgrade_request(&format!("?token={token}"), "")).await;
+    raw.json().await;
+    raw
+}
+
+impl Raw {
+    /// Waits for the server to end the TCP stream; how long it took.
+    async fn server_hangs_up(&mut self) -> Duration {
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        let end = tokio::time::timeout(Duration::from_secs(5), self.stream.read_to_end(&mut rest))
+            .await
+            .expect("the server ends the connection");
+        assert!(end.is_ok(), "the connection was reset: {end:?}");
+        started.elapsed()
+    }
+}
+
+/// Below the 1 s the server waits for a client's close at most: the server
+/// did not wait for that timeout.
+const PROMPTLY: Duration = Duration::from_millis(700);
+
+#[tokio::test]
+async fn close_frames_with_a_bad_code_or_reason_are_refused_and_the_socket_closed() {
+    let server = TestServer::start().await;
+    // Autobahn 7.9.1–7.9.9 and a few more: codes no close frame may carry.
+    for code in [
+        0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000,
+    ] {
+        let mut raw = logged_in(&server).await;
+        raw.send(&frame(0x88, &code.to_be_bytes(), true)).await;
+        assert_eq!(raw.close_code().await, Some(1002), "code {code}");
+        // The bad frame was the client's close: nothing more to wait for.
+        assert!(raw.server_hangs_up().await < PROMPTLY, "code {code}");
+    }
+    // Autobahn 7.5.1: a reason that is not UTF-8.
+    let mut raw = logged_in(&server).await;
+    let mut payload = 1000u16.to_be_bytes().to_vec();
+    payload.extend_from_slice(&[0xCE, 0xBA, 0xE1, 0xBD, 0xB9, 0xED, 0xA0, 0x80]);
+    raw.send(&frame(0x88, &payload, true)).await;
+    assert_eq!(raw.close_code().await, Some(1007));
+    // Codes that are allowed are answered with a normal close.
+    for code in [1000u16, 1001, 1003, 1011, 3000, 4999] {
+        let mut raw = logged_in(&server).await;
+        raw.send(&frame(0x88, &code.to_be_bytes(), true)).await;
+        assert_eq!(raw.close_code().await, Some(1000), "code {code}");
+    }
+}
+
+#[tokio::test]
+async fn after_a_protocol_error_the_socket_closes_once_the_client_answers() {
+    let server = TestServer::start().await;
+    let mut raw = logged_in(&server).await;
+    // An unmasked frame, then more frames the server will not decode.
+    raw.send(&frame(0x81, b"{}", false)).await;
+    raw.send(&frame(0x81, br#"{"type":"ping"}"#, true)).await;
+    assert_eq!(raw.close_code().await, Some(1002));
+    raw.send(&frame(0x89, b"late", true)).await;
+    raw.send(&frame(0x88, &1002u16.to_be_bytes(), true)).await;
+    assert!(raw.server_hangs_up().await < PROMPTLY);
+}
+
+#[tokio::test]
+async fn invalid_utf8_fails_at_the_fragment_that_has_it() {
+    let server = TestServer::start().await;
+    // Autobahn 6.4.x: the first fragment is already not UTF-8; the message
+    // never ends, and the server need not wait for it.
+    let mut raw = logged_in(&server).await;
+    raw.send(&frame(
+        0x01,
+        &[b'{', 0xCE, 0xBA, 0xF4, 0x90, 0x80, 0x80],
+        true,
+    ))
+    .await;
+    assert_eq!(raw.close_code().await, Some(1007));
+    // A character cut in two by a fragment boundary is fine.
+    let mut raw = logged_in(&server).await;
+    let text = json!({"type": "ping", "ref": "κόσμε"}).to_string();
+    let cut = text.find('κ').expect("kappa") + 1;
+    raw.send(&frame(0x01, &text.as_bytes()[..cut], true)).await;
+    raw.send(&frame(0x80, &text.as_bytes()[cut..], true)).await;
+    let pong = raw.json().await;
+    assert_eq!(pong["ref"], "κόσμε", "{pong}");
+}
+
+#[tokio::test]
+async fn a_64_bit_length_with_its_top_bit_set_is_a_protocol_error() {
+    let server = TestServer::start().await;
+    let mut raw = logged_in(&server).await;
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 63).to_be_bytes());
+    header.extend_from_slice(&[1, 2, 3, 4]);
+    raw.send(&header).await;
+    assert_eq!(raw.close_code().await, Some(1002));
 }

@@ -3,7 +3,7 @@
 //! socket; anything else goes to the HTTP server with those bytes replayed.
 //! Over TLS every connection goes to the HTTP server.
 
-use super::{ApiError, ClientAddr, ws};
+use super::{ClientAddr, ws};
 use crate::app::App;
 use crate::wire::handshake::{self, MAX_HEAD_BYTES, Opening};
 use axum::Router;
@@ -67,9 +67,9 @@ pub async fn serve_plain(
                     drop(head);
                     ws::accept_raw(app, stream, addr, upgrade, early).await;
                 }
-                Ok(Ok((Opening::Invalid(reason), _))) => {
-                    let refusal = ApiError::bad_request(reason).to_http_bytes();
-                    let _ = stream.write_all(&refusal).await;
+                Ok(Ok((Opening::Invalid(refusal), _))) => {
+                    let answer = super::ws::refusal(refusal).to_http_bytes();
+                    let _ = stream.write_all(&answer).await;
                 }
                 Ok(Ok((_, head))) => {
                     Box::pin(serve_http(router, Replay::new(head, stream), addr)).await;

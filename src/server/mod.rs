@@ -157,6 +157,8 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     retry_after_ms: Option<u64>,
+    /// A header the answer carries besides (name in lower case, value).
+    header: Option<(&'static str, &'static str)>,
 }
 
 impl ApiError {
@@ -166,7 +168,13 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after_ms: None,
+            header: None,
         }
+    }
+
+    pub fn with_header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.header = Some((name, value));
+        self
     }
 
     pub fn unauthorized(message: impl Into<String>) -> Self {
@@ -216,14 +224,26 @@ impl ApiError {
     /// The whole HTTP answer, for refusals written before any HTTP server
     /// is involved (a WebSocket handshake read straight off the socket).
     pub fn to_http_bytes(&self) -> Vec<u8> {
-        raw_http_response(self.status, &self.body().to_string())
+        let mut headers = String::new();
+        if let Some((name, value)) = self.header {
+            headers = format!("{name}: {value}\r\n");
+        }
+        if let Some(wait) = self.retry_after_ms {
+            headers.push_str(&format!("retry-after: {}\r\n", wait.div_ceil(1000)));
+        }
+        raw_http_response_with(self.status, &headers, &self.body().to_string())
     }
 }
 
 /// An HTTP/1.1 answer with a JSON body that closes the connection.
 pub fn raw_http_response(status: StatusCode, body: &str) -> Vec<u8> {
+    raw_http_response_with(status, "", body)
+}
+
+/// [`raw_http_response`] with more header lines (each ending in CRLF).
+fn raw_http_response_with(status: StatusCode, headers: &str, body: &str) -> Vec<u8> {
     format!(
-        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n\
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\n{headers}\
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error"),
@@ -247,6 +267,12 @@ impl IntoResponse for ApiError {
             }
             None => (self.status, Json(body)).into_response(),
         };
+        if let Some((name, value)) = self.header {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_static(name),
+                axum::http::HeaderValue::from_static(value),
+            );
+        }
         response.extensions_mut().insert(self.code);
         response
     }

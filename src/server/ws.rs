@@ -11,9 +11,10 @@ use super::{ApiError, ClientAddr};
 use crate::app::App;
 use crate::hub::Identity;
 use crate::protocol::CloseReason;
+use crate::protocol::ErrorCode;
 use crate::session::{self, Accepted};
 use crate::wire::Stream;
-use crate::wire::handshake::{self, Upgrade};
+use crate::wire::handshake::{self, Refusal, Upgrade};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::{AUTHORIZATION, CONNECTION, SEC_WEBSOCKET_ACCEPT, UPGRADE};
 use axum::http::{HeaderMap, StatusCode};
@@ -97,6 +98,19 @@ pub async fn accept_raw(
     ));
 }
 
+/// The answer to a refused upgrade request.
+pub fn refusal(refusal: Refusal) -> ApiError {
+    match refusal {
+        Refusal::Version => ApiError::new(
+            StatusCode::UPGRADE_REQUIRED,
+            ErrorCode::ValidationError,
+            refusal.reason(),
+        )
+        .with_header("sec-websocket-version", "13"),
+        Refusal::Malformed(reason) => ApiError::bad_request(reason),
+    }
+}
+
 /// `GET /ws` through the HTTP server.
 pub async fn upgrade(
     State(app): State<Arc<App>>,
@@ -115,7 +129,7 @@ pub async fn upgrade(
             )
                 .into_response();
         }
-        Err(reason) => return ApiError::bad_request(reason).into_response(),
+        Err(reason) => return refusal(reason).into_response(),
     };
     let admission = match admit(&app, &upgrade) {
         Ok(admission) => admission,

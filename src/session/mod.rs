@@ -186,19 +186,44 @@ impl Reader {
         std::future::poll_fn(move |cx| self.poll_next(cx))
     }
 
-    /// Reads and throws away whatever the client sends, until it closes the
-    /// connection or the socket fails.
-    async fn drain(&mut self) {
-        self.buffer = Vec::new();
-        self.consumed = 0;
+    /// After a framing error: skips frames by their headers, without
+    /// decoding them, until a close frame has been read (or the client
+    /// closes the TCP connection, or the socket fails).
+    async fn skip_to_close(&mut self) {
         let Some(stream) = self.socket.stream() else {
             return;
         };
-        let mut scratch = Vec::new();
+        // Bytes of a frame still to come and to be thrown away.
+        let mut skipping: u64 = 0;
         std::future::poll_fn(|cx| {
             loop {
-                scratch.clear();
-                match ready!(stream.poll_read_buf(cx, &mut scratch, READ_CHUNK)) {
+                let buffered = (self.buffer.len() - self.consumed) as u64;
+                if skipping > 0 {
+                    let skipped = skipping.min(buffered);
+                    self.consumed += skipped as usize;
+                    skipping -= skipped;
+                }
+                while skipping == 0
+                    && let Some((length, header)) =
+                        frame::payload_length(&self.buffer[self.consumed..])
+                {
+                    let masked = self.buffer[self.consumed + 1] & 0x80 != 0;
+                    let whole = length.saturating_add(header as u64 + if masked { 4 } else { 0 });
+                    let opcode = self.buffer[self.consumed] & 0x0F;
+                    let buffered = (self.buffer.len() - self.consumed) as u64;
+                    if opcode == 0x8 {
+                        if buffered < whole {
+                            break;
+                        }
+                        return Poll::Ready(());
+                    }
+                    let skipped = whole.min(buffered);
+                    self.consumed += skipped as usize;
+                    skipping = whole - skipped;
+                }
+                self.buffer.drain(..self.consumed);
+                self.consumed = 0;
+                match ready!(stream.poll_read_buf(cx, &mut self.buffer, READ_CHUNK)) {
                     Ok(0) | Err(_) => return Poll::Ready(()),
                     Ok(_) => {}
                 }
@@ -611,11 +636,12 @@ async fn close_socket(
             match reader.next().await {
                 Ok(Some(Incoming::Close(_)) | None) | Err(ReadError::Io) => break,
                 Ok(Some(_)) => {}
-                // Past a framing error nothing more can be decoded; the
-                // bytes are still read, or closing the socket under them
-                // would reset it and could cost the client our close frame.
+                // Past a framing error no message is decoded any more, but
+                // frames are still told apart by their headers: the
+                // client's close frame ends the handshake, and the socket
+                // is closed at once (RFC 6455 §7.1.7).
                 Err(ReadError::Frame(_)) => {
-                    reader.drain().await;
+                    reader.skip_to_close().await;
                     break;
                 }
             }

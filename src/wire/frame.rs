@@ -39,8 +39,56 @@ pub enum FrameError {
 #[derive(Debug)]
 pub struct Decoder {
     max_message: usize,
-    /// A fragmented message being received: whether it is text, and its data.
-    fragments: Option<(bool, Vec<u8>)>,
+    /// A fragmented message being received (see [`Fragments`]).
+    fragments: Option<Fragments>,
+}
+
+/// A fragmented message so far.
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    data: Vec<u8>,
+    /// Bytes of a text message's data known to be valid UTF-8: each
+    /// fragment is checked as it arrives (but for a character it cuts in
+    /// two), so a bad one fails at once, not at the end of the message.
+    checked: usize,
+}
+
+impl Fragments {
+    fn new(text: bool, data: Vec<u8>) -> Result<Fragments, FrameError> {
+        let mut fragments = Fragments {
+            text,
+            data,
+            checked: 0,
+        };
+        fragments.check()?;
+        Ok(fragments)
+    }
+
+    fn extend(&mut self, payload: &[u8]) -> Result<(), FrameError> {
+        self.data.extend_from_slice(payload);
+        self.check()
+    }
+
+    fn check(&mut self) -> Result<(), FrameError> {
+        if !self.text {
+            return Ok(());
+        }
+        match std::str::from_utf8(&self.data[self.checked..]) {
+            Ok(_) => self.checked = self.data.len(),
+            // Only a character cut at the end may be completed later.
+            Err(err) if err.error_len().is_none() => self.checked += err.valid_up_to(),
+            Err(_) => return Err(FrameError::InvalidUtf8),
+        }
+        Ok(())
+    }
+}
+
+/// Whether a close frame may carry `code` (RFC 6455 §7.4: the codes
+/// defined for use in close frames, and the ranges for libraries,
+/// frameworks and applications).
+fn valid_close_code(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
 }
 
 /// What one call to [`Decoder::decode`] found.
@@ -77,13 +125,21 @@ impl Decoder {
         let Some((length, mut header)) = payload_length(buf) else {
             return Ok(Decoded::Incomplete);
         };
+        if length > i64::MAX as u64 {
+            return Err(FrameError::Protocol(
+                "a 64-bit payload length must have its top bit clear",
+            ));
+        }
         let control = opcode & 0x08 != 0;
         if control && (!fin || length > 125) {
             return Err(FrameError::Protocol(
                 "control frames must be whole and at most 125 bytes",
             ));
         }
-        let so_far = self.fragments.as_ref().map_or(0, |(_, data)| data.len());
+        let so_far = self
+            .fragments
+            .as_ref()
+            .map_or(0, |fragments| fragments.data.len());
         let length = match usize::try_from(length) {
             Ok(length) if !control && so_far.saturating_add(length) > self.max_message => {
                 return Err(FrameError::TooBig);
@@ -111,17 +167,17 @@ impl Decoder {
                 if fin {
                     Some(finish(opcode == OP_TEXT, payload)?)
                 } else {
-                    self.fragments = Some((opcode == OP_TEXT, payload));
+                    self.fragments = Some(Fragments::new(opcode == OP_TEXT, payload)?);
                     None
                 }
             }
             OP_CONTINUATION => {
-                let Some((_, data)) = self.fragments.as_mut() else {
+                let Some(fragments) = self.fragments.as_mut() else {
                     return Err(FrameError::Protocol("continuation without a first frame"));
                 };
-                data.extend_from_slice(&payload);
+                fragments.extend(&payload)?;
                 match self.fragments.take() {
-                    Some((text, data)) if fin => Some(finish(text, data)?),
+                    Some(fragments) if fin => Some(finish(fragments.text, fragments.data)?),
                     pending => {
                         self.fragments = pending;
                         None
@@ -131,7 +187,16 @@ impl Decoder {
             OP_CLOSE => Some(Incoming::Close(match payload.len() {
                 0 => None,
                 1 => return Err(FrameError::Protocol("close frame with a one-byte body")),
-                _ => Some(u16::from_be_bytes([payload[0], payload[1]])),
+                _ => {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    if !valid_close_code(code) {
+                        return Err(FrameError::Protocol("invalid close code"));
+                    }
+                    if std::str::from_utf8(&payload[2..]).is_err() {
+                        return Err(FrameError::InvalidUtf8);
+                    }
+                    Some(code)
+                }
             })),
             OP_PING => Some(Incoming::Ping(payload)),
             OP_PONG => Some(Incoming::Pong),
@@ -338,6 +403,51 @@ mod tests {
         assert_eq!(
             decoder.decode(&empty),
             Ok(Decoded::Frame(Some(Incoming::Close(None)), empty.len()))
+        );
+        for code in [0u16, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000] {
+            assert_eq!(
+                Decoder::new(100).decode(&client(0x88, &code.to_be_bytes())),
+                Err(FrameError::Protocol("invalid close code")),
+                "{code}"
+            );
+        }
+        let mut bad_reason = 1000u16.to_be_bytes().to_vec();
+        bad_reason.push(0xFF);
+        assert_eq!(
+            Decoder::new(100).decode(&client(0x88, &bad_reason)),
+            Err(FrameError::InvalidUtf8)
+        );
+    }
+
+    #[test]
+    fn checks_utf8_fragment_by_fragment() {
+        let mut decoder = Decoder::new(100);
+        // A character cut in two is waited for.
+        let first = client(0x01, &[b'a', 0xCE]);
+        assert_eq!(
+            decoder.decode(&first),
+            Ok(Decoded::Frame(None, first.len()))
+        );
+        let last = client(0x80, &[0xBA]);
+        assert_eq!(
+            decoder.decode(&last),
+            Ok(Decoded::Frame(
+                Some(Incoming::Text("aκ".into())),
+                last.len()
+            ))
+        );
+        // A byte no character starts with fails at its fragment.
+        let mut decoder = Decoder::new(100);
+        assert_eq!(
+            decoder.decode(&client(0x01, &[b'a', 0xFF])),
+            Err(FrameError::InvalidUtf8)
+        );
+        let mut decoder = Decoder::new(100);
+        let first = client(0x01, b"ok");
+        assert!(decoder.decode(&first).is_ok());
+        assert_eq!(
+            decoder.decode(&client(0x00, &[0xED, 0xA0, 0x80])),
+            Err(FrameError::InvalidUtf8)
         );
     }
 

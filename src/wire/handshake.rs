@@ -17,8 +17,38 @@ pub enum Opening {
     Http,
     /// A WebSocket upgrade of `GET /ws`; the head is `head_len` bytes long.
     WebSocket(Upgrade, usize),
-    /// An upgrade request for `/ws` that RFC 6455 says to refuse with 400.
-    Invalid(&'static str),
+    /// An upgrade request for `/ws` that RFC 6455 says to refuse.
+    Invalid(Refusal),
+}
+
+/// Why an upgrade request is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// `Sec-WebSocket-Version` is missing or not 13: 426 Upgrade Required,
+    /// with `Sec-WebSocket-Version: 13` (RFC 6455 §4.4).
+    Version,
+    /// Anything else wrong with it: 400.
+    Malformed(&'static str),
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::Version => "Sec-WebSocket-Version must be 13",
+            Refusal::Malformed(reason) => reason,
+        }
+    }
+}
+
+/// Whether `key` is 16 bytes in base64, as RFC 6455 §4.1 wants a
+/// `Sec-WebSocket-Key`.
+fn valid_key(key: &str) -> bool {
+    let bytes = key.as_bytes();
+    bytes.len() == 24
+        && bytes.ends_with(b"==")
+        && bytes[..22]
+            .iter()
+            .all(|byte| byte.is_ascii_alphanumeric() || *byte == b'+' || *byte == b'/')
 }
 
 /// The parts of an upgrade request that roomcast looks at.
@@ -71,17 +101,19 @@ impl Upgrade {
     pub fn from_headers<'h>(
         header: impl Fn(&str) -> Option<&'h str>,
         query: Option<&str>,
-    ) -> Result<Option<Upgrade>, &'static str> {
+    ) -> Result<Option<Upgrade>, Refusal> {
         let header = |name: &str| header(name).map(str::trim);
         let has_token = |name: &str, token: &str| header(name).is_some_and(|v| lists(v, token));
         if !has_token("upgrade", "websocket") || !has_token("connection", "upgrade") {
             return Ok(None);
         }
         if header("sec-websocket-version") != Some("13") {
-            return Err("Sec-WebSocket-Version must be 13");
+            return Err(Refusal::Version);
         }
-        let Some(key) = header("sec-websocket-key").filter(|key| key.len() == 24) else {
-            return Err("Sec-WebSocket-Key is missing or malformed");
+        let Some(key) = header("sec-websocket-key").filter(|key| valid_key(key)) else {
+            return Err(Refusal::Malformed(
+                "Sec-WebSocket-Key must be 16 bytes in base64",
+            ));
         };
         let owned = |name: &str| header(name).map(str::to_owned);
         Ok(Some(Upgrade {
@@ -161,8 +193,22 @@ mod tests {
             assert_eq!(classify(request.as_bytes()), Opening::Http, "{request}");
         }
         let old = UPGRADE.replace("Version: 13", "Version: 8");
-        assert!(matches!(classify(old.as_bytes()), Opening::Invalid(_)));
+        assert_eq!(classify(old.as_bytes()), Opening::Invalid(Refusal::Version));
+        let versionless = UPGRADE.replace("Sec-WebSocket-Version: 13\r\n", "");
+        assert_eq!(
+            classify(versionless.as_bytes()),
+            Opening::Invalid(Refusal::Version)
+        );
         let keyless = UPGRADE.replace("Sec-WebSocket-Key", "X-Key");
-        assert!(matches!(classify(keyless.as_bytes()), Opening::Invalid(_)));
+        assert!(matches!(
+            classify(keyless.as_bytes()),
+            Opening::Invalid(Refusal::Malformed(_))
+        ));
+        // 24 characters, but not base64.
+        let not_base64 = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!!!!!!!!!!!!!!!!!!!!!!");
+        assert!(matches!(
+            classify(not_base64.as_bytes()),
+            Opening::Invalid(Refusal::Malformed(_))
+        ));
     }
 }

@@ -4,128 +4,16 @@
 
 mod support;
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
+use support::raw::{KEY, Raw, frame, upgrade_request};
 use support::{TestServer, args};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
-
-fn upgrade_request(query: &str, extra: &str) -> String {
-    format!(
-        "GET /ws{query} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n\
-         Connection: Upgrade\r\nSec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
-    )
-}
-
-/// A client frame, masked unless told otherwise.
-fn frame(first: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    roomcast::wire::frame::encode_frame(first, payload, masked.then_some([7, 1, 9, 3]))
-}
-
-/// A raw client: reads the handshake answer, then server frames.
-struct Raw {
-    stream: TcpStream,
-    buffer: Vec<u8>,
-}
-
-impl Raw {
-    async fn open(server: &TestServer, request: &str) -> (Raw, String) {
-        Raw::open_bytes(server, request.as_bytes()).await
-    }
-
-    async fn open_bytes(server: &TestServer, request: &[u8]) -> (Raw, String) {
-        let mut stream = TcpStream::connect(server.addr).await.expect("connect");
-        stream.write_all(request).await.expect("write");
-        let mut raw = Raw {
-            stream,
-            buffer: Vec::new(),
-        };
-        let head = loop {
-            if let Some(end) = raw.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                let head = String::from_utf8_lossy(&raw.buffer[..end]).into_owned();
-                raw.buffer.drain(..end + 4);
-                break head;
-            }
-            assert!(
-                raw.fill().await > 0,
-                "connection closed during the handshake"
-            );
-        };
-        (raw, head)
-    }
-
-    async fn fill(&mut self) -> usize {
-        let mut chunk = [0u8; 4096];
-        let n = tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut chunk))
-            .await
-            .expect("no data within 5s")
-            .unwrap_or(0);
-        self.buffer.extend_from_slice(&chunk[..n]);
-        n
-    }
-
-    /// The next server frame: opcode and payload; `None` at end of stream.
-    async fn next(&mut self) -> Option<(u8, Vec<u8>)> {
-        loop {
-            if self.buffer.len() >= 2 {
-                let (len, header) = match self.buffer[1] & 0x7F {
-                    126 if self.buffer.len() >= 4 => (
-                        u16::from_be_bytes([self.buffer[2], self.buffer[3]]) as usize,
-                        4,
-                    ),
-                    127 if self.buffer.len() >= 10 => {
-                        let mut n = [0; 8];
-                        n.copy_from_slice(&self.buffer[2..10]);
-                        (u64::from_be_bytes(n) as usize, 10)
-                    }
-                    126 | 127 => (usize::MAX, 0),
-                    n => (n as usize, 2),
-                };
-                if len != usize::MAX && self.buffer.len() >= header + len {
-                    let opcode = self.buffer[0] & 0x0F;
-                    let payload = self.buffer[header..header + len].to_vec();
-                    self.buffer.drain(..header + len);
-                    return Some((opcode, payload));
-                }
-            }
-            if self.fill().await == 0 {
-                return None;
-            }
-        }
-    }
-
-    async fn json(&mut self) -> Value {
-        loop {
-            let (opcode, payload) = self.next().await.expect("a frame");
-            if opcode == 1 {
-                return serde_json::from_slice(&payload).expect("JSON");
-            }
-        }
-    }
-
-    /// Reads until the server's close frame and returns its code.
-    async fn close_code(&mut self) -> Option<u16> {
-        while let Some((opcode, payload)) = self.next().await {
-            if opcode == 8 {
-                return payload
-                    .get(..2)
-                    .map(|code| u16::from_be_bytes([code[0], code[1]]));
-            }
-        }
-        None
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("send");
-    }
-}
 
 #[tokio::test]
 async fn the_handshake_answers_with_the_rfc_accept_key() {
     let server = TestServer::start().await;
-    let (mut raw, head) = Raw::open(&server, &upgrade_request("", "")).await;
+    let (mut raw, head) = Raw::open(server.addr, &upgrade_request("", "")).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert!(
         head.contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
@@ -142,7 +30,7 @@ async fn frames_sent_with_the_handshake_are_not_lost() {
     let mut request = upgrade_request(&format!("?token={token}"), "").into_bytes();
     let ping = json!({"type": "ping", "ref": "early"}).to_string();
     request.extend(frame(0x81, ping.as_bytes(), true));
-    let (mut raw, head) = Raw::open_bytes(&server, &request).await;
+    let (mut raw, head) = Raw::open_bytes(server.addr, &request).await;
     assert!(head.starts_with("HTTP/1.1 101"), "{head}");
     assert_eq!(raw.json().await["type"], "welcome");
     let pong = raw.json().await;
@@ -157,7 +45,7 @@ async fn bad_handshakes_are_refused_before_the_upgrade() {
     let old = upgrade_request("", "").replace("Version: 13", "Version: 8");
     let versionless = upgrade_request("", "").replace("Sec-WebSocket-Version: 13\r\n", "");
     for request in [old, versionless] {
-        let (_, head) = Raw::open(&server, &request).await;
+        let (_, head) = Raw::open(server.addr, &request).await;
         assert!(head.starts_with("HTTP/1.1 426"), "{head}");
         assert!(
             head.to_ascii_lowercase()
@@ -167,14 +55,18 @@ async fn bad_handshakes_are_refused_before_the_upgrade() {
     }
     // A key of 24 characters that is not base64.
     let odd_key = upgrade_request("", "").replace(KEY, "!!!!!!!!!!!!!!!!!!!!!!!!");
-    let (_, head) = Raw::open(&server, &odd_key).await;
+    let (_, head) = Raw::open(server.addr, &odd_key).await;
     assert!(head.starts_with("HTTP/1.1 400"), "{head}");
-    let (_, head) = Raw::open(&server, &upgrade_request("?token=forged.token.here", "")).await;
+    let (_, head) = Raw::open(
+        server.addr,
+        &upgrade_request("?token=forged.token.here", ""),
+    )
+    .await;
     assert!(head.starts_with("HTTP/1.1 401"), "{head}");
-    let (_, head) = Raw::open(&server, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (_, head) = Raw::open(server.addr, "GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 426"), "{head}");
     // The HTTP API still answers on the same port.
-    let (_, head) = Raw::open(&server, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    let (_, head) = Raw::open(server.addr, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 }
 
@@ -182,7 +74,11 @@ async fn bad_handshakes_are_refused_before_the_upgrade() {
 async fn fragments_are_joined_and_pings_answered() {
     let server = TestServer::start().await;
     let token = server.token("alice");
-    let (mut raw, _) = Raw::open(&server, &upgrade_request(&format!("?token={token}"), "")).await;
+    let (mut raw, _) = Raw::open(
+        server.addr,
+        &upgrade_request(&format!("?token={token}"), ""),
+    )
+    .await;
     raw.json().await;
     let text = json!({"type": "ping", "ref": "in-pieces"}).to_string();
     let (first, rest) = text.as_bytes().split_at(10);
@@ -208,13 +104,13 @@ async fn framing_violations_close_with_the_rfc_codes_and_spare_others() {
         (frame(0x81, &[0xC3, 0x28], true), 1007), // not UTF-8
     ];
     for (bytes, code) in cases {
-        let (mut raw, _) = Raw::open(&server, &request).await;
+        let (mut raw, _) = Raw::open(server.addr, &request).await;
         raw.json().await;
         raw.send(&bytes).await;
         assert_eq!(raw.close_code().await, Some(code));
     }
     // Over `max_frame_bytes` (64 KiB): 1009, known from the header alone.
-    let (mut raw, _) = Raw::open(&server, &request).await;
+    let (mut raw, _) = Raw::open(server.addr, &request).await;
     raw.json().await;
     let mut header = vec![0x81, 0x80 | 127];
     header.extend_from_slice(&(1u64 << 40).to_be_bytes());
@@ -229,7 +125,7 @@ async fn an_oversize_frame_followed_by_more_bytes_still_gets_its_1009() {
     let server = TestServer::start().await;
     let token = server.token("alice");
     let request = upgrade_request(&format!("?token={token}"), "");
-    let (mut raw, _) = Raw::open(&server, &request).await;
+    let (mut raw, _) = Raw::open(server.addr, &request).await;
     raw.json().await;
     // The whole oversize frame and more frames behind it, in one write: the
     // server stops reading at the header, and must not reset the socket
@@ -271,7 +167,7 @@ async fn past_max_connections_new_connections_get_503() {
     let server = TestServer::with(settings).await;
     let _a = server.user("a").await;
     let mut b = server.user("b").await;
-    let (_, head) = Raw::open(&server, &upgrade_request("", "")).await;
+    let (_, head) = Raw::open(server.addr, &upgrade_request("", "")).await;
     assert!(head.starts_with("HTTP/1.1 503"), "{head}");
     b.assert_alive().await;
 }
@@ -283,9 +179,9 @@ async fn pongs_or_pings_alone_keep_a_connection_alive() {
     settings.idle_timeout_ms = Some(400);
     let server = TestServer::with(settings).await;
     let request = upgrade_request(&format!("?token={}", server.token("alice")), "");
-    let (mut ponger, _) = Raw::open(&server, &request).await;
+    let (mut ponger, _) = Raw::open(server.addr, &request).await;
     ponger.json().await;
-    let (mut pinger, _) = Raw::open(&server, &request).await;
+    let (mut pinger, _) = Raw::open(server.addr, &request).await;
     pinger.json().await;
     // For three idle timeouts, one answers every server ping with a pong
     // and the other sends pings of its own; neither sends a data frame.
@@ -312,7 +208,7 @@ async fn a_client_close_frame_is_answered_and_others_see_the_user_leave() {
     let mut bob = server.user("bob").await;
     support::subscribe(&mut bob, Some(&["alice"])).await;
     let request = upgrade_request(&format!("?token={}", server.token("alice")), "");
-    let (mut alice, _) = Raw::open(&server, &request).await;
+    let (mut alice, _) = Raw::open(server.addr, &request).await;
     alice.json().await;
     assert_eq!(bob.recv_type("user_join").await["user"]["id"], "alice");
     alice.send(&frame(0x88, &1000u16.to_be_bytes(), true)).await;
@@ -347,22 +243,13 @@ async fn the_welcome_comes_first_while_broadcasts_race_it() {
 /// Opens a logged-in raw connection and reads its welcome.
 async fn logged_in(server: &TestServer) -> Raw {
     let token = server.token("alice");
-    let (mut raw, _) = Raw::open(server, &upgrade_request(&format!("?token={token}"), "")).await;
+    let (mut raw, _) = Raw::open(
+        server.addr,
+        &upgrade_request(&format!("?token={token}"), ""),
+    )
+    .await;
     raw.json().await;
     raw
-}
-
-impl Raw {
-    /// Waits for the server to end the TCP stream; how long it took.
-    async fn server_hangs_up(&mut self) -> Duration {
-        let started = std::time::Instant::now();
-        let mut rest = Vec::new();
-        let end = tokio::time::timeout(Duration::from_secs(5), self.stream.read_to_end(&mut rest))
-            .await
-            .expect("the server ends the connection");
-        assert!(end.is_ok(), "the connection was reset: {end:?}");
-        started.elapsed()
-    }
 }
 
 /// Below the 1 s the server waits for a client's close at most: the server

@@ -193,35 +193,14 @@ impl Reader {
         let Some(stream) = self.socket.stream() else {
             return;
         };
-        // Bytes of a frame still to come and to be thrown away.
-        let mut skipping: u64 = 0;
+        let mut seeker = frame::CloseSeeker::default();
         std::future::poll_fn(|cx| {
             loop {
-                let buffered = (self.buffer.len() - self.consumed) as u64;
-                if skipping > 0 {
-                    let skipped = skipping.min(buffered);
-                    self.consumed += skipped as usize;
-                    skipping -= skipped;
+                let (used, found) = seeker.seek(&self.buffer[self.consumed..]);
+                if found {
+                    return Poll::Ready(());
                 }
-                while skipping == 0
-                    && let Some((length, header)) =
-                        frame::payload_length(&self.buffer[self.consumed..])
-                {
-                    let masked = self.buffer[self.consumed + 1] & 0x80 != 0;
-                    let whole = length.saturating_add(header as u64 + if masked { 4 } else { 0 });
-                    let opcode = self.buffer[self.consumed] & 0x0F;
-                    let buffered = (self.buffer.len() - self.consumed) as u64;
-                    if opcode == 0x8 {
-                        if buffered < whole {
-                            break;
-                        }
-                        return Poll::Ready(());
-                    }
-                    let skipped = whole.min(buffered);
-                    self.consumed += skipped as usize;
-                    skipping = whole - skipped;
-                }
-                self.buffer.drain(..self.consumed);
+                self.buffer.drain(..self.consumed + used);
                 self.consumed = 0;
                 match ready!(stream.poll_read_buf(cx, &mut self.buffer, READ_CHUNK)) {
                     Ok(0) | Err(_) => return Poll::Ready(()),
@@ -370,7 +349,7 @@ impl Session {
                     deadlines.idle = later(Instant::now(), config.idle_timeout);
                     let inbound = match message {
                         Incoming::Text(text) => Envelope::parse(&text),
-                        Incoming::Binary => Err(Rejection::new(
+                        Incoming::Binary(_) => Err(Rejection::new(
                             ErrorCode::UnsupportedFrame,
                             "binary frames are not supported: send JSON in text frames",
                         )),

@@ -16,8 +16,9 @@ const OP_PONG: u8 = 0xA;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Incoming {
     Text(String),
-    /// Binary messages are refused by the protocol; their content is dropped.
-    Binary,
+    /// Binary messages are refused by the chat protocol (the echo server
+    /// sends them back).
+    Binary(Vec<u8>),
     Ping(Vec<u8>),
     Pong,
     /// A close frame, with its code if it carried one.
@@ -89,6 +90,49 @@ impl Fragments {
 /// frameworks and applications).
 fn valid_close_code(code: u16) -> bool {
     matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
+/// After a framing error: walks the client's frames by their headers,
+/// without decoding them, to the client's close frame (RFC 6455 §7.1.7:
+/// nothing more is processed, but the close handshake is finished).
+#[derive(Debug, Default)]
+pub struct CloseSeeker {
+    /// Bytes of a frame still to come, to be thrown away.
+    skipping: u64,
+}
+
+impl CloseSeeker {
+    /// Consumes what it can of `buf`: the bytes used, and whether they
+    /// ended with a whole close frame.
+    pub fn seek(&mut self, buf: &[u8]) -> (usize, bool) {
+        let mut used = 0usize;
+        loop {
+            let rest = &buf[used..];
+            if self.skipping > 0 {
+                let skipped = usize::try_from(self.skipping)
+                    .unwrap_or(usize::MAX)
+                    .min(rest.len());
+                used += skipped;
+                self.skipping -= skipped as u64;
+                if self.skipping > 0 {
+                    return (used, false);
+                }
+                continue;
+            }
+            let Some((length, header)) = payload_length(rest) else {
+                return (used, false);
+            };
+            let masked = rest[1] & 0x80 != 0;
+            let whole = length.saturating_add(header as u64 + if masked { 4 } else { 0 });
+            if rest[0] & 0x0F == OP_CLOSE {
+                return match usize::try_from(whole) {
+                    Ok(whole) if whole <= rest.len() => (used + whole, true),
+                    _ => (used, false),
+                };
+            }
+            self.skipping = whole;
+        }
+    }
 }
 
 /// What one call to [`Decoder::decode`] found.
@@ -228,7 +272,7 @@ fn finish(text: bool, payload: Vec<u8>) -> Result<Incoming, FrameError> {
             .map(Incoming::Text)
             .map_err(|_| FrameError::InvalidUtf8)
     } else {
-        Ok(Incoming::Binary)
+        Ok(Incoming::Binary(payload))
     }
 }
 

@@ -3,6 +3,7 @@
 //! in flight, and lets a broadcast write a shared, pre-encoded frame straight
 //! into each socket.
 
+pub mod echo;
 pub mod frame;
 pub mod handshake;
 mod stream;

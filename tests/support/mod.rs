@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod process;
+pub mod raw;
 
 use futures_util::{SinkExt, StreamExt};
 use roomcast::auth::Tokens;

@@ -332,6 +332,8 @@ async fn origins_outside_the_allow_list_are_closed_with_1008() {
     match refused.next().await {
         Some(Ok(tokio_tungstenite::tungstenite::Message::Close(Some(frame)))) => {
             assert_eq!(u16::from(frame.code), 1008);
+            // The reason says which policy, not another one's.
+            assert_eq!(frame.reason.as_str(), "origin not allowed");
         }
         other => panic!("expected a 1008 close and nothing else, got {other:?}"),
     }
@@ -362,7 +364,10 @@ async fn an_expired_token_must_be_renewed_within_the_grace_period() {
     assert_eq!(ok["type"], "auth_success", "{ok}");
     let expired = lapses.recv_type("error").await;
     assert_eq!(expired["error_code"], "token_expired");
-    assert_eq!(lapses.closed().await, Some(1008));
+    assert_eq!(
+        lapses.closed_with_reason().await,
+        Some((1008, "token expired".to_owned()))
+    );
     renews.assert_alive().await;
 }
 

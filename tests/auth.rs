@@ -80,7 +80,10 @@ async fn five_failed_authentications_in_a_row_close_with_1008() {
     let fifth = guest.recv().await;
     assert_eq!(fifth["error_code"], "auth_failed");
     assert_eq!(fifth["ref"], "fifth");
-    assert_eq!(guest.closed().await, Some(1008));
+    assert_eq!(
+        guest.closed_with_reason().await,
+        Some((1008, "too many failed authentications".to_owned()))
+    );
     witness.assert_alive().await;
 }
 

@@ -13,7 +13,7 @@ use crate::wire::Stream;
 use bytes::Bytes;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -100,7 +100,9 @@ pub struct Connection {
     /// Chat messages sent on this connection and not yet stored.
     pub pending_writes: PendingWrites,
     /// Close code requested by anyone (0 while open); the first request wins.
-    close_code: AtomicU16,
+    /// The close asked for: its code in the low 16 bits and its position
+    /// in [`CloseReason::ALL`] above them (0: none yet).
+    close_code: AtomicU32,
     /// Wakes whoever waits in [`Connection::closed`] when `close_code` is
     /// set (the session task hears it through the outbox's bell).
     close_signal: Notify,
@@ -147,7 +149,7 @@ impl Connection {
             connected_at: now,
             outbox,
             pending_writes: PendingWrites::default(),
-            close_code: AtomicU16::new(0),
+            close_code: AtomicU32::new(0),
             close_signal: Notify::new(),
             state: AtomicU8::new(ConnectionState::Connected as u8),
             identity: RwLock::new(None),
@@ -205,9 +207,10 @@ impl Connection {
     /// Asks the session to close the socket with `reason`. Returns whether
     /// this call was the one that started the close.
     pub fn close(&self, reason: CloseReason) -> bool {
+        let packed = (reason.index() << 16) | u32::from(reason.code);
         let started = self
             .close_code
-            .compare_exchange(0, reason.code, Ordering::AcqRel, Ordering::Acquire)
+            .compare_exchange(0, packed, Ordering::AcqRel, Ordering::Acquire)
             .is_ok();
         if started {
             self.outbox.refuse();
@@ -219,9 +222,22 @@ impl Connection {
 
     /// The close code requested so far, if any.
     pub fn close_requested(&self) -> Option<u16> {
+        self.close_reason().map(|reason| reason.code)
+    }
+
+    /// The close asked for, with its reason as given.
+    pub fn close_reason(&self) -> Option<CloseReason> {
         match self.close_code.load(Ordering::Acquire) {
             0 => None,
-            code => Some(code),
+            packed => {
+                let code = (packed & 0xFFFF) as u16;
+                let reason = CloseReason::at(packed >> 16);
+                Some(if reason.code == code {
+                    reason
+                } else {
+                    CloseReason::from_code(code)
+                })
+            }
         }
     }
 

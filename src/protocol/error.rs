@@ -119,12 +119,15 @@ impl CloseReason {
         reason: "text frame is not valid UTF-8",
     };
 
-    const ALL: [CloseReason; 11] = [
+    /// Every reason the server closes with.
+    pub const ALL: [CloseReason; 13] = [
         CloseReason::NORMAL,
         CloseReason::PROTOCOL_ERROR,
         CloseReason::INVALID_PAYLOAD,
         CloseReason::SHUTTING_DOWN,
         CloseReason::POLICY,
+        CloseReason::ORIGIN_REFUSED,
+        CloseReason::TOKEN_EXPIRED,
         CloseReason::FRAME_TOO_BIG,
         CloseReason::INTERNAL,
         CloseReason::IDLE,
@@ -133,11 +136,28 @@ impl CloseReason {
         CloseReason::CONNECTION_LIMIT,
     ];
 
-    /// The reason for a code the server uses; other codes close as "normal".
+    /// This reason's position in [`CloseReason::ALL`] (0 if it is not there).
+    pub fn index(self) -> u32 {
+        CloseReason::ALL
+            .iter()
+            .position(|reason| *reason == self)
+            .map_or(0, |at| at as u32)
+    }
+
+    /// The first reason the server uses with this code; other codes close
+    /// as "normal".
     pub fn from_code(code: u16) -> CloseReason {
         CloseReason::ALL
             .into_iter()
             .find(|reason| reason.code == code)
+            .unwrap_or(CloseReason::NORMAL)
+    }
+
+    /// The reason at `index` of [`CloseReason::ALL`]; "normal" past its end.
+    pub fn at(index: u32) -> CloseReason {
+        CloseReason::ALL
+            .get(index as usize)
+            .copied()
             .unwrap_or(CloseReason::NORMAL)
     }
 }

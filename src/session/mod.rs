@@ -550,9 +550,7 @@ async fn send_welcome(app: &App, connection: &Connection) {
 /// the hub, announcing departures unless the server is shutting down.
 async fn finish(app: &App, reader: &mut Reader, connection: &Connection, ending: Ending) {
     let reason = match ending {
-        Ending::Close => connection
-            .close_requested()
-            .map_or(CloseReason::NORMAL, CloseReason::from_code),
+        Ending::Close => connection.close_reason().unwrap_or(CloseReason::NORMAL),
         Ending::Gone | Ending::ClientClosed => {
             connection.close(CloseReason::NORMAL);
             CloseReason::NORMAL

@@ -240,6 +240,11 @@ impl Client {
 
     /// Reads until the server closes; returns the close code.
     pub async fn closed(&mut self) -> Option<u16> {
+        self.closed_with_reason().await.map(|(code, _)| code)
+    }
+
+    /// Like [`Client::closed`], with the close frame's reason.
+    pub async fn closed_with_reason(&mut self) -> Option<(u16, String)> {
         let wait = async {
             loop {
                 match self.socket.next().await {
@@ -247,7 +252,9 @@ impl Client {
                         // Keep reading so the library sends its answer to
                         // the close, as a real client does.
                         while let Some(Ok(_)) = self.socket.next().await {}
-                        return frame.map(|CloseFrame { code, .. }| u16::from(code));
+                        return frame.map(|CloseFrame { code, reason }| {
+                            (u16::from(code), reason.to_string())
+                        });
                     }
                     Some(Ok(_)) => continue,
                     Some(Err(_)) | None => return None,

@@ -122,6 +122,8 @@ async fn a_failed_reauthentication_keeps_the_login() {
             name: None,
             exp: 1_000,
             role: None,
+            nbf: None,
+            iat: None,
         };
         encode(
             &Header::default(),
@@ -264,4 +266,50 @@ async fn user_leave_leaves_every_room_but_keeps_the_connection() {
     bob.send(json!({"type": "chat_message", "content": "back"}))
         .await;
     assert_eq!(bob.recv().await["type"], "message_ack");
+}
+
+/// A token with these claims, signed with the test secret.
+fn signed(claims: serde_json::Value) -> String {
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    encode(
+        &Header::default(),
+        &claims,
+        &EncodingKey::from_secret(support::SECRET.as_bytes()),
+    )
+    .expect("encode")
+}
+
+#[tokio::test]
+async fn tokens_from_the_future_or_with_oversized_or_hidden_names_are_refused() {
+    let server = TestServer::start().await;
+    let now = std::time::UNIX_EPOCH.elapsed().expect("clock").as_secs();
+    let exp = now + 3600;
+    let refused = [
+        json!({"sub": "alice", "exp": exp, "nbf": now + 3000}),
+        json!({"sub": "alice", "exp": exp, "iat": now + 3000}),
+        json!({"sub": "alice", "exp": exp, "name": "x".repeat(30_000)}),
+        json!({"sub": "alice", "exp": exp, "name": "alice\u{202e}"}),
+        json!({"sub": "alice", "exp": exp, "name": "sys\u{200b}tem"}),
+        json!({"sub": "a".repeat(200), "exp": exp}),
+        json!({"sub": "ali ce", "exp": exp}),
+    ];
+    for claims in refused {
+        // A connection each: five failures in a row close one.
+        let mut guest = server.guest().await;
+        let reply = guest
+            .request(json!({"type": "authentication", "token": signed(claims.clone())}))
+            .await;
+        assert_eq!(reply["error_code"], "auth_failed", "{claims}: {reply}");
+    }
+    // Within the minute of clock skew allowed, and in the past: fine.
+    for claims in [
+        json!({"sub": "alice", "exp": exp, "nbf": now + 30, "iat": now + 30}),
+        json!({"sub": "alice", "exp": exp, "nbf": now - 60, "iat": now - 60, "name": "Alice Smith"}),
+    ] {
+        let mut fresh = server.guest().await;
+        let reply = fresh
+            .request(json!({"type": "authentication", "token": signed(claims.clone())}))
+            .await;
+        assert_eq!(reply["type"], "auth_success", "{claims}: {reply}");
+    }
 }

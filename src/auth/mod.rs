@@ -30,6 +30,10 @@ pub enum AuthError {
     Invalid(#[source] jsonwebtoken::errors::Error),
     #[error("invalid token: `sub` must be a non-empty user id not starting with `guest:`")]
     BadSubject,
+    #[error("invalid token: {0}")]
+    BadClaim(&'static str),
+    #[error("token is not valid yet")]
+    NotYetValid,
     #[error("invalid token: unknown role `{0}`")]
     UnknownRole(String),
     #[error("invalid username or password")]
@@ -51,6 +55,47 @@ pub struct Claims {
     /// `user` (default), `assistant` or `admin`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub role: Option<String>,
+    /// Not before, seconds since the Unix epoch (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    /// Issued at, seconds since the Unix epoch (checked when present).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+}
+
+/// Longest user id a token may carry, in characters.
+pub const MAX_SUBJECT_CHARS: usize = 128;
+/// Longest name a token may carry, in characters (as a guest's or an
+/// account's username).
+pub const MAX_NAME_CHARS: usize = 32;
+/// How far in the future a token's `nbf` or `iat` may be: clocks differ.
+const CLOCK_SKEW_SECS: u64 = 60;
+
+/// Whether `c` shows as itself: not a control character, and not one of
+/// the invisible or direction-changing characters a name could hide behind
+/// (zero-width spaces and joiners, bidirectional controls, the byte-order
+/// mark, the soft hyphen).
+pub fn is_visible(c: char) -> bool {
+    !c.is_control()
+        && !matches!(
+            c,
+            '\u{00AD}'
+                | '\u{034F}'
+                | '\u{061C}'
+                | '\u{115F}'
+                | '\u{1160}'
+                | '\u{17B4}'
+                | '\u{17B5}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{202A}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{3164}'
+                | '\u{FE00}'..='\u{FE0F}'
+                | '\u{FEFF}'
+                | '\u{FFA0}'
+                | '\u{FFF0}'..='\u{FFFB}'
+        )
 }
 
 /// A public key that verifies tokens minted by another backend.
@@ -144,6 +189,8 @@ impl Tokens {
             name: name.map(str::to_owned),
             exp: now + ttl_secs,
             role: role.map(str::to_owned),
+            nbf: None,
+            iat: Some(now),
         };
         // Encoding HS256 claims made of strings and integers cannot fail.
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
@@ -154,6 +201,32 @@ impl Tokens {
 fn identity_from_claims(claims: Claims) -> Result<Identity, AuthError> {
     if claims.sub.is_empty() || claims.sub.starts_with(GUEST_ID_PREFIX) {
         return Err(AuthError::BadSubject);
+    }
+    if claims.sub.chars().count() > MAX_SUBJECT_CHARS
+        || !claims
+            .sub
+            .chars()
+            .all(|c| is_visible(c) && !c.is_whitespace())
+    {
+        return Err(AuthError::BadClaim(
+            "`sub` must be at most 128 visible characters without spaces",
+        ));
+    }
+    if let Some(name) = &claims.name
+        && (name.chars().count() > MAX_NAME_CHARS
+            || name.trim() != name
+            || !name.chars().all(is_visible))
+    {
+        return Err(AuthError::BadClaim(
+            "`name` must be at most 32 visible characters without leading or trailing spaces",
+        ));
+    }
+    let now = u64::try_from(Timestamp::now().as_millis() / 1000).unwrap_or(0);
+    if claims.nbf.is_some_and(|nbf| nbf > now + CLOCK_SKEW_SECS) {
+        return Err(AuthError::NotYetValid);
+    }
+    if claims.iat.is_some_and(|iat| iat > now + CLOCK_SKEW_SECS) {
+        return Err(AuthError::BadClaim("`iat` is in the future"));
     }
     let role = match claims.role.as_deref() {
         None | Some("user") => Role::User,
@@ -234,6 +307,8 @@ mod tests {
             name: None,
             exp: 1_000,
             role: None,
+            nbf: None,
+            iat: None,
         };
         let key = EncodingKey::from_secret(b"secret-secret");
         let token = jsonwebtoken::encode(&header, &expired, &key).expect("encode");

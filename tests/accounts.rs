@@ -29,7 +29,7 @@ async fn registration_login_and_a_token_that_works() {
     assert_eq!(body["user"]["kind"], "user");
     assert!(body.get("password_hash").is_none() && body["user"].get("password_hash").is_none());
 
-    for taken in ["Alice", "alice", "ALICE"] {
+    for taken in ["Alice", "alice", "ALICE", "AL1CE", "aIice"] {
         let (status, body) = server
             .post(
                 "/api/users",

@@ -313,3 +313,39 @@ async fn tokens_from_the_future_or_with_oversized_or_hidden_names_are_refused() 
         assert_eq!(reply["type"], "auth_success", "{claims}: {reply}");
     }
 }
+
+#[tokio::test]
+async fn guest_names_follow_the_account_name_rules_and_refuse_look_alikes() {
+    let mut settings = args();
+    settings.guest_chat = true;
+    settings.open_registration = true;
+    let server = TestServer::with(settings).await;
+    // Registered and offline.
+    server.register("carol", "correct horse battery").await;
+    // Online (a token user).
+    let _alice = server.user("alice").await;
+    let mut guest = server.guest().await;
+    let cases = [
+        ("\u{430}lice", "validation_error"), // a Cyrillic а
+        ("sys\u{200b}tem", "validation_error"),
+        ("alice\u{202e}", "validation_error"),
+        ("José", "validation_error"),
+        ("x", "validation_error"),
+        ("admin", "username_taken"),
+        ("Guest", "username_taken"),
+        ("aIice", "username_taken"),
+        ("AL1CE", "username_taken"),
+        ("caro1", "username_taken"),
+        ("CAROL", "username_taken"),
+    ];
+    for (name, code) in cases {
+        let reply = guest
+            .request(json!({"type": "user_join", "username": name}))
+            .await;
+        assert_eq!(reply["error_code"], code, "{name}: {reply}");
+    }
+    let named = guest
+        .request(json!({"type": "user_join", "username": "dave_2"}))
+        .await;
+    assert_eq!(named["type"], "user_join", "{named}");
+}

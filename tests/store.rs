@@ -418,3 +418,35 @@ async fn check_newest_global_page_follows_appends_and_retention(store: Arc<dyn M
     let after = fill(store, "global", 2).await;
     agree(store, after.last().copied()).await;
 }
+
+on_every_backend!(
+    look_alike_accounts_are_found,
+    check_look_alike_accounts_are_found
+);
+async fn check_look_alike_accounts_are_found(store: Arc<dyn MessageStore>) {
+    let account = roomcast::store::Account {
+        id: "u-1".into(),
+        username: "Modern_Cl1ent".into(),
+        password_hash: "$argon2id$x".into(),
+        role: "user".into(),
+        created_at: Timestamp::now(),
+    };
+    store.create_account(account).await.expect("create");
+    for alike in [
+        "modern_client",
+        "MODERN_CL1ENT",
+        "rnodern_dient",
+        "m0dern_cIient",
+    ] {
+        let found = store
+            .account_alike(&roomcast::auth::skeleton(alike))
+            .await
+            .expect("query");
+        assert!(found, "{alike}");
+    }
+    let found = store
+        .account_alike(&roomcast::auth::skeleton("modern_clients"))
+        .await
+        .expect("query");
+    assert!(!found);
+}

@@ -66,6 +66,31 @@ pub fn valid_username(name: &str) -> bool {
         && !RESERVED_NAMES.iter().any(|r| r.eq_ignore_ascii_case(name))
 }
 
+/// What a username looks like, for telling look-alikes apart: lower case,
+/// then `0` read as `o`, `1` and `i` as `l`, then `rn` as `m`, `vv` as `w`
+/// and `cl` as `d`. Two names with one skeleton are one name. (Usernames
+/// are ASCII, so these are the look-alikes there are.)
+pub fn skeleton(name: &str) -> String {
+    let mapped: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| match c {
+            '0' => 'o',
+            '1' | 'i' => 'l',
+            other => other,
+        })
+        .collect();
+    mapped
+        .replace("rn", "m")
+        .replace("vv", "w")
+        .replace("cl", "d")
+}
+
+/// The SQL for [`skeleton`] of the `username_key` column (already lower
+/// case), the same in SQLite and PostgreSQL.
+pub const SKELETON_SQL: &str = "replace(replace(replace(replace(replace(replace(\
+    username_key, '0', 'o'), '1', 'l'), 'i', 'l'), 'rn', 'm'), 'vv', 'w'), 'cl', 'd')";
+
 /// Registration and login against the store.
 pub struct Accounts {
     store: Arc<dyn MessageStore>,
@@ -105,6 +130,15 @@ impl Accounts {
     ) -> Result<Account, RegisterError> {
         if !valid_username(username) {
             return Err(RegisterError::InvalidUsername);
+        }
+        // A name that looks like another account's would pass for it.
+        if self
+            .store
+            .account_alike(&skeleton(username))
+            .await
+            .map_err(RegisterError::Store)?
+        {
+            return Err(RegisterError::Taken);
         }
         if !PASSWORD_CHARS.contains(&password.chars().count()) {
             return Err(RegisterError::InvalidPassword);
@@ -171,6 +205,12 @@ impl Accounts {
     pub async fn is_registered(&self, username: &str) -> Result<bool, StoreError> {
         Ok(self.store.find_account(username).await?.is_some())
     }
+
+    /// Whether an account's username looks like `username` (see
+    /// [`skeleton`]).
+    pub async fn is_registered_alike(&self, username: &str) -> Result<bool, StoreError> {
+        self.store.account_alike(&skeleton(username)).await
+    }
 }
 
 fn parse_role(role: &str) -> Option<Role> {
@@ -205,6 +245,16 @@ fn new_account_id() -> Result<String, RegisterError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn look_alikes_share_a_skeleton() {
+        assert_eq!(skeleton("Alice"), skeleton("AL1CE"));
+        assert_eq!(skeleton("alice"), skeleton("aIice"));
+        assert_eq!(skeleton("modern"), skeleton("rnodem"));
+        assert_eq!(skeleton("w0w"), skeleton("vvow"));
+        assert_eq!(skeleton("dose"), skeleton("c1ose"));
+        assert_ne!(skeleton("alice"), skeleton("alina"));
+    }
 
     #[test]
     fn usernames() {

@@ -10,7 +10,10 @@
 mod accounts;
 pub mod password;
 
-pub use accounts::{Accounts, Login, LoginError, RegisterError, account_user, valid_username};
+pub use accounts::{
+    Accounts, Login, LoginError, RegisterError, SKELETON_SQL, account_user, skeleton,
+    valid_username,
+};
 
 use crate::hub::{Identity, Role};
 use crate::protocol::{Timestamp, User, UserKind};

@@ -6,13 +6,19 @@ use super::{
     speaker,
 };
 use crate::app::App;
-use crate::auth::GUEST_ID_PREFIX;
+use crate::auth::{GUEST_ID_PREFIX, skeleton, valid_username};
 use crate::hub::{Identity, Role};
 use crate::protocol::{ServerMessage, User, UserJoin, UserKind};
 use crate::session::Session;
 
-/// Names nobody may take as a guest: they would impersonate the server.
-const RESERVED_NAMES: [&str; 3] = ["system", "assistant", "roomcast"];
+/// Names nobody may take as a guest: they would impersonate the server
+/// (account names may not take them either).
+const RESERVED_NAMES: [&str; 5] = ["system", "assistant", "roomcast", "admin", "guest"];
+
+fn reserved(name: &str) -> bool {
+    let wanted = skeleton(name);
+    RESERVED_NAMES.iter().any(|kept| skeleton(kept) == wanted)
+}
 
 pub async fn join(
     app: &App,
@@ -27,9 +33,17 @@ pub async fn join(
         ));
     }
     let wanted = request.username;
-    let reserved = RESERVED_NAMES
-        .iter()
-        .any(|name| name.eq_ignore_ascii_case(&wanted));
+    // A guest's name follows the rules of account names: ASCII letters,
+    // digits and `_.-` (no look-alike letters from other scripts, nothing
+    // invisible), and none of the names kept for the server.
+    if !valid_username(&wanted) && !reserved(&wanted) {
+        return Err(HandlerError::Validation(
+            "username must be 2 to 32 ASCII letters, digits, `_`, `.` or `-`, \
+             starting with a letter or digit"
+                .into(),
+        ));
+    }
+    let reserved = reserved(&wanted);
     let current = connection.user();
     let renaming = current
         .as_ref()
@@ -39,8 +53,9 @@ pub async fn join(
     if reserved || (new_name && app.hub.name_in_use(&wanted)) {
         return Err(HandlerError::UsernameTaken(wanted));
     }
-    // A guest never takes the name of a registered account, online or not.
-    if app.accounts.is_registered(&wanted).await? {
+    // A guest never takes the name of a registered account, online or
+    // not, nor one that looks like it.
+    if app.accounts.is_registered_alike(&wanted).await? {
         return Err(HandlerError::UsernameTaken(wanted));
     }
     let identity = Identity {

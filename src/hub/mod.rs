@@ -387,7 +387,7 @@ impl Hub {
         identity: Identity,
     ) -> Result<IdentityChange, NameTaken> {
         let mut online = self.online();
-        let wanted = identity.user.username.to_lowercase();
+        let wanted = crate::auth::skeleton(&identity.user.username);
         // Only the connection that holds a name may claim it again.
         if let Some(owner) = online.owner_of_name(&wanted)
             && connection.user().is_none_or(|user| user.id != *owner)
@@ -397,10 +397,11 @@ impl Hub {
         Ok(self.swap_identity(&mut online, connection, Some(identity)))
     }
 
-    /// Whether any online user uses this name, compared case-insensitively.
+    /// Whether any online user uses this name or a look-alike of it
+    /// ([`crate::auth::skeleton`]).
     pub fn name_in_use(&self, username: &str) -> bool {
         self.online()
-            .owner_of_name(&username.to_lowercase())
+            .owner_of_name(&crate::auth::skeleton(username))
             .is_some()
     }
 

@@ -103,7 +103,8 @@ enum Watch {
 pub(super) struct Online {
     /// Users with at least one announced connection.
     users: HashSet<OnlineUser>,
-    /// Lower-cased usernames in use, for guest name checks; kept only where
+    /// The skeletons of the usernames in use ([`crate::auth::skeleton`]),
+    /// for guest name checks; kept only where
     /// guests may name themselves.
     names: Option<HashMap<String, Arc<str>>>,
     /// Each subscribed connection's subscription, by connection id.
@@ -167,10 +168,10 @@ impl Online {
             .is_some_and(|online| online.user == *user)
     }
 
-    /// The user online under this lower-cased name; `None` also where
+    /// The user online under a name with this skeleton; `None` also where
     /// names are not kept.
-    pub(super) fn owner_of_name(&self, lowercase_name: &str) -> Option<&Arc<str>> {
-        self.names.as_ref()?.get(lowercase_name)
+    pub(super) fn owner_of_name(&self, skeleton: &str) -> Option<&Arc<str>> {
+        self.names.as_ref()?.get(skeleton)
     }
 
     /// Moves one connection from `previous` to `next`, either of which may
@@ -188,7 +189,7 @@ impl Online {
             if left == 0 {
                 self.users.remove(&*user.id);
                 if let Some(names) = &mut self.names {
-                    let name = user.username.to_lowercase();
+                    let name = crate::auth::skeleton(&user.username);
                     if names.get(&name) == Some(&user.id) {
                         names.remove(&name);
                     }
@@ -202,7 +203,7 @@ impl Online {
                 None => {
                     if let Some(names) = &mut self.names {
                         names
-                            .entry(user.username.to_lowercase())
+                            .entry(crate::auth::skeleton(&user.username))
                             .or_insert_with(|| user.id.clone());
                     }
                     self.users.insert(OnlineUser {

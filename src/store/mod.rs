@@ -240,6 +240,10 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The account with this username, compared case-insensitively.
     fn find_account(&self, username: &str) -> BoxFuture<'_, Result<Option<Account>, StoreError>>;
 
+    /// Whether an account's username has this skeleton
+    /// ([`crate::auth::skeleton`]).
+    fn account_alike(&self, skeleton: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
+
     /// Every account, by username.
     fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>>;
 

@@ -350,6 +350,18 @@ impl MessageStore for PostgresStore {
         })
     }
 
+    fn account_alike(&self, skeleton: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let skeleton = skeleton.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let query = format!(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE {} = $1)",
+                crate::auth::SKELETON_SQL
+            );
+            Ok(client.query_one(&query, &[&skeleton]).await?.get(0))
+        })
+    }
+
     fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>> {
         Box::pin(async move {
             let client = self.reader.client().await?;

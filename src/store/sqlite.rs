@@ -352,6 +352,19 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn account_alike(&self, skeleton: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let skeleton = skeleton.to_owned();
+        self.run(move |connection| {
+            let query = format!(
+                "SELECT EXISTS (SELECT 1 FROM users WHERE {} = ?1)",
+                crate::auth::SKELETON_SQL
+            );
+            Ok(connection
+                .prepare_cached(&query)?
+                .query_row(params![skeleton], |row| row.get(0))?)
+        })
+    }
+
     fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>> {
         self.run(move |connection| {
             Ok(connection

@@ -67,7 +67,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_BROKER_NAMESPACE")]
     pub broker_namespace: Option<String>,
 
-    /// Directory for the default SQLite file and uploaded files [default: ./data].
+    /// Directory for the default SQLite file [default: ./data].
     #[arg(long, env = "ROOMCAST_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
 
@@ -75,7 +75,7 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
 
-    /// Key for the admin HTTP API [default: none, admin API disabled].
+    /// Key for the admin HTTP API [default: none: only tokens with the admin role are admins].
     #[arg(long, env = "ROOMCAST_ADMIN_KEY", hide_env_values = true)]
     pub admin_key: Option<String>,
 

@@ -24,10 +24,11 @@ async fn a_private_room_is_closed_to_non_members_by_every_route() {
     assert_eq!(status, 201, "{created}");
     assert_eq!(created["room"]["private"], true);
     assert_eq!(created["room"]["owner_id"], "owner");
-    let (status, _) = server
+    let (status, body) = server
         .post("/api/rooms", Some(&owner_token), &json!({"name": "secret"}))
         .await;
     assert_eq!(status, 409);
+    assert_eq!(body["error_code"], "conflict", "{body}");
     let (status, _) = server
         .post("/api/rooms", None, &json!({"name": "anon"}))
         .await;
@@ -480,4 +481,55 @@ async fn tls_serves_https_and_wss() {
     let mut response = String::new();
     tls.read_to_string(&mut response).await.ok();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+#[tokio::test]
+async fn the_admin_key_manages_room_members_and_every_error_is_json() {
+    let server = TestServer::start().await;
+    let (status, created) = server
+        .post(
+            "/api/rooms",
+            Some(&server.token("owner")),
+            &json!({"name": "vault", "private": true}),
+        )
+        .await;
+    assert_eq!(status, 201, "{created}");
+    // The admin key, like an admin token, may add and remove members.
+    let (status, body) = server
+        .post(
+            "/api/rooms/vault/members",
+            Some(ADMIN_KEY),
+            &json!({"user_id": "bob"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["added"], true, "{body}");
+    let (status, body) = http_request(
+        server.addr,
+        "DELETE",
+        "/api/rooms/vault/members/bob",
+        Some(ADMIN_KEY),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["removed"], true, "{body}");
+    // A wrong key is not an admin, nor a user.
+    let (status, _) = server
+        .post(
+            "/api/rooms/vault/members",
+            Some("not-the-key"),
+            &json!({"user_id": "bob"}),
+        )
+        .await;
+    assert_eq!(status, 401);
+
+    // Unknown paths and methods answer with the JSON error body too.
+    let (status, body) = http_request(server.addr, "GET", "/nowhere", None, None, None).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["error_code"], "not_found", "{body}");
+    let (status, body) = http_request(server.addr, "DELETE", "/api/login", None, None, None).await;
+    assert_eq!(status, 405);
+    assert_eq!(body["error_code"], "method_not_allowed", "{body}");
 }

@@ -38,6 +38,10 @@ pub enum ErrorCode {
     /// Extension: the connection's token expired; send `authentication`
     /// with a fresh one before the grace period ends.
     TokenExpired,
+    /// Extension (HTTP API): what is to be created exists already (409).
+    Conflict,
+    /// Extension (HTTP API): no such method on this path (405).
+    MethodNotAllowed,
 }
 
 impl ErrorCode {

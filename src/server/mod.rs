@@ -47,8 +47,23 @@ pub fn router(app: Arc<App>) -> Router {
             "/api/rooms/{room}/members/{user_id}",
             delete(rooms::remove_member),
         )
+        .fallback(no_route)
+        .method_not_allowed_fallback(no_method)
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(app)
+}
+
+/// Paths the server does not serve: the same JSON error as everywhere.
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such path")
+}
+
+async fn no_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        crate::protocol::ErrorCode::MethodNotAllowed,
+        "this path does not take that method",
+    )
 }
 
 /// The client's address, for `ConnectInfo`, over plain TCP or TLS.

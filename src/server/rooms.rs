@@ -1,7 +1,7 @@
 //! Room administration over HTTP: creating rooms (public or private) and
 //! managing the member lists of private ones.
 
-use super::{ApiError, JsonBody, require_user};
+use super::{ApiError, JsonBody, require_admin, require_user};
 use crate::app::App;
 use crate::handlers::announce_departures;
 use crate::hub::Role;
@@ -53,7 +53,7 @@ pub async fn create(
         .map_err(|err| match err {
             StoreError::Conflict => ApiError::new(
                 StatusCode::CONFLICT,
-                ErrorCode::Forbidden,
+                ErrorCode::Conflict,
                 "a room with this name exists",
             ),
             err => ApiError::internal(err),
@@ -70,17 +70,25 @@ pub struct AddMember {
     username: Option<String>,
 }
 
-/// The room, if the caller may manage its members (owner or admin).
+/// The room, if the caller may manage its members: its owner, or an
+/// administrator (an admin-role token or the admin key).
 async fn managed_room(app: &App, headers: &HeaderMap, room: &str) -> Result<RoomRecord, ApiError> {
-    let identity = require_user(app, headers)?;
+    let admin = require_admin(app, headers).is_ok();
+    let identity = if admin {
+        None
+    } else {
+        Some(require_user(app, headers)?)
+    };
     let record = app
         .store
         .room(room)
         .await
         .map_err(ApiError::internal)?
         .ok_or_else(|| ApiError::not_found(format!("no room `{room}`")))?;
-    let owner = record.owner_id.as_deref() == Some(&*identity.user.id);
-    if !owner && identity.role != Role::Admin {
+    let owner = identity
+        .as_ref()
+        .is_some_and(|identity| record.owner_id.as_deref() == Some(&*identity.user.id));
+    if !owner && !admin {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,

@@ -122,12 +122,13 @@ pub async fn upgrade(
     let upgrade = match Upgrade::from_headers(header, request.uri().query()) {
         Ok(Some(upgrade)) => upgrade,
         Ok(None) => {
-            return (
+            return ApiError::new(
                 StatusCode::UPGRADE_REQUIRED,
-                [(UPGRADE, "websocket")],
-                "this endpoint speaks WebSocket (RFC 6455, version 13)\n",
+                ErrorCode::ValidationError,
+                "this endpoint speaks WebSocket (RFC 6455, version 13)",
             )
-                .into_response();
+            .with_header("upgrade", "websocket")
+            .into_response();
         }
         Err(reason) => return refusal(reason).into_response(),
     };

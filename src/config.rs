@@ -321,8 +321,9 @@ pub fn without_password(url: &str) -> String {
 impl DatabaseLocation {
     /// Reads `sqlite::memory:`, `sqlite://PATH`, `sqlite:PATH`,
     /// `postgres://...`/`postgresql://...`, or a plain file path.
-    pub fn parse(text: &str) -> DatabaseLocation {
-        if text == "sqlite::memory:" || text == ":memory:" {
+    /// Any other `scheme://` is refused, rather than taken for a file path.
+    pub fn parse(text: &str) -> Result<DatabaseLocation, String> {
+        Ok(if text == "sqlite::memory:" || text == ":memory:" {
             DatabaseLocation::SqliteMemory
         } else if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             DatabaseLocation::Postgres(text.to_owned())
@@ -330,9 +331,14 @@ impl DatabaseLocation {
             DatabaseLocation::SqliteFile(PathBuf::from(path))
         } else if let Some(path) = text.strip_prefix("sqlite:") {
             DatabaseLocation::SqliteFile(PathBuf::from(path))
+        } else if let Some((scheme, _)) = text.split_once("://") {
+            return Err(format!(
+                "unknown database scheme `{scheme}`: use sqlite://PATH, sqlite::memory:, \
+                 postgres://... or a file path"
+            ));
         } else {
             DatabaseLocation::SqliteFile(PathBuf::from(text))
-        }
+        })
     }
 }
 
@@ -455,7 +461,10 @@ impl Config {
     pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
         let database = match &args.database {
-            Some(text) => DatabaseLocation::parse(text),
+            Some(text) => DatabaseLocation::parse(text).map_err(|reason| ConfigError::Invalid {
+                name: "database",
+                reason,
+            })?,
             None => DatabaseLocation::SqliteFile(data_dir.join("roomcast.db")),
         };
         let broker = match &args.broker {
@@ -775,20 +784,23 @@ mod tests {
     fn database_urls() {
         assert_eq!(
             DatabaseLocation::parse("sqlite::memory:"),
-            DatabaseLocation::SqliteMemory
+            Ok(DatabaseLocation::SqliteMemory)
         );
         assert_eq!(
             DatabaseLocation::parse("sqlite:///tmp/x.db"),
-            DatabaseLocation::SqliteFile("/tmp/x.db".into())
+            Ok(DatabaseLocation::SqliteFile("/tmp/x.db".into()))
         );
         assert_eq!(
             DatabaseLocation::parse("data/x.db"),
-            DatabaseLocation::SqliteFile("data/x.db".into())
+            Ok(DatabaseLocation::SqliteFile("data/x.db".into()))
         );
         assert!(matches!(
             DatabaseLocation::parse("postgres://localhost/test"),
-            DatabaseLocation::Postgres(_)
+            Ok(DatabaseLocation::Postgres(_))
         ));
+        for unknown in ["mysql://root@db/chat", "redis://x", "file://tmp/x.db"] {
+            assert!(DatabaseLocation::parse(unknown).is_err(), "{unknown}");
+        }
     }
 
     #[test]
@@ -821,7 +833,7 @@ mod tests {
         assert_eq!(
             format!(
                 "{:?}",
-                DatabaseLocation::parse("postgres://rc:hunter2@db:5432/chat")
+                DatabaseLocation::parse("postgres://rc:hunter2@db:5432/chat").expect("valid")
             ),
             r#"Postgres("postgres://rc:***@db:5432/chat")"#
         );

@@ -109,6 +109,22 @@ async fn a_broken_config_stops_start_up_with_a_clear_message() {
             "{bad:?}"
         );
     }
+
+    // A database scheme roomcast does not know is refused, not taken for a
+    // file path (whose directories would be created).
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let mut server = Process::start_in(cwd.path(), &["--database", "mysql://root@db/chat"], &[]);
+    assert_eq!(server.exit_code(Duration::from_secs(10)).await, 2);
+    let stderr = server.stderr();
+    assert!(
+        stderr.contains("unknown database scheme `mysql`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(cwd.path()).expect("read dir").count(),
+        0,
+        "nothing created"
+    );
 }
 
 #[tokio::test]

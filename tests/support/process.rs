@@ -29,10 +29,16 @@ impl Drop for Process {
 
 impl Process {
     pub fn start(extra: &[&str], env: &[(&str, &str)]) -> Process {
+        Process::start_in(std::path::Path::new("."), extra, env)
+    }
+
+    /// Starts the server in the working directory `dir`.
+    pub fn start_in(dir: &std::path::Path, extra: &[&str], env: &[(&str, &str)]) -> Process {
         let port = free_port();
         let bind = format!("127.0.0.1:{port}");
         let mut command = Command::new(BINARY);
         command
+            .current_dir(dir)
             .args(["serve", "--bind", &bind])
             .args(extra)
             .env_remove("ROOMCAST_JWT_SECRET")

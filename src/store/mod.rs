@@ -87,7 +87,7 @@ pub enum StoreError {
     /// A batch commit failed; every message of the batch gets this error.
     #[error("commit failed: {0}")]
     Commit(#[source] Arc<dyn std::error::Error + Send + Sync>),
-    #[error("PostgreSQL: {0}")]
+    #[error("PostgreSQL: {}", postgres_cause(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("SQLite: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -96,6 +96,27 @@ pub enum StoreError {
     /// A unique name (username, room) is already taken.
     #[error("already exists")]
     Conflict,
+}
+
+/// What PostgreSQL said, not just "db error": the server's message and
+/// SQLSTATE, or the error and its causes (say, why a connection failed).
+fn postgres_cause(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let hint = if *db.code() == tokio_postgres::error::SqlState::INVALID_SCHEMA_NAME {
+            ": does the schema named in the URL's search_path exist?"
+        } else {
+            ""
+        };
+        return format!("{} (SQLSTATE {}){hint}", db.message(), db.code().code());
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A message to store; the store assigns `id`.

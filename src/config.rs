@@ -248,6 +248,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_THREADS")]
     pub threads: Option<usize>,
 
+    /// Log lines as `text` (colours only on a terminal) or `json` (one
+    /// object per line, for log collectors) [default: text].
+    #[arg(long, env = "ROOMCAST_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+
     /// Rooms one connection may be in at once [default: 100].
     #[arg(long, env = "ROOMCAST_MAX_ROOMS_PER_CONNECTION")]
     pub max_rooms_per_connection: Option<usize>,
@@ -342,6 +347,15 @@ impl DatabaseLocation {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// How broadcasts reach the other nodes.
 #[derive(Clone, PartialEq, Eq)]
 pub enum BrokerLocation {
@@ -429,6 +443,7 @@ pub struct Config {
     pub max_connections_per_ip: Option<usize>,
     /// Runtime worker threads.
     pub threads: usize,
+    pub log_format: LogFormat,
     pub max_rooms_per_connection: usize,
     pub login_attempts_per_minute: u32,
     pub max_http_body_bytes: usize,
@@ -567,6 +582,7 @@ impl Config {
                 .filter(|n| *n > 0),
             max_rooms_per_connection: args.max_rooms_per_connection.unwrap_or(100),
             max_connections: args.max_connections,
+            log_format: args.log_format.unwrap_or_default(),
             threads: args.threads.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
             }),
@@ -743,6 +759,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         max_connections_per_ip: args.max_connections_per_ip.or(file.max_connections_per_ip),
         max_connections: args.max_connections.or(file.max_connections),
         threads: args.threads.or(file.threads),
+        log_format: args.log_format.or(file.log_format),
         max_rooms_per_connection: args
             .max_rooms_per_connection
             .or(file.max_rooms_per_connection),

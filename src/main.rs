@@ -166,13 +166,22 @@ fn read_password(name: &str) -> Result<String, Box<dyn std::error::Error>> {
     Ok(password)
 }
 
+/// Logs to stderr, filtered by `RUST_LOG` (`roomcast=info` by default):
+/// text with colours only on a terminal, or one JSON object per line.
+fn init_logging(format: roomcast::config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("roomcast=info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        roomcast::config::LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        roomcast::config::LogFormat::Json => logs.json().with_ansi(false).init(),
+    }
+}
+
 fn serve(args: ServeArgs) -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("roomcast=info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let config = match Config::load(args) {
         Ok(config) => config,
         Err(err) => {
@@ -180,6 +189,7 @@ fn serve(args: ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(config.threads)
         .enable_all()

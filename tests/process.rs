@@ -20,7 +20,7 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
             "--admin-key",
             ADMIN_KEY,
         ],
-        &[],
+        &[("RUST_LOG", "roomcast=info")],
     );
     server.ready().await;
     let mut alice = server.user("alice").await;
@@ -33,6 +33,10 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     assert_eq!(bob.closed().await, Some(1001));
     assert_eq!(server.exit_code(Duration::from_secs(10)).await, 0);
     assert!(started.elapsed() < Duration::from_secs(10));
+    // Text logs into a pipe carry no colour codes.
+    let stderr = server.stderr();
+    assert!(stderr.contains("listening on"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
 
 #[tokio::test]
@@ -175,4 +179,63 @@ async fn a_file_database_keeps_messages_across_a_restart() {
     let again = alice.recv().await;
     assert_eq!(again["type"], "message_ack", "{again}");
     assert_eq!(again["message_id"], ack["message_id"]);
+}
+
+#[tokio::test]
+async fn debug_logs_tell_connections_and_failures_in_json_without_secrets() {
+    let mut server = Process::start(
+        &[
+            "--database",
+            "sqlite::memory:",
+            "--jwt-secret",
+            SECRET,
+            "--allowed-origins",
+            "https://chat.example.com",
+            "--log-format",
+            "json",
+        ],
+        &[("RUST_LOG", "roomcast=debug")],
+    );
+    server.ready().await;
+    let alice = server.user("alice").await;
+    alice.close().await;
+    // A failed authentication by message, with a token that must not be logged.
+    let forged = "forged.token.value";
+    let mut guest = support::Client::connect(&format!("ws://{}/ws", server.addr())).await;
+    let reply = guest
+        .request(json!({"type": "authentication", "token": forged}))
+        .await;
+    assert_eq!(reply["error_code"], "auth_failed");
+    // A refused origin.
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = server.url("bob").into_client_request().expect("request");
+        request.headers_mut().insert(
+            "Origin",
+            "https://evil.example.net".parse().expect("header"),
+        );
+        let _ = tokio_tungstenite::connect_async(request).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.terminate();
+    assert_eq!(server.exit_code(Duration::from_secs(10)).await, 0);
+    let stderr = server.stderr();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}")))
+        .collect();
+    let said = |message: &str| {
+        lines
+            .iter()
+            .any(|line| line["fields"]["message"].as_str() == Some(message))
+    };
+    assert!(said("connection opened"), "{stderr}");
+    assert!(said("connection closed"), "{stderr}");
+    assert!(said("failed authentication"), "{stderr}");
+    assert!(said("origin not allowed: closing with 1008"), "{stderr}");
+    assert!(
+        !stderr.contains(forged) && !stderr.contains(SECRET),
+        "{stderr}"
+    );
+    assert!(!stderr.contains('\u{1b}'), "no colour codes in a pipe");
 }

@@ -63,7 +63,11 @@ pub async fn login(
         .login(client.ip(), &body.username, &body.password)
         .await
         .map_err(|err| match err {
-            LoginError::BadCredentials => ApiError::unauthorized("invalid username or password"),
+            LoginError::BadCredentials => {
+                // Never the password.
+                tracing::info!(client = %client.ip(), username = %body.username, "failed login");
+                ApiError::unauthorized("invalid username or password")
+            }
             LoginError::RateLimited(wait) => ApiError::rate_limited(wait),
             LoginError::Store(err) => ApiError::internal(err),
         })?;

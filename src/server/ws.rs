@@ -36,7 +36,7 @@ pub struct Admission {
 /// Checks the token (an invalid one is refused with 401, before any upgrade)
 /// and the origin (a page from an origin not on the allow-list gets a
 /// WebSocket that is closed at once with 1008, and nothing else).
-pub fn admit(app: &App, upgrade: &Upgrade) -> Result<Admission, ApiError> {
+pub fn admit(app: &App, upgrade: &Upgrade, client: SocketAddr) -> Result<Admission, ApiError> {
     let token = upgrade
         .authorization
         .as_deref()
@@ -45,7 +45,11 @@ pub fn admit(app: &App, upgrade: &Upgrade) -> Result<Admission, ApiError> {
     let identity = match token.map(|token| app.tokens.verify(token)) {
         None => None,
         Some(Ok(identity)) => Some(identity),
-        Some(Err(err)) => return Err(ApiError::unauthorized(err.to_string())),
+        Some(Err(err)) => {
+            // Who failed and why; never the token.
+            tracing::info!(client = %client.ip(), reason = %err, "failed authentication at the upgrade");
+            return Err(ApiError::unauthorized(err.to_string()));
+        }
     };
     let origin_refused = !app.config.allowed_origins.is_empty()
         && upgrade.origin.as_deref().is_some_and(|origin| {
@@ -54,6 +58,13 @@ pub fn admit(app: &App, upgrade: &Upgrade) -> Result<Admission, ApiError> {
                 .iter()
                 .any(|allowed| allowed.eq_ignore_ascii_case(origin.trim_end_matches('/')))
         });
+    if origin_refused {
+        tracing::debug!(
+            client = %client,
+            origin = upgrade.origin.as_deref().unwrap_or_default(),
+            "origin not allowed: closing with 1008"
+        );
+    }
     Ok(Admission {
         identity,
         refusal: origin_refused.then_some(CloseReason::ORIGIN_REFUSED),
@@ -76,7 +87,7 @@ pub async fn accept_raw(
     upgrade: Upgrade,
     early: Vec<u8>,
 ) {
-    let admission = match admit(&app, &upgrade) {
+    let admission = match admit(&app, &upgrade, client_addr) {
         Ok(admission) => admission,
         Err(err) => {
             let _ = stream.write_all(&err.to_http_bytes()).await;
@@ -132,7 +143,7 @@ pub async fn upgrade(
         }
         Err(reason) => return refusal(reason).into_response(),
     };
-    let admission = match admit(&app, &upgrade) {
+    let admission = match admit(&app, &upgrade, client_addr) {
         Ok(admission) => admission,
         Err(err) => return err.into_response(),
     };

@@ -106,6 +106,7 @@ pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send
         refusal,
     } = accepted;
     let connection = app.hub.register(client_addr, user_agent, Some(stream));
+    tracing::debug!(connection = %connection.id, client = %client_addr, "connection opened");
     if let Some(answer) = answer {
         connection.outbox.preface(answer);
     }
@@ -452,6 +453,13 @@ impl Session {
             reference.as_deref(),
         );
         if rejection.code == ErrorCode::AuthFailed {
+            // Who failed, from where and why; never the token or password.
+            tracing::info!(
+                connection = %self.connection.id,
+                client = %self.connection.client_addr.ip(),
+                reason = %rejection.message,
+                "failed authentication"
+            );
             self.failed_authentications += 1;
             if self.failed_authentications >= MAX_FAILED_AUTHENTICATIONS {
                 self.connection.close(CloseReason::POLICY);
@@ -556,6 +564,13 @@ async fn finish(app: &App, reader: &mut Reader, connection: &Connection, ending:
             CloseReason::NORMAL
         }
     };
+    tracing::debug!(
+        connection = %connection.id,
+        client = %connection.client_addr,
+        code = reason.code,
+        reason = reason.reason,
+        "connection closed"
+    );
     if connection.state() != ConnectionState::Inactive {
         connection.set_state(ConnectionState::Disconnected);
     }

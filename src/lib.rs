@@ -40,7 +40,6 @@ use auth::{Accounts, Tokens};
 use broker::{LocalBroker, RedisBroker};
 use config::{BrokerLocation, Config, DatabaseLocation};
 use hub::Hub;
-use protocol::CloseReason;
 use server::tls::TlsListener;
 use std::future::Future;
 use std::sync::Arc;
@@ -49,7 +48,7 @@ use store::{MessageStore, PostgresStore, SqliteStore, StoreError};
 use tokio::net::TcpListener;
 
 /// How long shutdown waits for sessions to finish their close handshakes.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(8);
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -153,7 +152,7 @@ pub async fn serve(
     let stopping = async move {
         shutdown.await;
         tracing::info!("shutting down: closing every connection with 1001");
-        closing_hub.close_all(CloseReason::SHUTTING_DOWN);
+        closing_hub.close_all();
     };
     let capacity = server::connection_capacity();
     let max_connections = app

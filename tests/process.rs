@@ -239,3 +239,104 @@ async fn debug_logs_tell_connections_and_failures_in_json_without_secrets() {
     );
     assert!(!stderr.contains('\u{1b}'), "no colour codes in a pipe");
 }
+
+/// Sends chat messages into `room` as fast as the socket takes them until
+/// the server closes; returns the acknowledged ids and the close code.
+async fn send_until_closed(url: String, room: &'static str) -> (Vec<i64>, Option<u16>) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (socket, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let (mut sink, mut stream) = socket.split();
+    let join = json!({"type": "room_join", "room": room}).to_string();
+    sink.send(Message::text(join)).await.expect("join");
+    let writer = tokio::spawn(async move {
+        for n in 0u64.. {
+            let message = json!({"type": "chat_message", "room": room, "content": format!("m{n}")});
+            if sink.send(Message::text(message.to_string())).await.is_err() {
+                break;
+            }
+            if n % 16 == 0 {
+                tokio::task::yield_now().await;
+            }
+        }
+    });
+    let mut acked = Vec::new();
+    let mut code = None;
+    while let Some(Ok(frame)) = stream.next().await {
+        match frame {
+            Message::Text(text) => {
+                let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+                if value["type"] == "message_ack" {
+                    acked.push(value["message_id"].as_i64().expect("id"));
+                }
+            }
+            Message::Close(frame) => {
+                code = frame.map(|frame| u16::from(frame.code));
+                break;
+            }
+            _ => {}
+        }
+    }
+    writer.abort();
+    (acked, code)
+}
+
+#[tokio::test]
+async fn sigterm_under_load_acknowledges_every_stored_message_before_1001() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data_dir = dir.path().to_str().expect("utf-8 path").to_owned();
+    let flags = [
+        "--data-dir",
+        data_dir.as_str(),
+        "--jwt-secret",
+        SECRET,
+        "--rate-limit-messages",
+        "0",
+    ];
+    let mut server = Process::start(&flags, &[]);
+    server.ready().await;
+    let rooms = ["load-1", "load-2", "load-3", "load-4"];
+    let senders: Vec<_> = rooms
+        .iter()
+        .enumerate()
+        .map(|(n, room)| tokio::spawn(send_until_closed(server.url(&format!("sender{n}")), room)))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    server.terminate();
+    let mut acked = Vec::new();
+    for sender in senders {
+        let (ids, code) = sender.await.expect("sender");
+        assert_eq!(code, Some(1001));
+        acked.push(ids);
+    }
+    assert_eq!(server.exit_code(Duration::from_secs(10)).await, 0);
+
+    // Every message the store kept was acknowledged to its sender.
+    let server = Process::start(&flags, &[]);
+    server.ready().await;
+    for (room, acked) in rooms.iter().zip(&acked) {
+        assert!(!acked.is_empty(), "{room}: nothing was sent");
+        let (status, page) = support::http_request(
+            server.addr(),
+            "GET",
+            &format!("/api/rooms/{room}/messages?limit=1&before_id=9223372036854775807"),
+            Some(&roomcast::auth::Tokens::new(SECRET).mint("reader", None, None, 60)),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{page}");
+        let newest = page["messages"][0]["id"]
+            .as_i64()
+            .expect("a stored message");
+        let last_acked = *acked.iter().max().expect("acked");
+        assert_eq!(
+            newest,
+            last_acked,
+            "{room}: the newest stored message was not acknowledged ({} acks)",
+            acked.len()
+        );
+    }
+}

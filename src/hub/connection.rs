@@ -99,13 +99,16 @@ pub struct Connection {
     pub outbox: Arc<Outbox>,
     /// Chat messages sent on this connection and not yet stored.
     pub pending_writes: PendingWrites,
-    /// Close code requested by anyone (0 while open); the first request wins.
     /// The close asked for: its code in the low 16 bits and its position
     /// in [`CloseReason::ALL`] above them (0: none yet).
     close_code: AtomicU32,
     /// Wakes whoever waits in [`Connection::closed`] when `close_code` is
     /// set (the session task hears it through the outbox's bell).
     close_signal: Notify,
+    /// The server is stopping: the session reads no more frames, lets the
+    /// chat messages it has sent to the store be acknowledged, then closes
+    /// with 1001.
+    draining: AtomicBool,
     state: AtomicU8,
     /// Set by authentication or by a guest naming itself; read by every
     /// handler that needs to know who is speaking.
@@ -151,6 +154,7 @@ impl Connection {
             pending_writes: PendingWrites::default(),
             close_code: AtomicU32::new(0),
             close_signal: Notify::new(),
+            draining: AtomicBool::new(false),
             state: AtomicU8::new(ConnectionState::Connected as u8),
             identity: RwLock::new(None),
             announced: AtomicBool::new(false),
@@ -202,6 +206,17 @@ impl Connection {
             Ok(delivery) => delivery,
             Err(_) => self.overflowed(),
         }
+    }
+
+    /// Asks the session to stop reading, finish what it has in flight
+    /// with the store, and close with 1001 (see [`Connection::is_draining`]).
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Release);
+        self.outbox.ring();
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
     }
 
     /// Asks the session to close the socket with `reason`. Returns whether

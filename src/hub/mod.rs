@@ -805,12 +805,14 @@ impl Hub {
         }
     }
 
-    /// Asks every connection to close with `reason` (shutdown), and any
-    /// connection registered later too.
-    pub fn close_all(&self, reason: CloseReason) {
+    /// Shutdown: every connection stops reading, lets its chat messages in
+    /// flight be stored and acknowledged, and closes with 1001 (see
+    /// [`Connection::drain`]); a connection registered later is closed at
+    /// once.
+    pub fn close_all(&self) {
         self.closing.store(true, Ordering::Release);
         for connection in self.connections() {
-            connection.close(reason);
+            connection.drain();
         }
     }
 }

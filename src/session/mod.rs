@@ -148,6 +148,10 @@ pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send
     }
 }
 
+/// How long a stopping server waits for a connection's chat messages in
+/// flight to be stored and acknowledged before closing it.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Reads client frames with no buffer of its own between messages: one is
 /// allocated when bytes arrive and freed once they are all consumed.
 struct Reader {
@@ -292,6 +296,9 @@ impl Session {
         tokio::pin!(clock);
         // A frame that must wait for earlier chat messages to be stored.
         let mut waiting: Option<Box<Inbound>> = None;
+        // Set when the server started stopping: until when this connection
+        // waits for its chat messages in flight.
+        let mut draining: Option<tokio::time::Instant> = None;
         let mut watched_expiry: Option<Timestamp> = None;
         // Frames are waiting for the socket to take them.
         let mut blocked = false;
@@ -309,6 +316,22 @@ impl Session {
             // socket, a stored chat message letting a waiting frame through.
             if connection.close_requested().is_some() {
                 return Ending::Close;
+            }
+            // Shutdown: nothing more is read; once the chat messages in
+            // flight are stored and acknowledged (or the time is up), the
+            // connection closes with 1001.
+            if connection.is_draining() {
+                let deadline =
+                    *draining.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_TIMEOUT);
+                let settled = waiting.is_none() && self.connection.pending_writes.count() == 0;
+                if settled || tokio::time::Instant::now() >= deadline {
+                    connection.close(CloseReason::SHUTTING_DOWN);
+                    return Ending::Close;
+                }
+                self.connection.pending_writes.watch(true);
+                if deadline < clock.deadline() {
+                    clock.as_mut().reset(deadline);
+                }
             }
             if outbox.take_backlog() {
                 blocked = true;
@@ -333,7 +356,7 @@ impl Session {
                         Flush::Failed => return Ending::Gone,
                     }
                 }
-                incoming = reader.next(), if waiting.is_none() => {
+                incoming = reader.next(), if waiting.is_none() && draining.is_none() => {
                     let message = match incoming {
                         Ok(Some(message)) => message,
                         Ok(None) | Err(ReadError::Io) => return Ending::Gone,

@@ -187,6 +187,12 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_MAX_PENDING_WRITES")]
     pub max_pending_writes: Option<usize>,
 
+    /// How long a frame may wait for storage (behind a connection's chat
+    /// messages in flight) before it is answered with `unavailable`, in ms
+    /// [default: 10000].
+    #[arg(long, env = "ROOMCAST_STORE_TIMEOUT_MS")]
+    pub store_timeout_ms: Option<u64>,
+
     /// Keep at most this many of the newest messages per room [default: all].
     #[arg(long, env = "ROOMCAST_RETENTION_MAX_MESSAGES")]
     pub retention_max_messages: Option<u64>,
@@ -428,6 +434,7 @@ pub struct Config {
     pub presence_max_members: usize,
     pub outbox_capacity: usize,
     pub max_pending_writes: usize,
+    pub store_timeout: Duration,
     pub retention: Retention,
     pub retention_interval: Duration,
     pub token_ttl: Duration,
@@ -549,6 +556,7 @@ impl Config {
             presence_max_members: args.presence_max_members.unwrap_or(1000),
             outbox_capacity: args.outbox_capacity.unwrap_or(4096),
             max_pending_writes: args.max_pending_writes.unwrap_or(64),
+            store_timeout: Duration::from_millis(args.store_timeout_ms.unwrap_or(10_000)),
             retention: Retention {
                 max_messages_per_room: args.retention_max_messages,
                 max_age: args
@@ -632,6 +640,9 @@ impl Config {
         }
         if self.outbox_capacity < 16 {
             return Err(invalid("outbox_capacity", "must be at least 16"));
+        }
+        if self.store_timeout.is_zero() {
+            return Err(invalid("store_timeout_ms", "must be at least 1"));
         }
         if self.max_pending_writes == 0 {
             return Err(invalid("max_pending_writes", "must be at least 1"));
@@ -744,6 +755,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         broker_namespace: args.broker_namespace.or(file.broker_namespace),
         outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
         max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
+        store_timeout_ms: args.store_timeout_ms.or(file.store_timeout_ms),
         retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),
         retention_max_age: args.retention_max_age.or(file.retention_max_age),
         retention_interval_ms: args.retention_interval_ms.or(file.retention_interval_ms),

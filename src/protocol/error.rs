@@ -38,6 +38,9 @@ pub enum ErrorCode {
     /// Extension: the connection's token expired; send `authentication`
     /// with a fresh one before the grace period ends.
     TokenExpired,
+    /// Extension: storage did not answer in time (`--store-timeout-ms`);
+    /// the frame was not carried out, retry after `retry_after_ms`.
+    Unavailable,
     /// Extension (HTTP API): what is to be created exists already (409).
     Conflict,
     /// Extension (HTTP API): no such method on this path (405).

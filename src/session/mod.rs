@@ -21,6 +21,7 @@ use crate::store::Page;
 use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
 use bytes::Bytes;
 use std::net::SocketAddr;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -147,6 +148,13 @@ pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send
         Box::pin(finish(&app, &mut reader, &connection, ending)).await;
     }
 }
+
+/// Frames read and waiting for storage at most, per connection; beyond,
+/// the connection is not read until storage catches up.
+const WAITING_MAX: usize = 32;
+
+/// When a frame refused for a stalled store may be tried again.
+const STALLED_RETRY_MS: u64 = 1000;
 
 /// How long a stopping server waits for a connection's chat messages in
 /// flight to be stored and acknowledged before closing it.
@@ -294,8 +302,10 @@ impl Session {
         let mut deadlines = Deadlines::new(Instant::now(), config);
         let clock = tokio::time::sleep_until(deadlines.next());
         tokio::pin!(clock);
-        // A frame that must wait for earlier chat messages to be stored.
-        let mut waiting: Option<Box<Inbound>> = None;
+        // Frames that must wait for earlier chat messages to be stored, in
+        // order, with when they began to wait. Reading goes on meanwhile
+        // (pings are answered, activity counts) until WAITING_MAX wait.
+        let mut waiting: VecDeque<(Instant, Box<Inbound>)> = VecDeque::new();
         // Set when the server started stopping: until when this connection
         // waits for its chat messages in flight.
         let mut draining: Option<tokio::time::Instant> = None;
@@ -323,7 +333,7 @@ impl Session {
             if connection.is_draining() {
                 let deadline =
                     *draining.get_or_insert_with(|| tokio::time::Instant::now() + DRAIN_TIMEOUT);
-                let settled = waiting.is_none() && self.connection.pending_writes.count() == 0;
+                let settled = waiting.is_empty() && self.connection.pending_writes.count() == 0;
                 if settled || tokio::time::Instant::now() >= deadline {
                     connection.close(CloseReason::SHUTTING_DOWN);
                     return Ending::Close;
@@ -336,12 +346,32 @@ impl Session {
             if outbox.take_backlog() {
                 blocked = true;
             }
-            if let Some(inbound) = waiting.take_if(|inbound| {
+            if waiting.front().is_some_and(|(_, inbound)| {
                 self.connection.pending_writes.count() < self.write_limit(app, inbound)
-            }) {
-                self.connection.pending_writes.watch(false);
+            }) && let Some((_, inbound)) = waiting.pop_front()
+            {
+                if waiting.is_empty() {
+                    self.connection.pending_writes.watch(false);
+                }
                 Box::pin(self.process(app, *inbound)).await;
                 continue;
+            }
+            // Storage is stalled: frames that waited too long are answered
+            // with `unavailable` (the chat message in flight keeps its ack,
+            // sent whenever it is stored).
+            if let Some((since, _)) = waiting.front() {
+                let expires = since
+                    .checked_add(config.store_timeout)
+                    .unwrap_or(*since);
+                if expires <= Instant::now() {
+                    if let Some((_, inbound)) = waiting.pop_front() {
+                        self.time_out(app, *inbound);
+                    }
+                    continue;
+                }
+                if expires < clock.deadline() {
+                    clock.as_mut().reset(expires);
+                }
             }
             tokio::select! {
                 biased;
@@ -356,7 +386,7 @@ impl Session {
                         Flush::Failed => return Ending::Gone,
                     }
                 }
-                incoming = reader.next(), if waiting.is_none() && draining.is_none() => {
+                incoming = reader.next(), if waiting.len() < WAITING_MAX && draining.is_none() => {
                     let message = match incoming {
                         Ok(Some(message)) => message,
                         Ok(None) | Err(ReadError::Io) => return Ending::Gone,
@@ -385,12 +415,14 @@ impl Session {
                         Incoming::Close(_) => return Ending::ClientClosed,
                     };
                     connection.count_message();
-                    if self.connection.pending_writes.count() < self.write_limit(app, &inbound) {
+                    if waiting.is_empty()
+                        && self.connection.pending_writes.count() < self.write_limit(app, &inbound)
+                    {
                         Box::pin(self.process(app, inbound)).await;
                     } else {
                         // Watch before the count is read again at the top.
                         self.connection.pending_writes.watch(true);
-                        waiting = Some(Box::new(inbound));
+                        waiting.push_back((Instant::now(), Box::new(inbound)));
                     }
                 }
                 () = &mut clock => {
@@ -431,6 +463,39 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Answers a frame that waited for storage longer than
+    /// `--store-timeout-ms`: `unavailable`, to retry later (a frame that was
+    /// refused already gets its own error).
+    fn time_out(&mut self, app: &Arc<App>, inbound: Inbound) {
+        let (reference, code, message, retry) = match inbound {
+            Err(rejection) => (
+                rejection.reference,
+                rejection.code,
+                rejection.message,
+                rejection.retry_after_ms,
+            ),
+            Ok(envelope) => (
+                envelope.reference,
+                ErrorCode::Unavailable,
+                format!(
+                    "storage did not answer within {} ms: `{}` was not carried out, send it again",
+                    app.config.store_timeout.as_millis(),
+                    envelope.kind.as_str()
+                )
+                .into(),
+                Some(STALLED_RETRY_MS),
+            ),
+        };
+        send_error(
+            app,
+            &self.connection,
+            code,
+            &message,
+            retry,
+            reference.as_deref(),
+        );
     }
 
     /// How many chat messages may still be waiting for storage when this

@@ -53,7 +53,10 @@ async fn a_stalled_database_keeps_the_connection_and_sends_the_late_ack() {
     while started.elapsed() < Duration::from_millis(2_000) {
         let frame = tokio::time::timeout(Duration::from_millis(100), alice.recv()).await;
         if let Ok(frame) = frame {
-            assert_ne!(frame["type"], "message_ack", "acknowledged before it was stored");
+            assert_ne!(
+                frame["type"], "message_ack",
+                "acknowledged before it was stored"
+            );
         }
     }
 

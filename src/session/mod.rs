@@ -20,8 +20,8 @@ use crate::protocol::{
 use crate::store::Page;
 use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
 use bytes::Bytes;
-use std::net::SocketAddr;
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -360,9 +360,7 @@ impl Session {
             // with `unavailable` (the chat message in flight keeps its ack,
             // sent whenever it is stored).
             if let Some((since, _)) = waiting.front() {
-                let expires = since
-                    .checked_add(config.store_timeout)
-                    .unwrap_or(*since);
+                let expires = since.checked_add(config.store_timeout).unwrap_or(*since);
                 if expires <= Instant::now() {
                     if let Some((_, inbound)) = waiting.pop_front() {
                         self.time_out(app, *inbound);
@@ -483,8 +481,7 @@ impl Session {
                     "storage did not answer within {} ms: `{}` was not carried out, send it again",
                     app.config.store_timeout.as_millis(),
                     envelope.kind.as_str()
-                )
-                .into(),
+                ),
                 Some(STALLED_RETRY_MS),
             ),
         };

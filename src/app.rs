@@ -24,6 +24,9 @@ pub struct App {
     pub ai_control: Arc<AiControl>,
     /// The runtime, for work started from outside it (commit callbacks).
     pub runtime: tokio::runtime::Handle,
+    /// Rooms each user may still create by joining (per hour), where
+    /// rooms are auto-created and a limit is set.
+    pub room_creations: Option<crate::limits::KeyedLimiter<std::sync::Arc<str>>>,
 }
 
 impl App {

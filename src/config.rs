@@ -187,6 +187,11 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_MAX_PENDING_WRITES")]
     pub max_pending_writes: Option<usize>,
 
+    /// Rooms one user may create per hour by joining rooms that do not
+    /// exist yet, where rooms are auto-created; 0 = no limit [default: 100].
+    #[arg(long, env = "ROOMCAST_MAX_ROOMS_CREATED_PER_HOUR")]
+    pub max_rooms_created_per_hour: Option<u32>,
+
     /// How long a frame may wait for storage (behind a connection's chat
     /// messages in flight) before it is answered with `unavailable`, in ms
     /// [default: 10000].
@@ -435,6 +440,7 @@ pub struct Config {
     pub outbox_capacity: usize,
     pub max_pending_writes: usize,
     pub store_timeout: Duration,
+    pub max_rooms_created_per_hour: Option<u32>,
     pub retention: Retention,
     pub retention_interval: Duration,
     pub token_ttl: Duration,
@@ -557,6 +563,8 @@ impl Config {
             outbox_capacity: args.outbox_capacity.unwrap_or(4096),
             max_pending_writes: args.max_pending_writes.unwrap_or(64),
             store_timeout: Duration::from_millis(args.store_timeout_ms.unwrap_or(10_000)),
+            max_rooms_created_per_hour: Some(args.max_rooms_created_per_hour.unwrap_or(100))
+                .filter(|n| *n > 0),
             retention: Retention {
                 max_messages_per_room: args.retention_max_messages,
                 max_age: args
@@ -756,6 +764,9 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
         max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
         store_timeout_ms: args.store_timeout_ms.or(file.store_timeout_ms),
+        max_rooms_created_per_hour: args
+            .max_rooms_created_per_hour
+            .or(file.max_rooms_created_per_hour),
         retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),
         retention_max_age: args.retention_max_age.or(file.retention_max_age),
         retention_interval_ms: args.retention_interval_ms.or(file.retention_interval_ms),

@@ -136,6 +136,10 @@ pub async fn serve(
         ai,
         ai_control,
         runtime: tokio::runtime::Handle::current(),
+        room_creations: config
+            .max_rooms_created_per_hour
+            .filter(|_| config.room_auto_create)
+            .map(|per_hour| limits::KeyedLimiter::new(f64::from(per_hour) / 3600.0, per_hour)),
         broker,
         hub: hub.clone(),
         store: store.clone(),

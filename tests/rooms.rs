@@ -261,3 +261,60 @@ async fn closing_the_last_connection_in_a_room_tells_the_room() {
     let joined = join(&mut alice, "dev").await;
     assert_eq!(joined["member_count"], 1);
 }
+
+#[tokio::test]
+async fn rooms_a_join_created_and_nobody_used_go_and_creating_them_is_capped() {
+    let mut settings = support::args();
+    settings.max_rooms_created_per_hour = Some(3);
+    let server = support::TestServer::with(settings).await;
+    let mut alice = server.user("alice").await;
+    let stats = |room: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .get_json(
+                    &format!("/api/rooms/{room}/stats"),
+                    Some(support::ADMIN_KEY),
+                )
+                .await
+                .0
+        }
+    };
+    // Joined and left without a word: the room's row goes.
+    support::join(&mut alice, "passing").await;
+    assert_eq!(stats("passing").await, 200);
+    alice
+        .request(json!({"type": "room_leave", "room": "passing"}))
+        .await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while stats("passing").await != 404 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unused room stayed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A room with a message stays.
+    support::join(&mut alice, "used").await;
+    alice
+        .request(json!({"type": "chat_message", "room": "used", "content": "hi"}))
+        .await;
+    alice
+        .request(json!({"type": "room_leave", "room": "used"}))
+        .await;
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(stats("used").await, 200);
+
+    // Three new rooms an hour for alice ("passing" and "used" were two):
+    // the next new one is refused, joining an existing one is not.
+    support::join(&mut alice, "third").await;
+    let refused = alice
+        .request(json!({"type": "room_join", "room": "fourth"}))
+        .await;
+    assert_eq!(refused["error_code"], "rate_limited", "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some(), "{refused}");
+    support::join(&mut alice, "used").await;
+    // Another user has an allowance of their own.
+    let mut bob = server.user("bob").await;
+    support::join(&mut bob, "fourth").await;
+}

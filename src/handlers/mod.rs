@@ -166,6 +166,15 @@ fn require_joined(connection: &Connection, room: &str) -> Result<(), HandlerErro
 /// learns it from its next `presence_count` instead.
 pub fn announce_departures(app: &App, departures: &[RoomDeparture]) {
     for departure in departures {
+        if departure.emptied {
+            // A room a join created and nobody used leaves no row behind.
+            let (store, room) = (app.store.clone(), departure.room.clone());
+            app.runtime.spawn(async move {
+                if let Err(err) = store.forget_unused_room(&room).await {
+                    tracing::debug!(error = %err, room = %room, "cannot forget an unused room");
+                }
+            });
+        }
         if departure.last_here {
             app.broker
                 .membership(&departure.room, &departure.user, false);

@@ -24,7 +24,19 @@ pub async fn join(
         )));
     }
     let record = if app.config.room_auto_create {
-        app.store.ensure_room(&room).await?
+        match app.store.room(&room).await? {
+            Some(record) => record,
+            // Joining a room that does not exist creates it, within the
+            // user's allowance of new rooms per hour.
+            None => {
+                if let Some(creations) = &app.room_creations
+                    && let Err(wait) = creations.take(&user.id)
+                {
+                    return Err(HandlerError::RateLimited(wait));
+                }
+                app.store.ensure_room(&room).await?
+            }
+        }
     } else {
         app.store
             .room(&room)

@@ -110,6 +110,8 @@ pub struct RoomDeparture {
     pub last_of_user: bool,
     /// That was the user's last connection in the room on this node.
     pub last_here: bool,
+    /// That was the room's last connection on this node.
+    pub emptied: bool,
     /// The room is large: members learn of the leave by a count (rule 13).
     pub quiet: bool,
 }
@@ -655,6 +657,7 @@ impl Hub {
             user,
             last_of_user: change.user_changed,
             last_here: change.here_changed,
+            emptied: empty,
             quiet: change.quiet,
         })
     }

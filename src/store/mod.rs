@@ -261,6 +261,11 @@ pub trait MessageStore: Send + Sync + 'static {
     /// The account with this username, compared case-insensitively.
     fn find_account(&self, username: &str) -> BoxFuture<'_, Result<Option<Account>, StoreError>>;
 
+    /// Removes `room`'s row if nothing keeps it: public, without an owner,
+    /// members, messages or events (a room a join created and nobody used).
+    /// Returns whether it was removed.
+    fn forget_unused_room(&self, room: &str) -> BoxFuture<'_, Result<bool, StoreError>>;
+
     /// Whether an account's username has this skeleton
     /// ([`crate::auth::skeleton`]).
     fn account_alike(&self, skeleton: &str) -> BoxFuture<'_, Result<bool, StoreError>>;

@@ -350,6 +350,23 @@ impl MessageStore for PostgresStore {
         })
     }
 
+    fn forget_unused_room(&self, room: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let room = room.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let removed = client
+                .execute(
+                    "DELETE FROM rooms WHERE name = $1 AND NOT is_private AND owner_id IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM messages WHERE room = $1) \
+                     AND NOT EXISTS (SELECT 1 FROM events WHERE room = $1) \
+                     AND NOT EXISTS (SELECT 1 FROM room_members WHERE room = $1)",
+                    &[&room],
+                )
+                .await?;
+            Ok(removed > 0)
+        })
+    }
+
     fn account_alike(&self, skeleton: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
         let skeleton = skeleton.to_owned();
         Box::pin(async move {

@@ -352,6 +352,21 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn forget_unused_room(&self, room: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let room = room.to_owned();
+        self.run(move |connection| {
+            let removed = connection
+                .prepare_cached(
+                    "DELETE FROM rooms WHERE name = ?1 AND NOT is_private AND owner_id IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM messages WHERE room = ?1) \
+                     AND NOT EXISTS (SELECT 1 FROM events WHERE room = ?1) \
+                     AND NOT EXISTS (SELECT 1 FROM room_members WHERE room = ?1)",
+                )?
+                .execute(params![room])?;
+            Ok(removed > 0)
+        })
+    }
+
     fn account_alike(&self, skeleton: &str) -> BoxFuture<'_, Result<bool, StoreError>> {
         let skeleton = skeleton.to_owned();
         self.run(move |connection| {

@@ -80,14 +80,26 @@ pub struct ServeArgs {
     pub admin_key: Option<String>,
 
     /// Allow `POST /api/users` to create accounts.
-    #[arg(long, env = "ROOMCAST_OPEN_REGISTRATION", value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(default)]
-    pub open_registration: bool,
+    #[arg(
+        long,
+        env = "ROOMCAST_OPEN_REGISTRATION",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub open_registration: Option<bool>,
 
     /// Allow guests to name themselves with `user_join` and chat.
-    #[arg(long, env = "ROOMCAST_GUEST_CHAT", value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(default)]
-    pub guest_chat: bool,
+    #[arg(
+        long,
+        env = "ROOMCAST_GUEST_CHAT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub guest_chat: Option<bool>,
 
     /// OpenAI-compatible API base URL for the assistant.
     #[arg(long, env = "ROOMCAST_AI_BASE_URL")]
@@ -226,9 +238,15 @@ pub struct ServeArgs {
 
     /// Rooms must be created with `POST /api/rooms`; joining an unknown room
     /// is `not_found` instead of creating it.
-    #[arg(long, env = "ROOMCAST_NO_ROOM_AUTO_CREATE", value_parser = clap::builder::BoolishValueParser::new())]
-    #[serde(default)]
-    pub no_room_auto_create: bool,
+    #[arg(
+        long,
+        env = "ROOMCAST_NO_ROOM_AUTO_CREATE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub no_room_auto_create: Option<bool>,
 
     /// Frames per second one connection may send (ping excepted); 0 = no
     /// limit [default: 100].
@@ -521,8 +539,8 @@ impl Config {
             },
             jwt_secret_configured,
             admin_key: args.admin_key.filter(|key| !key.is_empty()),
-            open_registration: args.open_registration,
-            guest_chat: args.guest_chat,
+            open_registration: args.open_registration.unwrap_or(false),
+            guest_chat: args.guest_chat.unwrap_or(false),
             ai_base_url: args.ai_base_url.filter(|url| !url.is_empty()),
             ai_model: args.ai_model.unwrap_or_else(|| "default".into()),
             ai_api_key: match &args.ai_api_key_file {
@@ -587,7 +605,7 @@ impl Config {
             },
             token_grace: Duration::from_millis(args.token_grace_ms.unwrap_or(30_000)),
             jwt_public_key: args.jwt_public_key,
-            room_auto_create: !args.no_room_auto_create,
+            room_auto_create: !args.no_room_auto_create.unwrap_or(false),
             rate_limit: match args.rate_limit_messages.unwrap_or(100) {
                 0 => None,
                 rate => Some((rate, args.rate_limit_burst.unwrap_or(200).max(1))),
@@ -732,8 +750,8 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         data_dir: args.data_dir.or(file.data_dir),
         jwt_secret: args.jwt_secret.or(file.jwt_secret),
         admin_key: args.admin_key.or(file.admin_key),
-        open_registration: args.open_registration || file.open_registration,
-        guest_chat: args.guest_chat || file.guest_chat,
+        open_registration: args.open_registration.or(file.open_registration),
+        guest_chat: args.guest_chat.or(file.guest_chat),
         ai_base_url: args.ai_base_url.or(file.ai_base_url),
         ai_model: args.ai_model.or(file.ai_model),
         ai_api_key_file: args.ai_api_key_file.or(file.ai_api_key_file),
@@ -773,7 +791,7 @@ fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
         token_ttl: args.token_ttl.or(file.token_ttl),
         token_grace_ms: args.token_grace_ms.or(file.token_grace_ms),
         jwt_public_key: args.jwt_public_key.or(file.jwt_public_key),
-        no_room_auto_create: args.no_room_auto_create || file.no_room_auto_create,
+        no_room_auto_create: args.no_room_auto_create.or(file.no_room_auto_create),
         rate_limit_messages: args.rate_limit_messages.or(file.rate_limit_messages),
         rate_limit_burst: args.rate_limit_burst.or(file.rate_limit_burst),
         max_connections_per_user: args

@@ -11,7 +11,7 @@ use support::{ADMIN_KEY, Client, TestServer, args, http_request, join};
 #[tokio::test]
 async fn a_private_room_is_closed_to_non_members_by_every_route() {
     let mut settings = args();
-    settings.open_registration = true;
+    settings.open_registration = Some(true);
     let server = TestServer::with(settings).await;
     let owner_token = server.token("owner");
     let (status, created) = server
@@ -141,7 +141,7 @@ async fn a_private_room_is_closed_to_non_members_by_every_route() {
 #[tokio::test]
 async fn without_auto_creation_rooms_must_be_created_first() {
     let mut settings = args();
-    settings.no_room_auto_create = true;
+    settings.no_room_auto_create = Some(true);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
     let error = alice

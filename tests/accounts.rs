@@ -9,8 +9,8 @@ use support::{Client, TestServer, args, http_request};
 
 async fn open_server() -> TestServer {
     let mut settings = args();
-    settings.open_registration = true;
-    settings.guest_chat = true;
+    settings.open_registration = Some(true);
+    settings.guest_chat = Some(true);
     TestServer::with(settings).await
 }
 

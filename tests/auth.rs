@@ -171,7 +171,7 @@ async fn tokens_without_sub_or_with_alg_none_are_refused() {
 #[tokio::test]
 async fn guests_name_themselves_where_guest_chat_is_enabled() {
     let mut settings = args();
-    settings.guest_chat = true;
+    settings.guest_chat = Some(true);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
     support::subscribe(&mut alice, None).await;
@@ -317,8 +317,8 @@ async fn tokens_from_the_future_or_with_oversized_or_hidden_names_are_refused() 
 #[tokio::test]
 async fn guest_names_follow_the_account_name_rules_and_refuse_look_alikes() {
     let mut settings = args();
-    settings.guest_chat = true;
-    settings.open_registration = true;
+    settings.guest_chat = Some(true);
+    settings.open_registration = Some(true);
     let server = TestServer::with(settings).await;
     // Registered and offline.
     server.register("carol", "correct horse battery").await;

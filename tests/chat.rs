@@ -73,7 +73,7 @@ async fn sending_to_a_room_not_joined_is_forbidden() {
 #[tokio::test]
 async fn global_chat_reaches_every_authenticated_connection_and_named_guest() {
     let mut settings = support::args();
-    settings.guest_chat = true;
+    settings.guest_chat = Some(true);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
     let mut bob = server.user("bob").await;
@@ -377,7 +377,7 @@ async fn concurrent_global_bursts_arrive_everywhere_in_id_order() {
 #[tokio::test]
 async fn a_guest_retrying_after_a_reconnect_is_deduplicated() {
     let mut settings = support::args();
-    settings.guest_chat = true;
+    settings.guest_chat = Some(true);
     let server = TestServer::with(settings).await;
     let mut alice = server.user("alice").await;
     let mut guest = server.guest().await;

@@ -169,7 +169,7 @@ async fn the_state_lists_the_first_hundred_by_username() {
 #[tokio::test]
 async fn named_guests_are_announced_and_unnamed_ones_are_not() {
     let mut settings = args();
-    settings.guest_chat = true;
+    settings.guest_chat = Some(true);
     let server = TestServer::with(settings).await;
     let mut watcher = server.user("watcher").await;
     subscribe(&mut watcher, None).await;

@@ -340,3 +340,39 @@ async fn sigterm_under_load_acknowledges_every_stored_message_before_1001() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_variable_or_a_flag_turns_off_what_the_file_turns_on() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("roomcast.toml");
+    std::fs::write(&file, "guest_chat = true\n").expect("write config");
+    let config = file.to_str().expect("utf-8 path");
+    // Whether a guest may name itself on a server started so.
+    async fn guests_may_chat(flags: &[&str], env: &[(&str, &str)]) -> bool {
+        let mut all = vec!["--database", "sqlite::memory:", "--jwt-secret", SECRET];
+        all.extend_from_slice(flags);
+        let server = Process::start(&all, env);
+        server.ready().await;
+        let mut guest = support::Client::connect(&format!("ws://{}/ws", server.addr())).await;
+        let reply = guest
+            .request(json!({"type": "user_join", "username": "visitor"}))
+            .await;
+        reply["type"] == "user_join"
+    }
+    assert!(
+        guests_may_chat(&["--config", config], &[]).await,
+        "the file's true"
+    );
+    assert!(
+        !guests_may_chat(&["--config", config], &[("ROOMCAST_GUEST_CHAT", "false")]).await,
+        "a variable beats the file"
+    );
+    assert!(
+        !guests_may_chat(&["--config", config, "--guest-chat=false"], &[]).await,
+        "a flag beats the file"
+    );
+    assert!(
+        guests_may_chat(&["--guest-chat"], &[("ROOMCAST_GUEST_CHAT", "false")]).await,
+        "a flag beats a variable"
+    );
+}

@@ -135,8 +135,8 @@ fn run(steps: Vec<Step>) -> Result<(), TestCaseError> {
     for step in steps {
         match step {
             Step::Connect(slot) => {
-                if !connections.contains_key(&slot) {
-                    connections.insert(slot, hub.register(addr, None, None));
+                if let std::collections::btree_map::Entry::Vacant(free) = connections.entry(slot) {
+                    free.insert(hub.register(addr, None, None));
                     model.slots.insert(slot, Slot::default());
                 }
             }

@@ -39,7 +39,7 @@ pub enum ConfigError {
 /// Flags of `roomcast serve`. Every field is optional so that a value given
 /// nowhere can fall back to the config file and then to the default; the same
 /// struct is what the TOML file deserializes into.
-#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[derive(Debug, Clone, Default, Args, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServeArgs {
     /// TOML file with any of these settings (keys as the flags, with `_`).
@@ -377,7 +377,9 @@ impl DatabaseLocation {
 }
 
 /// How log lines are written.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize, serde::Serialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     #[default]
@@ -500,7 +502,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => ServeArgs::default(),
         };
-        Config::resolve(merge(args, file))
+        Config::resolve(merge(args, file)?)
     }
 
     /// Applies defaults to settings given nowhere and validates the result.
@@ -740,78 +742,25 @@ fn read_file(path: &Path) -> Result<ServeArgs, ConfigError> {
     })
 }
 
-/// Fills every setting not given on the command line or in the environment
-/// from the config file.
-fn merge(args: ServeArgs, file: ServeArgs) -> ServeArgs {
-    ServeArgs {
-        config: args.config,
-        bind: args.bind.or(file.bind),
-        database: args.database.or(file.database),
-        data_dir: args.data_dir.or(file.data_dir),
-        jwt_secret: args.jwt_secret.or(file.jwt_secret),
-        admin_key: args.admin_key.or(file.admin_key),
-        open_registration: args.open_registration.or(file.open_registration),
-        guest_chat: args.guest_chat.or(file.guest_chat),
-        ai_base_url: args.ai_base_url.or(file.ai_base_url),
-        ai_model: args.ai_model.or(file.ai_model),
-        ai_api_key_file: args.ai_api_key_file.or(file.ai_api_key_file),
-        ai_system_prompt: args.ai_system_prompt.or(file.ai_system_prompt),
-        ai_timeout_ms: args.ai_timeout_ms.or(file.ai_timeout_ms),
-        ai_name: args.ai_name.or(file.ai_name),
-        ai_context_messages: args.ai_context_messages.or(file.ai_context_messages),
-        ai_context_chars: args.ai_context_chars.or(file.ai_context_chars),
-        ai_answer_all_rooms: args.ai_answer_all_rooms.or(file.ai_answer_all_rooms),
-        ai_requests_per_user_per_minute: args
-            .ai_requests_per_user_per_minute
-            .or(file.ai_requests_per_user_per_minute),
-        ai_requests_per_room_per_minute: args
-            .ai_requests_per_room_per_minute
-            .or(file.ai_requests_per_room_per_minute),
-        ai_max_concurrent: args.ai_max_concurrent.or(file.ai_max_concurrent),
-        heartbeat_interval_ms: args.heartbeat_interval_ms.or(file.heartbeat_interval_ms),
-        idle_timeout_ms: args.idle_timeout_ms.or(file.idle_timeout_ms),
-        max_frame_bytes: args.max_frame_bytes.or(file.max_frame_bytes),
-        max_message_chars: args.max_message_chars.or(file.max_message_chars),
-        welcome_history: args.welcome_history.or(file.welcome_history),
-        room_history: args.room_history.or(file.room_history),
-        max_recovery: args.max_recovery.or(file.max_recovery),
-        max_members_listed: args.max_members_listed.or(file.max_members_listed),
-        presence_max_members: args.presence_max_members.or(file.presence_max_members),
-        broker: args.broker.or(file.broker),
-        broker_namespace: args.broker_namespace.or(file.broker_namespace),
-        outbox_capacity: args.outbox_capacity.or(file.outbox_capacity),
-        max_pending_writes: args.max_pending_writes.or(file.max_pending_writes),
-        store_timeout_ms: args.store_timeout_ms.or(file.store_timeout_ms),
-        max_rooms_created_per_hour: args
-            .max_rooms_created_per_hour
-            .or(file.max_rooms_created_per_hour),
-        retention_max_messages: args.retention_max_messages.or(file.retention_max_messages),
-        retention_max_age: args.retention_max_age.or(file.retention_max_age),
-        retention_interval_ms: args.retention_interval_ms.or(file.retention_interval_ms),
-        token_ttl: args.token_ttl.or(file.token_ttl),
-        token_grace_ms: args.token_grace_ms.or(file.token_grace_ms),
-        jwt_public_key: args.jwt_public_key.or(file.jwt_public_key),
-        no_room_auto_create: args.no_room_auto_create.or(file.no_room_auto_create),
-        rate_limit_messages: args.rate_limit_messages.or(file.rate_limit_messages),
-        rate_limit_burst: args.rate_limit_burst.or(file.rate_limit_burst),
-        max_connections_per_user: args
-            .max_connections_per_user
-            .or(file.max_connections_per_user),
-        max_connections_per_ip: args.max_connections_per_ip.or(file.max_connections_per_ip),
-        max_connections: args.max_connections.or(file.max_connections),
-        threads: args.threads.or(file.threads),
-        log_format: args.log_format.or(file.log_format),
-        max_rooms_per_connection: args
-            .max_rooms_per_connection
-            .or(file.max_rooms_per_connection),
-        login_attempts_per_minute: args
-            .login_attempts_per_minute
-            .or(file.login_attempts_per_minute),
-        max_http_body_bytes: args.max_http_body_bytes.or(file.max_http_body_bytes),
-        allowed_origins: args.allowed_origins.or(file.allowed_origins),
-        tls_cert: args.tls_cert.or(file.tls_cert),
-        tls_key: args.tls_key.or(file.tls_key),
+/// Layers the settings: each one given as a flag or an environment
+/// variable (`args`) wins over the config file's. Settings are declared once,
+/// in [`ServeArgs`]; the layering goes through their serialized form, so a
+/// new setting needs nothing here.
+fn merge(args: ServeArgs, file: ServeArgs) -> Result<ServeArgs, ConfigError> {
+    let invalid = |err: serde_json::Error| ConfigError::Invalid {
+        name: "config",
+        reason: err.to_string(),
+    };
+    let config = args.config.clone();
+    let mut layered = serde_json::to_value(file).map_err(invalid)?;
+    if let (serde_json::Value::Object(settings), serde_json::Value::Object(given)) =
+        (&mut layered, serde_json::to_value(args).map_err(invalid)?)
+    {
+        settings.extend(given.into_iter().filter(|(_, value)| !value.is_null()));
     }
+    let mut merged: ServeArgs = serde_json::from_value(layered).map_err(invalid)?;
+    merged.config = config;
+    Ok(merged)
 }
 
 /// Reads a duration such as `90s`, `15m`, `12h`, `30d` or `1h 30m`
@@ -870,11 +819,39 @@ mod tests {
             max_frame_bytes: Some(2000),
             ..ServeArgs::default()
         };
-        let config = Config::resolve(merge(args, file)).expect("valid config");
+        let config = Config::resolve(merge(args, file).expect("merged")).expect("valid config");
         assert_eq!(config.max_frame_bytes, 2000);
         assert_eq!(config.idle_timeout, Duration::from_millis(5));
         assert!(config.guest_chat);
         assert_eq!(config.max_message_chars, 4000);
+    }
+
+    #[test]
+    fn layering_keeps_every_kind_of_setting_and_flags_win() {
+        let file: ServeArgs = toml::from_str(
+            "bind = \"127.0.0.1:1\"\nallowed_origins = [\"https://a.example\"]\n\
+             log_format = \"json\"\nguest_chat = true\nmax_frame_bytes = 1000\n\
+             data_dir = \"/tmp/x\"\nbroker_namespace = \"n1\"",
+        )
+        .expect("valid toml");
+        let args = ServeArgs {
+            guest_chat: Some(false),
+            max_frame_bytes: Some(2000),
+            config: Some(PathBuf::from("roomcast.toml")),
+            ..ServeArgs::default()
+        };
+        let merged = merge(args, file).expect("merged");
+        assert_eq!(merged.bind, "127.0.0.1:1".parse().ok());
+        assert_eq!(
+            merged.allowed_origins,
+            Some(vec!["https://a.example".to_owned()])
+        );
+        assert_eq!(merged.log_format, Some(LogFormat::Json));
+        assert_eq!(merged.guest_chat, Some(false));
+        assert_eq!(merged.max_frame_bytes, Some(2000));
+        assert_eq!(merged.data_dir, Some(PathBuf::from("/tmp/x")));
+        assert_eq!(merged.broker_namespace.as_deref(), Some("n1"));
+        assert_eq!(merged.config, Some(PathBuf::from("roomcast.toml")));
     }
 
     #[test]

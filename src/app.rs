@@ -66,6 +66,33 @@ impl App {
         });
     }
 
+    /// Stores a chat message and, once it is durable, broadcasts it (in the
+    /// room's commit order, like every chat message); resolves to what was
+    /// stored. A retried `client_msg_id` finds the first message and is not
+    /// broadcast again.
+    pub async fn store_and_publish(
+        self: &std::sync::Arc<Self>,
+        message: crate::store::NewMessage,
+    ) -> Result<crate::store::Appended, crate::store::StoreError> {
+        let (done, stored) = tokio::sync::oneshot::channel();
+        let app = self.clone();
+        self.store.append(
+            message,
+            Box::new(move |result| {
+                if let Ok(appended) = &result
+                    && !appended.duplicate
+                {
+                    app.publish_stored(appended);
+                }
+                // The caller waits for this; if it is gone, nobody needs it.
+                let _ = done.send(result);
+            }),
+        );
+        stored
+            .await
+            .unwrap_or(Err(crate::store::StoreError::Closed))
+    }
+
     /// Encodes a frame once and broadcasts it to an audience.
     pub fn publish(&self, audience: Audience, message: &ServerMessage<'_>, except: Option<&str>) {
         self.broker

@@ -205,3 +205,108 @@ async fn room_history_over_http() {
         assert_eq!(body["error_code"], "validation_error");
     }
 }
+
+#[tokio::test]
+async fn a_backend_publishes_messages_and_events_into_a_room() {
+    let server = TestServer::start().await;
+    let mut alice = server.user("alice").await;
+    join(&mut alice, "dev").await;
+    let publish = |body: serde_json::Value,
+                   key: Option<&'static str>,
+                   bearer: Option<&'static str>| {
+        let addr = server.addr;
+        async move {
+            let headers: Vec<(&str, &str)> =
+                key.map(|k| ("Idempotency-Key", k)).into_iter().collect();
+            support::http_request_with(addr, "POST", "/api/publish", bearer, Some(&body), &headers)
+                .await
+        }
+    };
+    // A chat message as the system user: stored, broadcast, in history.
+    let (status, body) = publish(
+        json!({"room": "dev", "content": "deploy finished"}),
+        Some("deploy-42"),
+        Some(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let message = &body["message"];
+    assert_eq!(message["user"]["kind"], "system", "{body}");
+    assert_eq!(message["user"]["id"], "system", "{body}");
+    let said = alice.recv_type("chat_message").await;
+    assert_eq!(said["message"]["id"], message["id"]);
+    assert_eq!(said["message"]["content"], "deploy finished");
+    // A retry with the same key: the same message, not broadcast again.
+    let (status, again) = publish(
+        json!({"room": "dev", "content": "deploy finished"}),
+        Some("deploy-42"),
+        Some(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["message"]["id"], message["id"]);
+
+    // An event, with a key too.
+    let event = json!({"room": "dev", "event": {"type": "ticket_update", "ticket_id": "T-1",
+        "project_id": "P", "changes": {"status": "done"}}});
+    let (status, body) = publish(event.clone(), Some("t1-done"), Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let event_id = body["event_id"].as_i64().expect("event_id");
+    let told = alice.recv_type("ticket_update").await;
+    assert_eq!(told["event_id"], event_id, "{told}");
+    assert_eq!(told["changes"]["status"], "done");
+    assert_eq!(told["user"]["kind"], "system");
+    let (_, again) = publish(event, Some("t1-done"), Some(ADMIN_KEY)).await;
+    assert_eq!(again["event_id"], event_id);
+    alice.expect_silence().await;
+
+    // Refusals.
+    let (status, _) = publish(json!({"room": "dev", "content": "x"}), None, None).await;
+    assert_eq!(status, 401);
+    let (status, _) = publish(
+        json!({"room": "dev", "content": "x"}),
+        None,
+        Some("wrong-key"),
+    )
+    .await;
+    assert_eq!(status, 401);
+    for bad in [
+        json!({"room": "dev"}),
+        json!({"room": "dev", "content": "x", "event": {"type": "project_update", "project_id": "P", "changes": {}}}),
+        json!({"room": "a b", "content": "x"}),
+        json!({"room": "dev", "content": ""}),
+        json!({"room": "dev", "event": {"type": "party"}}),
+        json!({"room": "dev", "content": "x", "extra": 1}),
+    ] {
+        let (status, body) = publish(bad.clone(), None, Some(ADMIN_KEY)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error_code"], "validation_error", "{bad}: {body}");
+    }
+    let (status, _) = publish(
+        json!({"room": "dev", "content": "x"}),
+        Some("bad key"),
+        Some(ADMIN_KEY),
+    )
+    .await;
+    assert_eq!(status, 400);
+    // Nothing refused reached the room.
+    alice.expect_silence().await;
+}
+
+#[tokio::test]
+async fn publishing_into_an_unknown_room_is_404_where_rooms_are_not_auto_created() {
+    let mut settings = support::args();
+    settings.no_room_auto_create = Some(true);
+    let server = TestServer::with(settings).await;
+    let (status, body) = support::http_request(
+        server.addr,
+        "POST",
+        "/api/publish",
+        Some(ADMIN_KEY),
+        Some(&json!({"room": "nowhere", "content": "hello"})),
+        None,
+    )
+    .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error_code"], "not_found");
+}

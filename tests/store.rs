@@ -281,15 +281,32 @@ async fn check_rooms_are_created_once(store: Arc<dyn MessageStore>) {
 
 on_every_backend!(events_are_numbered, check_events_are_numbered);
 async fn check_events_are_numbered(store: Arc<dyn MessageStore>) {
-    let event = |n: i64| NewEvent {
+    let event = |n: i64, key: Option<&str>| NewEvent {
         room: "project:p".into(),
         kind: "project_update",
         payload: serde_json::json!({"n": n}),
         user_id: "ann".into(),
+        idempotency_key: key.map(str::to_owned),
     };
-    let first = store.record_event(event(1)).await.expect("event");
-    let second = store.record_event(event(2)).await.expect("event");
-    assert!(second > first);
+    let first = store.record_event(event(1, None)).await.expect("event");
+    let second = store.record_event(event(2, None)).await.expect("event");
+    assert!(second.id > first.id && !first.duplicate && !second.duplicate);
+    // The same idempotency key in the same room finds the first event.
+    let keyed = store
+        .record_event(event(3, Some("k1")))
+        .await
+        .expect("event");
+    let again = store
+        .record_event(event(4, Some("k1")))
+        .await
+        .expect("event");
+    assert_eq!(again.id, keyed.id);
+    assert!(again.duplicate && !keyed.duplicate);
+    let other = store
+        .record_event(event(5, Some("k2")))
+        .await
+        .expect("event");
+    assert!(other.id > keyed.id && !other.duplicate);
 }
 
 on_every_backend!(

@@ -19,7 +19,7 @@ use crate::store::{NewMessage, Page};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
@@ -401,10 +401,9 @@ impl Job {
     }
 
     async fn store(&self, room: &str, assistant: &User, content: &str) -> Option<Message> {
-        let (done, stored) = oneshot::channel();
-        let app = self.app.clone();
-        self.app.store.append(
-            NewMessage {
+        let stored = self
+            .app
+            .store_and_publish(NewMessage {
                 room: room.into(),
                 user: assistant.clone(),
                 content: content.to_owned(),
@@ -412,24 +411,14 @@ impl Job {
                 client_msg_id: None,
                 reply_to: None,
                 attachment: None,
-            },
-            Box::new(move |result| {
-                // Broadcast here, in commit order, like every chat message:
-                // the room sees its messages in id order.
-                if let Ok(appended) = &result {
-                    app.publish_stored(appended);
-                }
-                // The task waits for this; if it is gone, nobody needs it.
-                let _ = done.send(result);
-            }),
-        );
-        match stored.await {
-            Ok(Ok(appended)) => Some(appended.message),
-            Ok(Err(err)) => {
+            })
+            .await;
+        match stored {
+            Ok(appended) => Some(appended.message),
+            Err(err) => {
                 tracing::error!(error = %err, "cannot store the assistant's answer");
                 None
             }
-            Err(_) => None,
         }
     }
 

@@ -35,8 +35,10 @@ async fn record(
             kind,
             payload,
             user_id: user.id.clone(),
+            idempotency_key: None,
         })
-        .await?;
+        .await?
+        .id;
     Ok(Recorded {
         user,
         room,

@@ -8,6 +8,7 @@ mod accept;
 mod accounts;
 mod api;
 mod metrics;
+mod publish;
 mod rooms;
 pub mod tls;
 mod ws;
@@ -42,6 +43,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/users", post(accounts::register))
         .route("/api/login", post(accounts::login))
         .route("/api/rooms", post(rooms::create))
+        .route("/api/publish", post(publish::publish))
         .route("/api/rooms/{room}/members", post(rooms::add_member))
         .route(
             "/api/rooms/{room}/members/{user_id}",

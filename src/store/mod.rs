@@ -204,6 +204,17 @@ pub struct NewEvent {
     pub kind: &'static str,
     pub payload: serde_json::Value,
     pub user_id: Arc<str>,
+    /// A retry with the same key in the same room stores nothing and finds
+    /// the event stored first.
+    pub idempotency_key: Option<String>,
+}
+
+/// A recorded event: its id, and whether it had been recorded before
+/// (same room and idempotency key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub id: i64,
+    pub duplicate: bool,
 }
 
 /// Durable storage.
@@ -237,7 +248,7 @@ pub trait MessageStore: Send + Sync + 'static {
     fn prune(&self, retention: Retention, chunk: usize) -> BoxFuture<'_, Result<u64, StoreError>>;
 
     /// Stores a project or ticket event and returns its id.
-    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>>;
+    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<RecordedEvent, StoreError>>;
 
     /// Creates a room explicitly; `Conflict` if it exists.
     fn create_room(&self, room: NewRoom) -> BoxFuture<'_, Result<RoomRecord, StoreError>>;

@@ -13,7 +13,7 @@
 
 use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
-    NewRoom, Page, Retention, RoomRecord, StoreError, deliver_commit,
+    NewRoom, Page, RecordedEvent, Retention, RoomRecord, StoreError, deliver_commit,
 };
 use crate::hub::Flusher;
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0001_init.sql"),
     include_str!("migrations/postgres/0002_retention.sql"),
     include_str!("migrations/postgres/0003_accounts.sql"),
+    include_str!("migrations/postgres/0004_event_keys.sql"),
 ];
 
 /// Key of the advisory lock that serializes migrations of concurrent starts.
@@ -197,23 +198,41 @@ impl MessageStore for PostgresStore {
         })
     }
 
-    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>> {
+    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<RecordedEvent, StoreError>> {
         Box::pin(async move {
             let client = self.reader.client().await?;
-            let row = client
-                .query_one(
-                    "INSERT INTO events (room, kind, payload, user_id, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+            let inserted = client
+                .query_opt(
+                    "INSERT INTO events (room, kind, payload, user_id, created_at, idempotency_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6) \
+                     ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                     DO NOTHING RETURNING id",
                     &[
                         &&*event.room,
                         &event.kind,
                         &event.payload.to_string(),
                         &&*event.user_id,
                         &Timestamp::now().as_millis(),
+                        &event.idempotency_key,
                     ],
                 )
                 .await?;
-            Ok(row.try_get(0)?)
+            if let Some(row) = inserted {
+                return Ok(RecordedEvent {
+                    id: row.try_get(0)?,
+                    duplicate: false,
+                });
+            }
+            let row = client
+                .query_one(
+                    "SELECT id FROM events WHERE room = $1 AND idempotency_key = $2",
+                    &[&&*event.room, &event.idempotency_key],
+                )
+                .await?;
+            Ok(RecordedEvent {
+                id: row.try_get(0)?,
+                duplicate: true,
+            })
         })
     }
 

@@ -20,7 +20,7 @@
 use super::recent::{self, NewestGlobal};
 use super::{
     Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
-    NewRoom, Page, Retention, RoomRecord, StoreError, deliver_commit,
+    NewRoom, Page, RecordedEvent, Retention, RoomRecord, StoreError, deliver_commit,
 };
 use crate::hub::Flusher;
 use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
@@ -35,6 +35,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0001_init.sql"),
     include_str!("migrations/sqlite/0002_retention.sql"),
     include_str!("migrations/sqlite/0003_accounts.sql"),
+    include_str!("migrations/sqlite/0004_event_keys.sql"),
 ];
 
 /// Most appends committed in one transaction. Each commit's callbacks queue
@@ -213,21 +214,36 @@ impl MessageStore for SqliteStore {
         self.run(move |connection| find_room(connection, &room))
     }
 
-    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<i64, StoreError>> {
+    fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<RecordedEvent, StoreError>> {
         self.run(move |connection| {
-            connection
+            let inserted = connection
                 .prepare_cached(
-                    "INSERT INTO events (room, kind, payload, user_id, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    "INSERT INTO events (room, kind, payload, user_id, created_at, idempotency_key) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                     ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL \
+                     DO NOTHING",
                 )?
                 .execute(params![
                     &*event.room,
                     event.kind,
                     event.payload.to_string(),
                     &*event.user_id,
-                    Timestamp::now().as_millis()
+                    Timestamp::now().as_millis(),
+                    event.idempotency_key,
                 ])?;
-            Ok(connection.last_insert_rowid())
+            if inserted > 0 {
+                return Ok(RecordedEvent {
+                    id: connection.last_insert_rowid(),
+                    duplicate: false,
+                });
+            }
+            let id = connection
+                .prepare_cached("SELECT id FROM events WHERE room = ?1 AND idempotency_key = ?2")?
+                .query_row(params![&*event.room, event.idempotency_key], |row| row.get(0))?;
+            Ok(RecordedEvent {
+                id,
+                duplicate: true,
+            })
         })
     }
 

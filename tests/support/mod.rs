@@ -133,7 +133,7 @@ impl TestServer {
 
 /// A minimal HTTP/1.1 GET; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str, bearer: Option<&str>) -> (u16, String) {
-    raw_request(addr, "GET", path, bearer, None, None).await
+    raw_request(addr, "GET", path, bearer, None, None, &[]).await
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -464,6 +464,22 @@ impl Drop for PgSchema {
 /// An HTTP/1.1 request with an optional bearer token and JSON body, from an
 /// optional local source address (to act as another client IP); the answer's
 /// body as JSON (or as a string when it is not JSON).
+/// [`http_request`] with more headers.
+pub async fn http_request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let (status, body) = raw_request(addr, method, path, bearer, body, None, headers).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
+    )
+}
+
 pub async fn http_request(
     addr: SocketAddr,
     method: &str,
@@ -472,7 +488,7 @@ pub async fn http_request(
     body: Option<&Value>,
     source: Option<std::net::IpAddr>,
 ) -> (u16, Value) {
-    let (status, body) = raw_request(addr, method, path, bearer, body, source).await;
+    let (status, body) = raw_request(addr, method, path, bearer, body, source, &[]).await;
     (
         status,
         serde_json::from_str(&body).unwrap_or(Value::String(body)),
@@ -486,6 +502,7 @@ async fn raw_request(
     bearer: Option<&str>,
     body: Option<&Value>,
     source: Option<std::net::IpAddr>,
+    headers: &[(&str, &str)],
 ) -> (u16, String) {
     let mut stream = match source {
         Some(ip) => {
@@ -497,9 +514,12 @@ async fn raw_request(
         }
         None => TcpStream::connect(addr).await.expect("connect"),
     };
-    let auth = bearer
+    let mut auth = bearer
         .map(|token| format!("Authorization: Bearer {token}\r\n"))
         .unwrap_or_default();
+    for (name, value) in headers {
+        auth.push_str(&format!("{name}: {value}\r\n"));
+    }
     let body = body.map(Value::to_string).unwrap_or_default();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",

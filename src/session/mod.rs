@@ -267,6 +267,9 @@ struct Deadlines {
     /// The token's expiry, or the end of the grace period after it.
     token: Option<Instant>,
     in_grace: bool,
+    /// When the oldest frame waiting for storage (or one older) has waited
+    /// `--store-timeout-ms`; moved on lazily, when it comes.
+    store: Option<Instant>,
 }
 
 impl Deadlines {
@@ -276,6 +279,7 @@ impl Deadlines {
             idle: later(now, config.idle_timeout),
             token: None,
             in_grace: false,
+            store: None,
         }
     }
 
@@ -287,7 +291,8 @@ impl Deadlines {
 
     fn next(&self) -> Instant {
         let first = self.heartbeat.min(self.idle);
-        self.token.map_or(first, |token| first.min(token))
+        let first = self.token.map_or(first, |token| first.min(token));
+        self.store.map_or(first, |store| first.min(store))
     }
 }
 
@@ -356,21 +361,6 @@ impl Session {
                 Box::pin(self.process(app, *inbound)).await;
                 continue;
             }
-            // Storage is stalled: frames that waited too long are answered
-            // with `unavailable` (the chat message in flight keeps its ack,
-            // sent whenever it is stored).
-            if let Some((since, _)) = waiting.front() {
-                let expires = since.checked_add(config.store_timeout).unwrap_or(*since);
-                if expires <= Instant::now() {
-                    if let Some((_, inbound)) = waiting.pop_front() {
-                        self.time_out(app, *inbound);
-                    }
-                    continue;
-                }
-                if expires < clock.deadline() {
-                    clock.as_mut().reset(expires);
-                }
-            }
             tokio::select! {
                 biased;
                 () = outbox.rung() => {}
@@ -420,11 +410,30 @@ impl Session {
                     } else {
                         // Watch before the count is read again at the top.
                         self.connection.pending_writes.watch(true);
-                        waiting.push_back((Instant::now(), Box::new(inbound)));
+                        let now = Instant::now();
+                        if deadlines.store.is_none() {
+                            deadlines.store = Some(later(now, config.store_timeout));
+                        }
+                        waiting.push_back((now, Box::new(inbound)));
                     }
                 }
                 () = &mut clock => {
                     let now = Instant::now();
+                    // Storage is stalled: frames that waited too long are
+                    // answered with `unavailable` (a chat message already in
+                    // flight keeps its ack, sent whenever it is stored).
+                    if deadlines.store.is_some_and(|at| at <= now) {
+                        deadlines.store = None;
+                        while let Some((since, _)) = waiting.front() {
+                            if later(*since, config.store_timeout) > now {
+                                deadlines.store = Some(later(*since, config.store_timeout));
+                                break;
+                            }
+                            if let Some((_, inbound)) = waiting.pop_front() {
+                                self.time_out(app, *inbound);
+                            }
+                        }
+                    }
                     match deadlines.token {
                         Some(at) if at <= now && deadlines.in_grace => {
                             connection.close(CloseReason::TOKEN_EXPIRED);

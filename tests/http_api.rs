@@ -276,6 +276,7 @@ async fn a_backend_publishes_messages_and_events_into_a_room() {
         json!({"room": "a b", "content": "x"}),
         json!({"room": "dev", "content": ""}),
         json!({"room": "dev", "event": {"type": "party"}}),
+        json!({"room": "dev", "event": {"type": "project_update", "project_id": "a b", "changes": {}}}),
         json!({"room": "dev", "content": "x", "extra": 1}),
     ] {
         let (status, body) = publish(bad.clone(), None, Some(ADMIN_KEY)).await;

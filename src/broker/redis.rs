@@ -528,32 +528,14 @@ impl Broker for RedisBroker {
     }
 
     fn membership(&self, room: &str, user: &crate::protocol::User, joined: bool) {
-        let node = self.hub.node_id();
-        let field = format!("{node}|{}", user.id);
-        let members = self.channels.members(room);
-        let record = if joined {
-            let mut record = redis::cmd("HSET");
-            record
-                .arg(members)
-                .arg(field)
-                .arg(serde_json::to_string(user).unwrap_or_default());
-            let mut listed = redis::cmd("SADD");
-            listed.arg(self.channels.node_rooms(node)).arg(room);
-            let _ = self.outgoing.send(Outgoing::Command(listed));
-            record
-        } else {
-            let mut record = redis::cmd("HDEL");
-            record.arg(members).arg(field);
-            record
-        };
-        let _ = self.outgoing.send(Outgoing::Command(record));
-        let member = Control::Member {
-            node: node.to_owned(),
-            room: room.to_owned(),
-            user: user.clone(),
+        record_member(
+            &self.outgoing,
+            &self.channels,
+            self.hub.node_id(),
+            room,
+            user,
             joined,
-        };
-        self.send_control(self.channels.room(room), &member);
+        );
     }
 
     fn connections_elsewhere(&self, user_id: &str) -> Option<BoxFuture<'static, usize>> {
@@ -1051,6 +1033,43 @@ async fn publish(mut connection: ConnectionManager, mut queue: mpsc::UnboundedRe
     }
 }
 
+/// Records in Redis that `user` is in `room` on `node` (`joined`) or no
+/// longer is, then tells the room's channel, in that order.
+fn record_member(
+    outgoing: &mpsc::UnboundedSender<Outgoing>,
+    channels: &Channels,
+    node: &str,
+    room: &str,
+    user: &crate::protocol::User,
+    joined: bool,
+) {
+    let field = format!("{node}|{}", user.id);
+    let members = channels.members(room);
+    let record = if joined {
+        let mut listed = redis::cmd("SADD");
+        listed.arg(channels.node_rooms(node)).arg(room);
+        let _ = outgoing.send(Outgoing::Command(listed));
+        let mut record = redis::cmd("HSET");
+        record.arg(members).arg(field);
+        record.arg(serde_json::to_string(user).unwrap_or_default());
+        record
+    } else {
+        let mut record = redis::cmd("HDEL");
+        record.arg(members).arg(field);
+        record
+    };
+    let _ = outgoing.send(Outgoing::Command(record));
+    let member = Control::Member {
+        node: node.to_owned(),
+        room: room.to_owned(),
+        user: user.clone(),
+        joined,
+    };
+    if let Ok(text) = serde_json::to_vec(&member) {
+        let _ = outgoing.send(Outgoing::Publish(channels.room(room), Bytes::from(text)));
+    }
+}
+
 /// The members `room` has on other nodes, as Redis has them.
 async fn members_elsewhere(
     connection: &mut ConnectionManager,
@@ -1210,7 +1229,14 @@ impl Follower {
             // node's are recorded again, and the others' read as they are
             // now, the differences told as events.
             for user in self.hub.room_users_here(&room) {
-                self.announce_member(&room, &user);
+                record_member(
+                    &self.outgoing,
+                    &self.channels,
+                    self.hub.node_id(),
+                    &room,
+                    &user,
+                    true,
+                );
             }
             let members =
                 members_elsewhere(&mut self.connection, &self.channels, &self.hub, &room).await?;
@@ -1224,31 +1250,6 @@ impl Follower {
     }
 
     /// Records and announces this node's `user` in `room` again.
-    fn announce_member(&self, room: &str, user: &crate::protocol::User) {
-        let node = self.hub.node_id();
-        let mut record = redis::cmd("HSET");
-        record
-            .arg(self.channels.members(room))
-            .arg(format!("{node}|{}", user.id))
-            .arg(serde_json::to_string(user).unwrap_or_default());
-        let mut listed = redis::cmd("SADD");
-        listed.arg(self.channels.node_rooms(node)).arg(room);
-        let member = Control::Member {
-            node: node.to_owned(),
-            room: room.to_owned(),
-            user: user.clone(),
-            joined: true,
-        };
-        let _ = self.outgoing.send(Outgoing::Command(listed));
-        let _ = self.outgoing.send(Outgoing::Command(record));
-        if let Ok(text) = serde_json::to_vec(&member) {
-            let _ = self.outgoing.send(Outgoing::Publish(
-                self.channels.room(room),
-                Bytes::from(text),
-            ));
-        }
-    }
-
     /// The room's channel is subscribed: joins waiting for it go on.
     fn subscribed(&self, room: Arc<str>) {
         let mut following = lock(&self.following);

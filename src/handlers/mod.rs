@@ -22,6 +22,7 @@ mod users;
 pub use ai::auto_reply;
 pub use auth::{connections_elsewhere, log_in};
 pub use presence::tell_counts;
+pub use projects::{ProjectEvent, record_and_tell};
 pub use rooms::may_enter;
 
 use crate::app::App;

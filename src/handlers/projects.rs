@@ -6,44 +6,114 @@ use crate::app::App;
 use crate::hub::Audience;
 use crate::protocol::{ProjectUpdate, ServerMessage, TicketUpdate, User};
 use crate::session::Session;
-use crate::store::NewEvent;
+use crate::store::{NewEvent, RecordedEvent, StoreError};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-/// An event stored for a project's room.
-struct Recorded {
-    user: User,
-    room: Arc<str>,
-    event_id: i64,
+/// A project or ticket event, from a connection or from a backend
+/// (`POST /api/publish`).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProjectEvent {
+    ProjectUpdate(ProjectUpdate),
+    TicketUpdate(TicketUpdate),
 }
 
-/// Checks that the connection is in the project's room and stores the event.
-async fn record(
+impl ProjectEvent {
+    /// Checks the ids as the WebSocket messages do.
+    pub fn validated(self) -> Result<Self, crate::protocol::Rejection> {
+        Ok(match self {
+            ProjectEvent::ProjectUpdate(update) => ProjectEvent::ProjectUpdate(update.validated()?),
+            ProjectEvent::TicketUpdate(update) => ProjectEvent::TicketUpdate(update.validated()?),
+        })
+    }
+
+    fn project_id(&self) -> &str {
+        match self {
+            ProjectEvent::ProjectUpdate(update) => &update.project_id,
+            ProjectEvent::TicketUpdate(update) => &update.project_id,
+        }
+    }
+
+    /// Its kind and payload as stored.
+    fn stored(&self) -> (&'static str, Value) {
+        match self {
+            ProjectEvent::ProjectUpdate(update) => (
+                "project_update",
+                json!({ "project_id": update.project_id, "changes": update.changes }),
+            ),
+            ProjectEvent::TicketUpdate(update) => (
+                "ticket_update",
+                json!({
+                    "ticket_id": update.ticket_id,
+                    "project_id": update.project_id,
+                    "changes": update.changes,
+                }),
+            ),
+        }
+    }
+
+    /// What the room is told.
+    fn told<'a>(&'a self, user: &'a User, event_id: i64) -> ServerMessage<'a> {
+        match self {
+            ProjectEvent::ProjectUpdate(update) => ServerMessage::ProjectUpdate {
+                project_id: &update.project_id,
+                changes: &update.changes,
+                user,
+                event_id,
+            },
+            ProjectEvent::TicketUpdate(update) => ServerMessage::TicketUpdate {
+                ticket_id: &update.ticket_id,
+                project_id: &update.project_id,
+                changes: &update.changes,
+                user,
+                event_id,
+            },
+        }
+    }
+}
+
+/// Records `event` in `room` as said by `user` and tells the room (but
+/// `except`); with an idempotency key already used in the room, finds the
+/// event recorded then and tells nobody again.
+pub async fn record_and_tell(
     app: &App,
-    session: &Session,
-    project_id: &str,
-    kind: &'static str,
-    payload: Value,
-) -> Result<Recorded, HandlerError> {
-    let user = speaker(&session.connection)?;
-    let room: Arc<str> = format!("project:{project_id}").into();
-    require_joined(&session.connection, &room)?;
-    let event_id = app
+    room: Arc<str>,
+    user: &User,
+    event: &ProjectEvent,
+    idempotency_key: Option<String>,
+    except: Option<&str>,
+) -> Result<RecordedEvent, StoreError> {
+    let (kind, payload) = event.stored();
+    let recorded = app
         .store
         .record_event(NewEvent {
             room: room.clone(),
             kind,
             payload,
             user_id: user.id.clone(),
-            idempotency_key: None,
+            idempotency_key,
         })
-        .await?
-        .id;
-    Ok(Recorded {
-        user,
-        room,
-        event_id,
-    })
+        .await?;
+    if !recorded.duplicate {
+        app.publish(Audience::Room(room), &event.told(user, recorded.id), except);
+    }
+    Ok(recorded)
+}
+
+/// A connection's event, for the room `project:<project_id>` it must have
+/// joined; the event's id.
+async fn from_connection(
+    app: &App,
+    session: &Session,
+    event: &ProjectEvent,
+) -> Result<i64, HandlerError> {
+    let user = speaker(&session.connection)?;
+    let room: Arc<str> = format!("project:{}", event.project_id()).into();
+    require_joined(&session.connection, &room)?;
+    let recorded =
+        record_and_tell(app, room, &user, event, None, Some(&session.connection.id)).await?;
+    Ok(recorded.id)
 }
 
 pub async fn project_update(
@@ -52,25 +122,15 @@ pub async fn project_update(
     request: ProjectUpdate,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let payload = json!({ "project_id": request.project_id, "changes": request.changes });
-    let event = record(app, session, &request.project_id, "project_update", payload).await?;
+    let event = ProjectEvent::ProjectUpdate(request);
+    let event_id = from_connection(app, session, &event).await?;
     app.send(
         &session.connection,
         &ServerMessage::ProjectUpdated {
-            project_id: &request.project_id,
-            event_id: event.event_id,
+            project_id: event.project_id(),
+            event_id,
         },
         reference,
-    );
-    app.publish(
-        Audience::Room(event.room),
-        &ServerMessage::ProjectUpdate {
-            project_id: &request.project_id,
-            changes: &request.changes,
-            user: &event.user,
-            event_id: event.event_id,
-        },
-        Some(&session.connection.id),
     );
     Ok(())
 }
@@ -81,30 +141,16 @@ pub async fn ticket_update(
     request: TicketUpdate,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let payload = json!({
-        "ticket_id": request.ticket_id,
-        "project_id": request.project_id,
-        "changes": request.changes,
-    });
-    let event = record(app, session, &request.project_id, "ticket_update", payload).await?;
+    let ticket_id = request.ticket_id.clone();
+    let event = ProjectEvent::TicketUpdate(request);
+    let event_id = from_connection(app, session, &event).await?;
     app.send(
         &session.connection,
         &ServerMessage::TicketUpdated {
-            ticket_id: &request.ticket_id,
-            event_id: event.event_id,
+            ticket_id: &ticket_id,
+            event_id,
         },
         reference,
-    );
-    app.publish(
-        Audience::Room(event.room),
-        &ServerMessage::TicketUpdate {
-            ticket_id: &request.ticket_id,
-            project_id: &request.project_id,
-            changes: &request.changes,
-            user: &event.user,
-            event_id: event.event_id,
-        },
-        Some(&session.connection.id),
     );
     Ok(())
 }

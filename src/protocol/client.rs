@@ -613,7 +613,7 @@ pub struct ProjectUpdate {
 }
 
 impl ProjectUpdate {
-    fn validated(self) -> Result<Self, Rejection> {
+    pub fn validated(self) -> Result<Self, Rejection> {
         if !validate_room_name(&self.project_id) {
             return Err(Rejection::invalid(
                 "project_id",
@@ -633,7 +633,7 @@ pub struct TicketUpdate {
 }
 
 impl TicketUpdate {
-    fn validated(self) -> Result<Self, Rejection> {
+    pub fn validated(self) -> Result<Self, Rejection> {
         if !validate_room_name(&self.ticket_id) {
             return Err(Rejection::invalid(
                 "ticket_id",

@@ -6,14 +6,14 @@
 
 use super::{ApiError, JsonBody, require_admin};
 use crate::app::App;
-use crate::hub::Audience;
-use crate::protocol::{GLOBAL_ROOM, ServerMessage, Timestamp, User, UserKind, validate_room_name};
-use crate::store::{NewEvent, NewMessage};
+use crate::handlers::{ProjectEvent, record_and_tell};
+use crate::protocol::{GLOBAL_ROOM, Timestamp, User, UserKind, validate_room_name};
+use crate::store::NewMessage;
 use axum::Json;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::sync::Arc;
 
 #[derive(Debug, Deserialize)]
@@ -21,22 +21,9 @@ use std::sync::Arc;
 pub struct Publish {
     room: String,
     content: Option<String>,
-    event: Option<Event>,
-}
-
-/// The events a backend may publish, as the WebSocket protocol has them.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
-enum Event {
-    ProjectUpdate {
-        project_id: String,
-        changes: Map<String, Value>,
-    },
-    TicketUpdate {
-        ticket_id: String,
-        project_id: String,
-        changes: Map<String, Value>,
-    },
+    /// A `project_update` or `ticket_update`, as the WebSocket messages
+    /// have them, with their `type`.
+    event: Option<ProjectEvent>,
 }
 
 /// Longest `Idempotency-Key` taken, in characters.
@@ -141,64 +128,14 @@ async fn publish_message(
 async fn publish_event(
     app: &Arc<App>,
     room: String,
-    event: Event,
+    event: ProjectEvent,
     key: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let room: Arc<str> = room.into();
-    let user = system();
-    let (kind, payload) = match &event {
-        Event::ProjectUpdate {
-            project_id,
-            changes,
-        } => (
-            "project_update",
-            json!({ "project_id": project_id, "changes": changes }),
-        ),
-        Event::TicketUpdate {
-            ticket_id,
-            project_id,
-            changes,
-        } => (
-            "ticket_update",
-            json!({ "ticket_id": ticket_id, "project_id": project_id, "changes": changes }),
-        ),
-    };
-    let recorded = app
-        .store
-        .record_event(NewEvent {
-            room: room.clone(),
-            kind,
-            payload,
-            user_id: user.id.clone(),
-            idempotency_key: key,
-        })
+    let event = event
+        .validated()
+        .map_err(|rejection| ApiError::bad_request(format!("event: {}", rejection.message)))?;
+    let recorded = record_and_tell(app, room.into(), &system(), &event, key, None)
         .await
         .map_err(ApiError::internal)?;
-    // A retry finds the event told already.
-    if !recorded.duplicate {
-        let message = match &event {
-            Event::ProjectUpdate {
-                project_id,
-                changes,
-            } => ServerMessage::ProjectUpdate {
-                project_id,
-                changes,
-                user: &user,
-                event_id: recorded.id,
-            },
-            Event::TicketUpdate {
-                ticket_id,
-                project_id,
-                changes,
-            } => ServerMessage::TicketUpdate {
-                ticket_id,
-                project_id,
-                changes,
-                user: &user,
-                event_id: recorded.id,
-            },
-        };
-        app.publish(Audience::Room(room), &message, None);
-    }
     Ok(Json(json!({ "event_id": recorded.id })))
 }

@@ -600,17 +600,25 @@ async fn a_user_is_online_once_however_many_nodes_hold_them_and_a_dead_node_is_c
     let joined = alice.recv_type("user_join").await;
     assert_eq!(joined["user"]["id"], "carol");
     node_b.kill_hard();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let gone = loop {
-        match tokio::time::timeout(Duration::from_secs(1), alice.recv()).await {
-            Ok(frame) if frame["type"] == "user_leave" => break frame,
-            _ => assert!(
-                tokio::time::Instant::now() < deadline,
-                "carol was not counted off"
-            ),
-        }
-    };
+    let gone = recv_type_within(&mut alice, "user_leave", 30, "carol was not counted off").await;
     assert_eq!(gone["user"]["id"], "carol");
+}
+
+/// The next frame of type `kind`, waiting up to `seconds` (a dead node is
+/// counted off within 25 s); fails with `why` after that.
+async fn recv_type_within(
+    client: &mut support::Client,
+    kind: &str,
+    seconds: u64,
+    why: &str,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), client.recv()).await {
+            Ok(frame) if frame["type"] == kind => return frame,
+            _ => assert!(tokio::time::Instant::now() < deadline, "{why}"),
+        }
+    }
 }
 
 fn member_ids(frame: &serde_json::Value) -> Vec<String> {
@@ -691,16 +699,13 @@ async fn room_members_counts_and_large_rooms_span_nodes() {
     let presence = alice.recv_type("presence").await;
     assert_eq!(presence["user"]["id"], "dave", "{presence}");
     node_b.kill_hard();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let gone = loop {
-        match tokio::time::timeout(Duration::from_secs(1), alice.recv()).await {
-            Ok(frame) if frame["type"] == "presence" => break frame,
-            _ => assert!(
-                tokio::time::Instant::now() < deadline,
-                "dave was not taken out of the room"
-            ),
-        }
-    };
+    let gone = recv_type_within(
+        &mut alice,
+        "presence",
+        30,
+        "dave was not taken out of the room",
+    )
+    .await;
     assert_eq!(
         (gone["event"].as_str(), gone["user"]["id"].as_str()),
         (Some("leave"), Some("dave"))

@@ -474,10 +474,12 @@ pub async fn http_request_with(
     headers: &[(&str, &str)],
 ) -> (u16, Value) {
     let (status, body) = raw_request(addr, method, path, bearer, body, None, headers).await;
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    (status, json_or_text(body))
+}
+
+/// A response body as JSON, or as a JSON string when it is not JSON.
+fn json_or_text(body: String) -> Value {
+    serde_json::from_str(&body).unwrap_or(Value::String(body))
 }
 
 pub async fn http_request(
@@ -489,10 +491,7 @@ pub async fn http_request(
     source: Option<std::net::IpAddr>,
 ) -> (u16, Value) {
     let (status, body) = raw_request(addr, method, path, bearer, body, source, &[]).await;
-    (
-        status,
-        serde_json::from_str(&body).unwrap_or(Value::String(body)),
-    )
+    (status, json_or_text(body))
 }
 
 async fn raw_request(

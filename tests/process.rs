@@ -27,9 +27,20 @@ async fn sigterm_closes_sockets_with_1001_and_exits_0() {
     support::subscribe(&mut alice, None).await;
     let mut bob = server.user("bob").await;
     alice.recv_type("user_join").await;
+    support::join(&mut alice, "dev").await;
+    support::join(&mut bob, "dev").await;
+    alice.recv_type("presence").await;
     let started = Instant::now();
     server.terminate();
-    assert_eq!(alice.closed().await, Some(1001));
+    // Protocol rule 12: shutdown announces nobody's departure, it closes.
+    let (frames, code) = alice.frames_until_close().await;
+    assert_eq!(code, Some(1001));
+    assert!(
+        frames
+            .iter()
+            .all(|frame| frame["type"] != "user_leave" && frame["type"] != "presence"),
+        "{frames:?}"
+    );
     assert_eq!(bob.closed().await, Some(1001));
     assert_eq!(server.exit_code(Duration::from_secs(10)).await, 0);
     assert!(started.elapsed() < Duration::from_secs(10));

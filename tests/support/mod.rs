@@ -243,6 +243,30 @@ impl Client {
         self.closed_with_reason().await.map(|(code, _)| code)
     }
 
+    /// The frames that arrive before the server's close, and its code.
+    pub async fn frames_until_close(&mut self) -> (Vec<Value>, Option<u16>) {
+        let mut frames = Vec::new();
+        let wait = async {
+            loop {
+                match self.socket.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        frames.push(serde_json::from_str(&text).expect("JSON frame"));
+                    }
+                    Some(Ok(Message::Close(frame))) => {
+                        while let Some(Ok(_)) = self.socket.next().await {}
+                        return frame.map(|CloseFrame { code, .. }| u16::from(code));
+                    }
+                    Some(Ok(_)) => continue,
+                    Some(Err(_)) | None => return None,
+                }
+            }
+        };
+        let code = tokio::time::timeout(Duration::from_secs(10), wait)
+            .await
+            .expect("server did not close the connection");
+        (frames, code)
+    }
+
     /// Like [`Client::closed`], with the close frame's reason.
     pub async fn closed_with_reason(&mut self) -> Option<(u16, String)> {
         let wait = async {

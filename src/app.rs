@@ -27,6 +27,8 @@ pub struct App {
     /// Rooms each user may still create by joining (per hour), where
     /// rooms are auto-created and a limit is set.
     pub room_creations: Option<crate::limits::KeyedLimiter<std::sync::Arc<str>>>,
+    /// File sharing, unless the allow-list of upload types is empty.
+    pub files: Option<Arc<crate::files::Files>>,
 }
 
 impl App {
@@ -55,14 +57,24 @@ impl App {
     }
 
     /// Broadcasts a newly stored chat message to its room (everyone, for
-    /// `global`), in the room's id order on every node.
+    /// `global`), in the room's id order on every node: as `chat_message`,
+    /// or as `file_shared` when it carries a file.
     pub fn publish_stored(&self, appended: &crate::store::Appended) {
         let message = &appended.message;
+        let told = match &message.attachment {
+            Some(file) => ServerMessage::FileShared {
+                file,
+                room: &message.room,
+                user: &message.user,
+                message,
+            },
+            None => ServerMessage::ChatMessage { message },
+        };
         self.broker.publish_stored(crate::broker::Stored {
             room: message.room.clone(),
             id: message.id,
             previous: appended.previous,
-            frame: OutFrame::from(ServerMessage::ChatMessage { message }.encode(None)),
+            frame: OutFrame::from(told.encode(None)),
         });
     }
 

@@ -307,7 +307,96 @@ pub struct ServeArgs {
     /// PEM private key for --tls-cert.
     #[arg(long, env = "ROOMCAST_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+
+    /// Largest file a user may upload, in bytes [default: 26214400 (25 MiB)].
+    #[arg(long, env = "ROOMCAST_MAX_UPLOAD_BYTES")]
+    pub max_upload_bytes: Option<u64>,
+
+    /// Comma-separated content types users may upload; `none` turns file
+    /// sharing off [default: image/png,image/jpeg,image/gif,image/webp,
+    /// application/pdf,text/plain,application/zip].
+    #[arg(long, env = "ROOMCAST_UPLOAD_TYPES", value_delimiter = ',')]
+    pub upload_types: Option<Vec<String>>,
+
+    /// Where uploaded files are kept: a directory, or `s3://BUCKET[/PREFIX]`
+    /// for an S3-compatible bucket (credentials, region and endpoint from
+    /// the usual AWS_* variables) [default: `files` in the data dir].
+    #[arg(long, env = "ROOMCAST_FILE_STORE")]
+    pub file_store: Option<String>,
+
+    /// How long an upload authorization may wait for its PUT [default: 15m].
+    #[arg(long, env = "ROOMCAST_UPLOAD_TTL")]
+    pub upload_ttl: Option<String>,
+
+    /// URL that receives the rooms' messages, shared files and project and
+    /// ticket events as signed JSON POSTs; repeat for several.
+    #[arg(long = "webhook", env = "ROOMCAST_WEBHOOK", value_delimiter = ',')]
+    pub webhook: Option<Vec<String>>,
+
+    /// Secret that signs webhook deliveries (HMAC-SHA256) [default: none: unsigned].
+    #[arg(long, env = "ROOMCAST_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+
+    /// Comma-separated rooms whose activity goes to the --webhook URLs
+    /// [default: every room].
+    #[arg(long, env = "ROOMCAST_WEBHOOK_ROOMS", value_delimiter = ',')]
+    pub webhook_rooms: Option<Vec<String>>,
+
+    /// Webhooks with their own rooms and secrets (config file only:
+    /// `[[webhooks]]` tables with `url`, `rooms` and `secret`).
+    #[arg(skip)]
+    pub webhooks: Option<Vec<WebhookSpec>>,
 }
+
+/// One webhook as the config file gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSpec {
+    pub url: String,
+    /// Rooms whose activity it receives; every room when absent or empty.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    #[serde(default)]
+    pub secret: Option<String>,
+}
+
+/// A webhook the server delivers to.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Webhook {
+    pub url: String,
+    /// Empty: every room.
+    pub rooms: Vec<String>,
+    pub secret: Option<Secret>,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("url", &without_password(&self.url))
+            .field("rooms", &self.rooms)
+            .field("secret", &self.secret.as_ref().map(|_| "***"))
+            .finish()
+    }
+}
+
+/// Where uploaded files are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileStoreLocation {
+    Directory(PathBuf),
+    /// `s3://bucket[/prefix]`.
+    S3(String),
+}
+
+/// The content types users may upload when `--upload-types` is not given.
+pub const DEFAULT_UPLOAD_TYPES: &[&str] = &[
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "application/pdf",
+    "text/plain",
+    "application/zip",
+];
 
 /// A secret that prints as `***`.
 #[derive(Clone, PartialEq, Eq)]
@@ -484,6 +573,12 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     /// Certificate and key files, for TLS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub max_upload_bytes: u64,
+    /// Lower-case content types users may upload; empty: file sharing is off.
+    pub upload_types: Vec<String>,
+    pub file_store: FileStoreLocation,
+    pub upload_ttl: Duration,
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Default for Config {
@@ -508,6 +603,11 @@ impl Config {
     /// Applies defaults to settings given nowhere and validates the result.
     pub fn resolve(args: ServeArgs) -> Result<Config, ConfigError> {
         let data_dir = args.data_dir.unwrap_or_else(|| PathBuf::from("./data"));
+        let file_store = match args.file_store {
+            Some(url) if url.starts_with("s3://") => FileStoreLocation::S3(url),
+            Some(dir) => FileStoreLocation::Directory(PathBuf::from(dir)),
+            None => FileStoreLocation::Directory(data_dir.join("files")),
+        };
         let database = match &args.database {
             Some(text) => DatabaseLocation::parse(text).map_err(|reason| ConfigError::Invalid {
                 name: "database",
@@ -631,6 +731,22 @@ impl Config {
                 .map(|origin| origin.trim().trim_end_matches('/').to_owned())
                 .filter(|origin| !origin.is_empty())
                 .collect(),
+            max_upload_bytes: args.max_upload_bytes.unwrap_or(25 * 1024 * 1024),
+            upload_types: upload_types(args.upload_types)?,
+            file_store,
+            upload_ttl: match args.upload_ttl.as_deref() {
+                Some(text) => parse_duration(text).map_err(|reason| ConfigError::Invalid {
+                    name: "upload_ttl",
+                    reason,
+                })?,
+                None => Duration::from_secs(15 * 60),
+            },
+            webhooks: webhooks(
+                args.webhook.unwrap_or_default(),
+                args.webhook_secret,
+                args.webhook_rooms.unwrap_or_default(),
+                args.webhooks.unwrap_or_default(),
+            )?,
             tls: match (args.tls_cert, args.tls_key) {
                 (Some(cert), Some(key)) => Some((cert, key)),
                 (None, None) => None,
@@ -704,6 +820,9 @@ impl Config {
         if self.max_http_body_bytes < 1024 {
             return Err(invalid("max_http_body_bytes", "must be at least 1024"));
         }
+        if self.max_upload_bytes == 0 {
+            return Err(invalid("max_upload_bytes", "must be at least 1"));
+        }
         if matches!(self.broker, BrokerLocation::Redis(_))
             && !matches!(self.database, DatabaseLocation::Postgres(_))
         {
@@ -761,6 +880,92 @@ fn merge(args: ServeArgs, file: ServeArgs) -> Result<ServeArgs, ConfigError> {
     let mut merged: ServeArgs = serde_json::from_value(layered).map_err(invalid)?;
     merged.config = config;
     Ok(merged)
+}
+
+/// The allow-list of uploads: lower-case `type/subtype`s, each one whose
+/// content the server can check ([`crate::files::checkable`]).
+fn upload_types(given: Option<Vec<String>>) -> Result<Vec<String>, ConfigError> {
+    let Some(given) = given else {
+        return Ok(DEFAULT_UPLOAD_TYPES
+            .iter()
+            .map(|t| (*t).to_owned())
+            .collect());
+    };
+    let mut types = Vec::new();
+    for text in given {
+        let text = text.trim().to_ascii_lowercase();
+        if text.is_empty() || text == "none" {
+            continue;
+        }
+        if !crate::files::checkable(&text) {
+            return Err(ConfigError::Invalid {
+                name: "upload_types",
+                reason: format!(
+                    "`{text}` is not a type whose content roomcast can check \
+                     (text/*, or a binary format with a known signature such as image/png)"
+                ),
+            });
+        }
+        if !types.contains(&text) {
+            types.push(text);
+        }
+    }
+    Ok(types)
+}
+
+/// The webhooks of the flags and of the config file's `[[webhooks]]`.
+fn webhooks(
+    urls: Vec<String>,
+    secret: Option<String>,
+    rooms: Vec<String>,
+    specs: Vec<WebhookSpec>,
+) -> Result<Vec<Webhook>, ConfigError> {
+    let rooms: Vec<String> = rooms
+        .into_iter()
+        .map(|room| room.trim().to_owned())
+        .filter(|room| !room.is_empty())
+        .collect();
+    let given = urls
+        .into_iter()
+        .map(|url| WebhookSpec {
+            url,
+            rooms: rooms.clone(),
+            secret: secret.clone(),
+        })
+        .chain(specs);
+    let mut webhooks = Vec::new();
+    for spec in given {
+        let url = spec.url.trim().to_owned();
+        if url.is_empty() {
+            continue;
+        }
+        let parsed = reqwest::Url::parse(&url).map_err(|err| ConfigError::Invalid {
+            name: "webhook",
+            reason: format!("`{}` is not a URL: {err}", without_password(&url)),
+        })?;
+        if !matches!(parsed.scheme(), "http" | "https") {
+            return Err(ConfigError::Invalid {
+                name: "webhook",
+                reason: format!("`{}` is not an http or https URL", without_password(&url)),
+            });
+        }
+        if let Some(room) = spec
+            .rooms
+            .iter()
+            .find(|room| !crate::protocol::validate_room_name(room))
+        {
+            return Err(ConfigError::Invalid {
+                name: "webhook_rooms",
+                reason: format!("`{room}` is not a room name"),
+            });
+        }
+        webhooks.push(Webhook {
+            url,
+            rooms: spec.rooms,
+            secret: spec.secret.filter(|s| !s.is_empty()).map(Secret),
+        });
+    }
+    Ok(webhooks)
 }
 
 /// Reads a duration such as `90s`, `15m`, `12h`, `30d` or `1h 30m`

@@ -26,6 +26,7 @@ pub mod auth;
 pub mod bench;
 pub mod broker;
 pub mod config;
+pub mod files;
 pub mod handlers;
 pub mod hub;
 pub mod limits;
@@ -63,6 +64,8 @@ pub enum ServeError {
     Tls(#[from] server::tls::TlsError),
     #[error("{0}")]
     Broker(#[from] broker::BrokerError),
+    #[error("file store: {0}")]
+    Files(#[from] files::BlobError),
 }
 
 /// Opens the message store the configuration names.
@@ -130,7 +133,27 @@ pub async fn serve(
         config.ai_requests_per_room_per_minute,
         config.ai_max_concurrent,
     ));
+    let files = if config.upload_types.is_empty() {
+        None
+    } else {
+        let blobs = files::Blobs::open(&config.file_store)?;
+        if matches!(config.broker, BrokerLocation::Redis(_))
+            && matches!(config.file_store, config::FileStoreLocation::Directory(_))
+        {
+            tracing::warn!(
+                "files are kept in a local directory: with several nodes, each serves only the \
+                 files it received unless the directory is shared (use --file-store s3://...)"
+            );
+        }
+        Some(Arc::new(files::Files {
+            blobs,
+            max_bytes: config.max_upload_bytes,
+            types: config.upload_types.clone(),
+            ttl: config.upload_ttl,
+        }))
+    };
     let app = Arc::new(App {
+        files,
         tokens,
         accounts,
         ai,
@@ -146,6 +169,7 @@ pub async fn serve(
         config,
     });
     let counts = tokio::spawn(handlers::tell_counts(app.clone()));
+    let janitor = tokio::spawn(files::run_janitor(app.clone()));
     let mut broker_tasks = broker_tasks;
     let evictions = broker_tasks
         .as_mut()
@@ -197,6 +221,7 @@ pub async fn serve(
     retention.abort();
     flusher.abort();
     counts.abort();
+    janitor.abort();
     if let Some(tasks) = broker_tasks {
         tasks.abort();
     }

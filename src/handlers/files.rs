@@ -1,21 +1,67 @@
-//! `file_upload_request`. File sharing is not enabled in this build: its
-//! allow-list of content types is empty, so a valid request is answered with
-//! `file_type_not_allowed` after the usual checks.
+//! `file_upload_request`: checks the request and answers with a token for
+//! one upload (`file_upload_authorized`); the bytes then come over HTTP
+//! (`PUT /api/uploads/{upload_id}`, in `server::files`).
 
-use super::{HandlerError, require_joined};
+use super::{HandlerError, require_joined, speaker};
 use crate::app::App;
-use crate::protocol::{FileUploadRequest, GLOBAL_ROOM};
+use crate::protocol::{FileUploadRequest, GLOBAL_ROOM, ServerMessage};
 use crate::session::Session;
 
-pub fn upload_request(
-    _app: &App,
+pub async fn upload_request(
+    app: &App,
     session: &Session,
     request: FileUploadRequest,
+    reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    if let Some(room) = request.room.as_deref().filter(|room| *room != GLOBAL_ROOM) {
-        require_joined(&session.connection, room)?;
+    let connection = &session.connection;
+    let user = speaker(connection)?;
+    let room = request.room.as_deref().unwrap_or(GLOBAL_ROOM);
+    if room != GLOBAL_ROOM {
+        require_joined(connection, room)?;
     }
-    Err(HandlerError::FileTypeNotAllowed(
-        "file sharing is not enabled on this server",
-    ))
+    let Some(files) = &app.files else {
+        return Err(HandlerError::FileTypeNotAllowed(
+            "file sharing is turned off on this server".into(),
+        ));
+    };
+    if request.size > files.max_bytes {
+        return Err(HandlerError::FileTooLarge(format!(
+            "size {} is over this server's limit of {} bytes",
+            request.size, files.max_bytes
+        )));
+    }
+    if !files.allows(&request.content_type) {
+        return Err(HandlerError::FileTypeNotAllowed(format!(
+            "`{}` may not be uploaded here; allowed: {}",
+            crate::files::essence(&request.content_type),
+            files.types.join(", ")
+        )));
+    }
+    let authorization = files
+        .authorize(
+            app,
+            &user,
+            room,
+            &request.filename,
+            request.size,
+            &request.content_type,
+        )
+        .await
+        .map_err(|err| match err {
+            crate::files::FileError::Store(err) => HandlerError::Store(err),
+            other => HandlerError::Internal(other.to_string()),
+        })?;
+    app.send(
+        connection,
+        &ServerMessage::FileUploadAuthorized {
+            upload_id: &authorization.upload_id,
+            upload_url: &authorization.upload_url,
+            method: "PUT",
+            upload_token: &authorization.upload_token,
+            expires_at: authorization.expires_at,
+            max_size: authorization.max_size,
+        },
+        reference,
+    );
+    Ok(())
 }

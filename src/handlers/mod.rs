@@ -49,7 +49,12 @@ pub enum HandlerError {
     #[error("authentication failed: {0}")]
     AuthFailed(#[source] AuthError),
     #[error("{0}")]
-    FileTypeNotAllowed(&'static str),
+    FileTypeNotAllowed(String),
+    #[error("{0}")]
+    FileTooLarge(String),
+    /// A failure of ours that is not the store's.
+    #[error("{0}")]
+    Internal(String),
     #[error("{0}")]
     AiUnavailable(&'static str),
     #[error("too many requests: retry in {} ms", .0.as_millis())]
@@ -80,6 +85,8 @@ impl HandlerError {
             HandlerError::UsernameTaken(_) => ErrorCode::UsernameTaken,
             HandlerError::AuthFailed(_) => ErrorCode::AuthFailed,
             HandlerError::FileTypeNotAllowed(_) => ErrorCode::FileTypeNotAllowed,
+            HandlerError::FileTooLarge(_) => ErrorCode::FileTooLarge,
+            HandlerError::Internal(_) => ErrorCode::InternalError,
             HandlerError::AiUnavailable(_) => ErrorCode::AiUnavailable,
             HandlerError::RateLimited(_) => ErrorCode::RateLimited,
             HandlerError::Store(_) => ErrorCode::InternalError,
@@ -133,7 +140,9 @@ pub async fn dispatch(
         ClientMessage::History(request) => history::page(app, session, request, reference).await,
         ClientMessage::Presence(request) => presence::state(app, session, request, reference),
         ClientMessage::AiRequest(request) => ai::request(app, session, request, reference),
-        ClientMessage::FileUploadRequest(request) => files::upload_request(app, session, request),
+        ClientMessage::FileUploadRequest(request) => {
+            files::upload_request(app, session, request, reference).await
+        }
         ClientMessage::ProjectUpdate(request) => {
             projects::project_update(app, session, request, reference).await
         }

@@ -594,6 +594,9 @@ impl FileUploadRequest {
         if self.filename.is_empty() || char_len(&self.filename) > 255 {
             return Err(Rejection::invalid("filename", "must be 1..255 characters"));
         }
+        if self.size == 0 {
+            return Err(Rejection::invalid("size", "must be at least 1"));
+        }
         if self.content_type.is_empty() || self.content_type.len() > 255 {
             return Err(Rejection::invalid(
                 "content_type",

@@ -128,6 +128,22 @@ pub enum ServerMessage<'a> {
     AiCancelled {
         request_id: &'a str,
     },
+    FileUploadAuthorized {
+        upload_id: &'a str,
+        upload_url: &'a str,
+        method: &'static str,
+        upload_token: &'a str,
+        expires_at: Timestamp,
+        max_size: u64,
+    },
+    /// A file shared in a room; `message` is the stored chat message that
+    /// carries it as `attachment`.
+    FileShared {
+        file: &'a super::FileInfo,
+        room: &'a str,
+        user: &'a User,
+        message: &'a Message,
+    },
     Error {
         error_code: ErrorCode,
         message: &'a str,
@@ -172,6 +188,8 @@ pub enum ServerType {
     AiResponseChunk,
     AiResponse,
     AiCancelled,
+    FileUploadAuthorized,
+    FileShared,
     Error,
 }
 
@@ -231,6 +249,8 @@ impl ServerMessage<'_> {
             ServerMessage::AiResponseChunk { .. } => ServerType::AiResponseChunk,
             ServerMessage::AiResponse { .. } => ServerType::AiResponse,
             ServerMessage::AiCancelled { .. } => ServerType::AiCancelled,
+            ServerMessage::FileUploadAuthorized { .. } => ServerType::FileUploadAuthorized,
+            ServerMessage::FileShared { .. } => ServerType::FileShared,
             ServerMessage::Error { .. } => ServerType::Error,
         }
     }

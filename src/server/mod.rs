@@ -7,6 +7,7 @@
 mod accept;
 mod accounts;
 mod api;
+mod files;
 mod metrics;
 mod publish;
 mod rooms;
@@ -22,7 +23,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 pub use rooms::carry_out_evictions;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -44,6 +45,11 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/login", post(accounts::login))
         .route("/api/rooms", post(rooms::create))
         .route("/api/publish", post(publish::publish))
+        .route(
+            "/api/uploads/{upload_id}",
+            put(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/files/{file_id}", get(files::download))
         .route("/api/rooms/{room}/members", post(rooms::add_member))
         .route(
             "/api/rooms/{room}/members/{user_id}",

@@ -14,11 +14,14 @@ macro_rules! message_columns {
     };
 }
 
+mod files;
 mod postgres;
 mod recent;
 mod retention;
 mod sqlite;
 
+use files::claim_refusal;
+pub use files::{FileRecord, Staleness, UploadClaim, UploadRecord};
 pub use postgres::{HISTORY_QUERIES as POSTGRES_HISTORY_QUERIES, PostgresStore};
 pub use retention::{Retention, enforce_retention};
 pub use sqlite::{HISTORY_QUERIES as SQLITE_HISTORY_QUERIES, SqliteStore};
@@ -283,6 +286,49 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Every account, by username.
     fn list_accounts(&self) -> BoxFuture<'_, Result<Vec<Account>, StoreError>>;
+
+    /// Records an authorized upload.
+    fn create_upload(&self, upload: UploadRecord) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Claims an upload for the PUT that presents `token_hash` at `now`:
+    /// only a pending, unexpired upload with that token is claimed, and by
+    /// one caller only.
+    fn claim_upload(
+        &self,
+        id: &str,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<UploadClaim, StoreError>>;
+
+    /// Gives a claimed upload back (its PUT failed) so that the token may
+    /// be used again until it expires.
+    fn release_upload(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Marks a claimed upload done and records its file, together. `false`
+    /// if the upload was no longer claimed (the janitor took it).
+    fn finish_upload(
+        &self,
+        upload_id: &str,
+        file: FileRecord,
+    ) -> BoxFuture<'_, Result<bool, StoreError>>;
+
+    /// Notes the message that shares a file: the file lives as long as it.
+    fn attach_file(&self, file_id: &str, message_id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// The file with this id.
+    fn file(&self, id: &str) -> BoxFuture<'_, Result<Option<FileRecord>, StoreError>>;
+
+    /// Up to `limit` blob names nothing needs any more: of abandoned
+    /// uploads, of files never shared, and of files whose message retention
+    /// deleted. Forgets spent uploads that expired.
+    fn stale_blobs(
+        &self,
+        staleness: Staleness,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>>;
+
+    /// Forgets the uploads and files of these blobs (deleted before).
+    fn forget_blobs(&self, file_ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Resolves when everything appended before the call is committed.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -12,8 +12,9 @@
 //! Reads run on a second connection, concurrently with the writer.
 
 use super::{
-    Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
-    NewRoom, Page, RecordedEvent, Retention, RoomRecord, StoreError, deliver_commit,
+    Account, Appended, BoxFuture, CommitCallback, FileRecord, HistoryPage, MessageStore, NewEvent,
+    NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord, Staleness, StoreError,
+    UploadClaim, UploadRecord, claim_refusal, deliver_commit,
 };
 use crate::hub::Flusher;
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
@@ -29,6 +30,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0002_retention.sql"),
     include_str!("migrations/postgres/0003_accounts.sql"),
     include_str!("migrations/postgres/0004_event_keys.sql"),
+    include_str!("migrations/postgres/0005_files.sql"),
 ];
 
 /// Key of the advisory lock that serializes migrations of concurrent starts.
@@ -413,6 +415,200 @@ impl MessageStore for PostgresStore {
         })
     }
 
+    fn create_upload(&self, upload: UploadRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "INSERT INTO uploads (id, file_id, token_hash, room, user_id, username, \
+                     user_kind, filename, size, content_type, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+                    &[
+                        &upload.id,
+                        &upload.file_id,
+                        &upload.token_hash,
+                        &&*upload.room,
+                        &&*upload.user.id,
+                        &&*upload.user.username,
+                        &upload.user.kind.as_str(),
+                        &upload.filename,
+                        &size_column(upload.size),
+                        &upload.content_type,
+                        &upload.expires_at.as_millis(),
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn claim_upload(
+        &self,
+        id: &str,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<UploadClaim, StoreError>> {
+        let (id, token_hash) = (id.to_owned(), token_hash.to_owned());
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let claimed = client
+                .query_opt(
+                    "UPDATE uploads SET state = 'uploading', claimed_at = $3 \
+                     WHERE id = $1 AND token_hash = $2 AND state = 'pending' AND expires_at > $3 \
+                     RETURNING id, file_id, token_hash, room, user_id, username, user_kind, \
+                     filename, size, content_type, expires_at",
+                    &[&id, &token_hash, &now.as_millis()],
+                )
+                .await?;
+            if let Some(row) = claimed {
+                return Ok(UploadClaim::Claimed(upload_from_row(&row)?));
+            }
+            let found = client
+                .query_opt(
+                    "SELECT token_hash, state FROM uploads WHERE id = $1",
+                    &[&id],
+                )
+                .await?
+                .map(|row| Ok::<_, StoreError>((row.try_get(0)?, row.try_get(1)?)))
+                .transpose()?;
+            Ok(claim_refusal(found, &token_hash))
+        })
+    }
+
+    fn release_upload(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "UPDATE uploads SET state = 'pending', claimed_at = NULL \
+                     WHERE id = $1 AND state = 'uploading'",
+                    &[&id],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn finish_upload(
+        &self,
+        upload_id: &str,
+        file: FileRecord,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let upload_id = upload_id.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            // One statement, so the two changes commit together.
+            let inserted = client
+                .execute(
+                    "WITH done AS (UPDATE uploads SET state = 'done' \
+                     WHERE id = $1 AND state = 'uploading' RETURNING id) \
+                     INSERT INTO files (id, room, user_id, name, size, content_type, sha256, \
+                     created_at) SELECT $2, $3, $4, $5, $6, $7, $8, $9 FROM done",
+                    &[
+                        &upload_id,
+                        &file.id,
+                        &&*file.room,
+                        &&*file.user_id,
+                        &file.name,
+                        &size_column(file.size),
+                        &file.content_type,
+                        &file.sha256,
+                        &file.created_at.as_millis(),
+                    ],
+                )
+                .await?;
+            Ok(inserted > 0)
+        })
+    }
+
+    fn attach_file(&self, file_id: &str, message_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let file_id = file_id.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "UPDATE files SET message_id = $2 WHERE id = $1",
+                    &[&file_id, &message_id],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn file(&self, id: &str) -> BoxFuture<'_, Result<Option<FileRecord>, StoreError>> {
+        let id = id.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .query_opt(
+                    "SELECT id, room, user_id, name, size, content_type, sha256, created_at \
+                     FROM files WHERE id = $1",
+                    &[&id],
+                )
+                .await?
+                .map(|row| file_from_row(&row))
+                .transpose()
+        })
+    }
+
+    fn stale_blobs(
+        &self,
+        staleness: Staleness,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let (now, before) = (staleness.now.as_millis(), staleness.before.as_millis());
+            client
+                .execute(
+                    "DELETE FROM uploads WHERE state = 'done' AND expires_at < $1",
+                    &[&now],
+                )
+                .await?;
+            let mut stale: Vec<String> = client
+                .query(
+                    "SELECT file_id FROM uploads WHERE (state = 'pending' AND expires_at < $1) \
+                     OR (state = 'uploading' AND claimed_at < $2) LIMIT $3",
+                    &[&now, &before, &limit],
+                )
+                .await?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<Result<_, _>>()?;
+            let files = client
+                .query(
+                    "SELECT id FROM files WHERE (message_id IS NULL AND created_at < $1) \
+                     OR (message_id IS NOT NULL \
+                         AND NOT EXISTS (SELECT 1 FROM messages WHERE id = files.message_id)) \
+                     LIMIT $2",
+                    &[&before, &limit],
+                )
+                .await?;
+            for row in files {
+                stale.push(row.try_get(0)?);
+            }
+            Ok(stale)
+        })
+    }
+
+    fn forget_blobs(&self, file_ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "DELETE FROM uploads WHERE file_id = ANY($1) AND state <> 'done'",
+                    &[&file_ids],
+                )
+                .await?;
+            client
+                .execute("DELETE FROM files WHERE id = ANY($1)", &[&file_ids])
+                .await?;
+            Ok(())
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let (done, flushed) = oneshot::channel();
         let queued = self.commands.send(Command::Flush(done));
@@ -732,6 +928,45 @@ fn account_from_row(row: &Row) -> Result<Account, StoreError> {
         password_hash: row.try_get(2)?,
         role: row.try_get(3)?,
         created_at: Timestamp(row.try_get(4)?),
+    })
+}
+
+/// A size as SQL stores it (sizes are far below 2^63).
+fn size_column(size: u64) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX)
+}
+
+fn upload_from_row(row: &Row) -> Result<UploadRecord, StoreError> {
+    let kind: String = row.try_get(6)?;
+    let kind = UserKind::parse(&kind)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind}")))?;
+    Ok(UploadRecord {
+        id: row.try_get(0)?,
+        file_id: row.try_get(1)?,
+        token_hash: row.try_get(2)?,
+        room: row.try_get::<_, String>(3)?.into(),
+        user: User {
+            id: row.try_get::<_, String>(4)?.into(),
+            username: row.try_get::<_, String>(5)?.into(),
+            kind,
+        },
+        filename: row.try_get(7)?,
+        size: row.try_get::<_, i64>(8)?.max(0) as u64,
+        content_type: row.try_get(9)?,
+        expires_at: Timestamp(row.try_get(10)?),
+    })
+}
+
+fn file_from_row(row: &Row) -> Result<FileRecord, StoreError> {
+    Ok(FileRecord {
+        id: row.try_get(0)?,
+        room: row.try_get::<_, String>(1)?.into(),
+        user_id: row.try_get::<_, String>(2)?.into(),
+        name: row.try_get(3)?,
+        size: row.try_get::<_, i64>(4)?.max(0) as u64,
+        content_type: row.try_get(5)?,
+        sha256: row.try_get(6)?,
+        created_at: Timestamp(row.try_get(7)?),
     })
 }
 

@@ -19,8 +19,9 @@
 
 use super::recent::{self, NewestGlobal};
 use super::{
-    Account, Appended, BoxFuture, CommitCallback, HistoryPage, MessageStore, NewEvent, NewMessage,
-    NewRoom, Page, RecordedEvent, Retention, RoomRecord, StoreError, deliver_commit,
+    Account, Appended, BoxFuture, CommitCallback, FileRecord, HistoryPage, MessageStore, NewEvent,
+    NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord, Staleness, StoreError,
+    UploadClaim, UploadRecord, claim_refusal, deliver_commit,
 };
 use crate::hub::Flusher;
 use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
@@ -36,6 +37,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0002_retention.sql"),
     include_str!("migrations/sqlite/0003_accounts.sql"),
     include_str!("migrations/sqlite/0004_event_keys.sql"),
+    include_str!("migrations/sqlite/0005_files.sql"),
 ];
 
 /// Most appends committed in one transaction. Each commit's callbacks queue
@@ -407,6 +409,179 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn create_upload(&self, upload: UploadRecord) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(move |connection| {
+            connection
+                .prepare_cached(
+                    "INSERT INTO uploads (id, file_id, token_hash, room, user_id, username, \
+                     user_kind, filename, size, content_type, expires_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    upload.id,
+                    upload.file_id,
+                    upload.token_hash,
+                    &*upload.room,
+                    &*upload.user.id,
+                    &*upload.user.username,
+                    upload.user.kind.as_str(),
+                    upload.filename,
+                    size_column(upload.size),
+                    upload.content_type,
+                    upload.expires_at.as_millis(),
+                ])?;
+            Ok(())
+        })
+    }
+
+    fn claim_upload(
+        &self,
+        id: &str,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> BoxFuture<'_, Result<UploadClaim, StoreError>> {
+        let (id, token_hash) = (id.to_owned(), token_hash.to_owned());
+        self.run(move |connection| {
+            let claimed = connection
+                .prepare_cached(
+                    "UPDATE uploads SET state = 'uploading', claimed_at = ?3 \
+                     WHERE id = ?1 AND token_hash = ?2 AND state = 'pending' AND expires_at > ?3 \
+                     RETURNING id, file_id, token_hash, room, user_id, username, user_kind, \
+                     filename, size, content_type, expires_at",
+                )?
+                .query_row(params![id, token_hash, now.as_millis()], upload_from_row)
+                .optional()?;
+            if let Some(upload) = claimed {
+                return Ok(UploadClaim::Claimed(upload));
+            }
+            let found: Option<(String, String)> = connection
+                .prepare_cached("SELECT token_hash, state FROM uploads WHERE id = ?1")?
+                .query_row(params![id], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            Ok(claim_refusal(found, &token_hash))
+        })
+    }
+
+    fn release_upload(&self, id: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let id = id.to_owned();
+        self.run(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE uploads SET state = 'pending', claimed_at = NULL \
+                     WHERE id = ?1 AND state = 'uploading'",
+                )?
+                .execute(params![id])?;
+            Ok(())
+        })
+    }
+
+    fn finish_upload(
+        &self,
+        upload_id: &str,
+        file: FileRecord,
+    ) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let upload_id = upload_id.to_owned();
+        self.run(move |connection| {
+            let transaction = connection.transaction()?;
+            let done = transaction
+                .prepare_cached(
+                    "UPDATE uploads SET state = 'done' WHERE id = ?1 AND state = 'uploading'",
+                )?
+                .execute(params![upload_id])?;
+            if done == 0 {
+                return Ok(false);
+            }
+            transaction
+                .prepare_cached(
+                    "INSERT INTO files (id, room, user_id, name, size, content_type, sha256, \
+                     created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )?
+                .execute(params![
+                    file.id,
+                    &*file.room,
+                    &*file.user_id,
+                    file.name,
+                    size_column(file.size),
+                    file.content_type,
+                    file.sha256,
+                    file.created_at.as_millis(),
+                ])?;
+            transaction.commit()?;
+            Ok(true)
+        })
+    }
+
+    fn attach_file(&self, file_id: &str, message_id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        let file_id = file_id.to_owned();
+        self.run(move |connection| {
+            connection
+                .prepare_cached("UPDATE files SET message_id = ?2 WHERE id = ?1")?
+                .execute(params![file_id, message_id])?;
+            Ok(())
+        })
+    }
+
+    fn file(&self, id: &str) -> BoxFuture<'_, Result<Option<FileRecord>, StoreError>> {
+        let id = id.to_owned();
+        self.run(move |connection| {
+            Ok(connection
+                .prepare_cached(
+                    "SELECT id, room, user_id, name, size, content_type, sha256, created_at \
+                     FROM files WHERE id = ?1",
+                )?
+                .query_row(params![id], file_from_row)
+                .optional()?)
+        })
+    }
+
+    fn stale_blobs(
+        &self,
+        staleness: Staleness,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<String>, StoreError>> {
+        self.run(move |connection| {
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let (now, before) = (staleness.now.as_millis(), staleness.before.as_millis());
+            connection
+                .prepare_cached("DELETE FROM uploads WHERE state = 'done' AND expires_at < ?1")?
+                .execute(params![now])?;
+            let mut stale: Vec<String> = connection
+                .prepare_cached(
+                    "SELECT file_id FROM uploads WHERE (state = 'pending' AND expires_at < ?1) \
+                     OR (state = 'uploading' AND claimed_at < ?2) LIMIT ?3",
+                )?
+                .query_map(params![now, before, limit], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            let files: Vec<String> = connection
+                .prepare_cached(
+                    "SELECT id FROM files WHERE (message_id IS NULL AND created_at < ?1) \
+                     OR (message_id IS NOT NULL \
+                         AND NOT EXISTS (SELECT 1 FROM messages WHERE id = files.message_id)) \
+                     LIMIT ?2",
+                )?
+                .query_map(params![before, limit], |row| row.get(0))?
+                .collect::<Result<_, _>>()?;
+            stale.extend(files);
+            Ok(stale)
+        })
+    }
+
+    fn forget_blobs(&self, file_ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(move |connection| {
+            let transaction = connection.transaction()?;
+            for id in &file_ids {
+                transaction
+                    .prepare_cached("DELETE FROM uploads WHERE file_id = ?1 AND state <> 'done'")?
+                    .execute(params![id])?;
+                transaction
+                    .prepare_cached("DELETE FROM files WHERE id = ?1")?
+                    .execute(params![id])?;
+            }
+            transaction.commit()?;
+            Ok(())
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.run(|_| Ok(()))
     }
@@ -702,6 +877,44 @@ fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
         client_msg_id: row.get(7)?,
         reply_to: row.get(8)?,
         attachment,
+    })
+}
+
+/// A size as SQL stores it (sizes are far below 2^63).
+fn size_column(size: u64) -> i64 {
+    i64::try_from(size).unwrap_or(i64::MAX)
+}
+
+fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<UploadRecord> {
+    let kind: String = row.get(6)?;
+    let kind = UserKind::parse(&kind).ok_or_else(|| corrupt(6, format!("unknown kind {kind}")))?;
+    Ok(UploadRecord {
+        id: row.get(0)?,
+        file_id: row.get(1)?,
+        token_hash: row.get(2)?,
+        room: row.get::<_, String>(3)?.into(),
+        user: User {
+            id: row.get::<_, String>(4)?.into(),
+            username: row.get::<_, String>(5)?.into(),
+            kind,
+        },
+        filename: row.get(7)?,
+        size: row.get::<_, i64>(8)?.max(0) as u64,
+        content_type: row.get(9)?,
+        expires_at: Timestamp(row.get(10)?),
+    })
+}
+
+fn file_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
+    Ok(FileRecord {
+        id: row.get(0)?,
+        room: row.get::<_, String>(1)?.into(),
+        user_id: row.get::<_, String>(2)?.into(),
+        name: row.get(3)?,
+        size: row.get::<_, i64>(4)?.max(0) as u64,
+        content_type: row.get(5)?,
+        sha256: row.get(6)?,
+        created_at: Timestamp(row.get(7)?),
     })
 }
 

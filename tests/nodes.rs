@@ -9,74 +9,13 @@ mod support;
 
 use serde_json::json;
 use std::time::Duration;
+use support::nodes::{redis_url, two_nodes_with};
 use support::process::Process;
 use support::{ADMIN_KEY, PgSchema, SECRET, http_request, join, subscribe};
 
-/// `ROOMCAST_TEST_REDIS_URL`, or `None` (and a visible skip).
-fn redis_url(test: &str) -> Option<String> {
-    let url = std::env::var("ROOMCAST_TEST_REDIS_URL").ok();
-    if url.is_none() {
-        support::skipped(test, "Redis", "ROOMCAST_TEST_REDIS_URL");
-    }
-    url
-}
-
-/// Two nodes on one PostgreSQL schema and one Redis, with a channel
-/// namespace of their own (tests run side by side on one Redis).
+/// Two nodes on one PostgreSQL schema and one Redis.
 async fn two_nodes(test: &str) -> Option<(Process, Process, PgSchema, String, String)> {
-    two_nodes_with(test, &[]).await
-}
-
-/// [`two_nodes`] with more flags for both.
-async fn two_nodes_with(
-    test: &str,
-    extra: &[&str],
-) -> Option<(Process, Process, PgSchema, String, String)> {
-    let redis = redis_url(test)?;
-    let schema = PgSchema::create(test).await?;
-    let namespace = format!("rc-test-{}-{test}", std::process::id());
-    let mut flags = vec![
-        "--database",
-        schema.url.as_str(),
-        "--broker",
-        redis.as_str(),
-        "--broker-namespace",
-        namespace.as_str(),
-        "--jwt-secret",
-        SECRET,
-        "--admin-key",
-        ADMIN_KEY,
-    ];
-    flags.extend_from_slice(extra);
-    let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
-    a.ready().await;
-    b.ready().await;
-    // Ready to hear each other: both nodes subscribed (they subscribe just
-    // after they start listening).
-    let client = redis::Client::open(redis.as_str()).expect("redis url");
-    let mut connection = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let control = format!("{namespace}:control");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(&control)
-            .query_async(&mut connection)
-            .await
-            .expect("PUBSUB NUMSUB");
-        if counts.first().is_some_and(|(_, count)| *count == 2) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nodes did not subscribe"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Some((a, b, schema, redis, namespace))
+    two_nodes_with(test, &[], &[]).await
 }
 
 #[tokio::test]
@@ -636,7 +575,7 @@ fn member_ids(frame: &serde_json::Value) -> Vec<String> {
 #[tokio::test]
 async fn room_members_counts_and_large_rooms_span_nodes() {
     let Some((node_a, mut node_b, _schema, _, _)) =
-        two_nodes_with("room_members", &["--presence-max-members", "2"]).await
+        two_nodes_with("room_members", &["--presence-max-members", "2"], &[]).await
     else {
         return;
     };
@@ -719,7 +658,7 @@ async fn room_members_counts_and_large_rooms_span_nodes() {
 #[tokio::test]
 async fn the_per_user_connection_limit_counts_every_node() {
     let Some((node_a, mut node_b, _schema, _, _)) =
-        two_nodes_with("user_limit", &["--max-connections-per-user", "2"]).await
+        two_nodes_with("user_limit", &["--max-connections-per-user", "2"], &[]).await
     else {
         return;
     };

@@ -66,8 +66,16 @@ impl Blobs {
                 if bucket.is_empty() {
                     return Err(BlobError::Url(url.clone()));
                 }
-                let mut builder =
-                    object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+                // A few quick retries: a user is waiting for the answer, and
+                // a failed upload can be sent again with the same token.
+                let retry = object_store::RetryConfig {
+                    max_retries: 3,
+                    retry_timeout: Duration::from_secs(15),
+                    ..object_store::RetryConfig::default()
+                };
+                let mut builder = object_store::aws::AmazonS3Builder::from_env()
+                    .with_bucket_name(bucket)
+                    .with_retry(retry);
                 if std::env::var_os("AWS_REGION").is_none()
                     && std::env::var_os("AWS_DEFAULT_REGION").is_none()
                 {

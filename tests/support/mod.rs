@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`, real WebSocket clients, and a minimal HTTP client.
 #![allow(dead_code)]
 
+pub mod nodes;
 pub mod process;
 pub mod raw;
 

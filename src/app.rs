@@ -29,6 +29,8 @@ pub struct App {
     pub room_creations: Option<crate::limits::KeyedLimiter<std::sync::Arc<str>>>,
     /// File sharing, unless the allow-list of upload types is empty.
     pub files: Option<Arc<crate::files::Files>>,
+    /// Delivers the webhook outbox, where `--webhook` is configured.
+    pub webhooks: Option<Arc<crate::webhooks::Dispatcher>>,
 }
 
 impl App {

@@ -342,6 +342,19 @@ pub struct ServeArgs {
     #[arg(long, env = "ROOMCAST_WEBHOOK_ROOMS", value_delimiter = ',')]
     pub webhook_rooms: Option<Vec<String>>,
 
+    /// How long a webhook has to answer a delivery, in milliseconds [default: 10000].
+    #[arg(long, env = "ROOMCAST_WEBHOOK_TIMEOUT_MS")]
+    pub webhook_timeout_ms: Option<u64>,
+
+    /// Tries per webhook delivery before it is recorded as failed [default: 12].
+    #[arg(long, env = "ROOMCAST_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<u32>,
+
+    /// Wait before the first retry of a failed delivery, in milliseconds;
+    /// it doubles with each further try, up to 10 minutes [default: 1000].
+    #[arg(long, env = "ROOMCAST_WEBHOOK_RETRY_BASE_MS")]
+    pub webhook_retry_base_ms: Option<u64>,
+
     /// Webhooks with their own rooms and secrets (config file only:
     /// `[[webhooks]]` tables with `url`, `rooms` and `secret`).
     #[arg(skip)]
@@ -579,6 +592,9 @@ pub struct Config {
     pub file_store: FileStoreLocation,
     pub upload_ttl: Duration,
     pub webhooks: Vec<Webhook>,
+    pub webhook_timeout: Duration,
+    pub webhook_max_attempts: u32,
+    pub webhook_retry_base: Duration,
 }
 
 impl Default for Config {
@@ -741,6 +757,13 @@ impl Config {
                 })?,
                 None => Duration::from_secs(15 * 60),
             },
+            webhook_timeout: Duration::from_millis(
+                args.webhook_timeout_ms.unwrap_or(10_000).max(1),
+            ),
+            webhook_max_attempts: args.webhook_max_attempts.unwrap_or(12).max(1),
+            webhook_retry_base: Duration::from_millis(
+                args.webhook_retry_base_ms.unwrap_or(1000).max(1),
+            ),
             webhooks: webhooks(
                 args.webhook.unwrap_or_default(),
                 args.webhook_secret,

@@ -34,6 +34,7 @@ pub mod protocol;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod webhooks;
 pub mod wire;
 
 use app::App;
@@ -71,9 +72,17 @@ pub enum ServeError {
 /// Opens the message store the configuration names.
 pub async fn open_store(config: &Config) -> Result<Arc<dyn MessageStore>, StoreError> {
     match &config.database {
-        DatabaseLocation::SqliteMemory => Ok(Arc::new(SqliteStore::open(None)?)),
-        DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open(Some(path))?)),
-        DatabaseLocation::Postgres(url) => Ok(Arc::new(PostgresStore::open(url).await?)),
+        DatabaseLocation::SqliteMemory => Ok(Arc::new(SqliteStore::open_with_webhooks(
+            None,
+            webhooks::routes(&config.webhooks),
+        )?)),
+        DatabaseLocation::SqliteFile(path) => Ok(Arc::new(SqliteStore::open_with_webhooks(
+            Some(path),
+            webhooks::routes(&config.webhooks),
+        )?)),
+        DatabaseLocation::Postgres(url) => Ok(Arc::new(
+            PostgresStore::open_with_webhooks(url, webhooks::routes(&config.webhooks)).await?,
+        )),
     }
 }
 
@@ -153,6 +162,7 @@ pub async fn serve(
         }))
     };
     let app = Arc::new(App {
+        webhooks: webhooks::Dispatcher::configured(&config),
         files,
         tokens,
         accounts,
@@ -170,6 +180,7 @@ pub async fn serve(
     });
     let counts = tokio::spawn(handlers::tell_counts(app.clone()));
     let janitor = tokio::spawn(files::run_janitor(app.clone()));
+    let deliveries = tokio::spawn(webhooks::run(app.clone()));
     let mut broker_tasks = broker_tasks;
     let evictions = broker_tasks
         .as_mut()
@@ -222,6 +233,7 @@ pub async fn serve(
     flusher.abort();
     counts.abort();
     janitor.abort();
+    deliveries.abort();
     if let Some(tasks) = broker_tasks {
         tasks.abort();
     }

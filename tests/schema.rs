@@ -47,7 +47,7 @@ async fn an_older_sqlite_database_is_upgraded() {
     let version: i64 = connection
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .expect("version");
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
     let indexed: i64 = connection
         .query_row(
             "SELECT count(*) FROM sqlite_master WHERE name = 'messages_created_at'",
@@ -149,7 +149,7 @@ async fn an_older_postgres_schema_is_upgraded_and_a_newer_one_refused() {
         .await
         .expect("version")
         .get(0);
-    assert_eq!(version, 5);
+    assert_eq!(version, 6);
 
     client
         .batch_execute("INSERT INTO roomcast_schema VALUES (9)")
@@ -158,7 +158,7 @@ async fn an_older_postgres_schema_is_upgraded_and_a_newer_one_refused() {
     match PostgresStore::open(&schema.url).await {
         Err(StoreError::SchemaTooNew {
             found: 9,
-            supported: 5,
+            supported: 6,
         }) => {}
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
     }

@@ -5,8 +5,8 @@ mod support;
 
 use roomcast::protocol::{Timestamp, User, UserKind};
 use roomcast::store::{
-    Appended, MessageStore, NewEvent, NewMessage, Page, PostgresStore, Retention, SqliteStore,
-    StoreError,
+    Appended, FileRecord, MessageStore, NewEvent, NewMessage, Page, PostgresStore, Retention,
+    SqliteStore, Staleness, StoreError, UploadClaim, UploadRecord, WebhookRoutes,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,7 @@ macro_rules! on_every_backend {
             #[tokio::test]
             async fn sqlite() {
                 let store: Arc<dyn MessageStore> =
-                    Arc::new(SqliteStore::open(None).expect("open SQLite"));
+                    Arc::new(SqliteStore::open_with_webhooks(None, routes()).expect("open SQLite"));
                 super::$check(store).await;
             }
 
@@ -30,7 +30,8 @@ macro_rules! on_every_backend {
             async fn sqlite_file() {
                 let dir = tempfile::tempdir().expect("tempdir");
                 let store: Arc<dyn MessageStore> = Arc::new(
-                    SqliteStore::open(Some(&dir.path().join("store.db"))).expect("open SQLite"),
+                    SqliteStore::open_with_webhooks(Some(&dir.path().join("store.db")), routes())
+                        .expect("open SQLite"),
                 );
                 super::$check(store).await;
             }
@@ -41,7 +42,7 @@ macro_rules! on_every_backend {
                     return;
                 };
                 let store: Arc<dyn MessageStore> = Arc::new(
-                    PostgresStore::open(&schema.url)
+                    PostgresStore::open_with_webhooks(&schema.url, routes())
                         .await
                         .expect("open PostgreSQL"),
                 );
@@ -49,6 +50,11 @@ macro_rules! on_every_backend {
             }
         }
     };
+}
+
+/// The stores of this suite have one webhook, `hook`, for the room `hooked`.
+fn routes() -> Arc<WebhookRoutes> {
+    WebhookRoutes::new(vec![("hook".into(), vec!["hooked".into()])])
 }
 
 fn user(id: &str) -> User {
@@ -466,4 +472,228 @@ async fn check_look_alike_accounts_are_found(store: Arc<dyn MessageStore>) {
         .await
         .expect("query");
     assert!(!found);
+}
+
+on_every_backend!(uploads_are_claimed_once, check_uploads_are_claimed_once);
+async fn check_uploads_are_claimed_once(store: Arc<dyn MessageStore>) {
+    let now = Timestamp::now();
+    let later = Timestamp(now.as_millis() + 60_000);
+    let upload = |id: &str, expires_at| UploadRecord {
+        id: id.into(),
+        file_id: format!("blob-{id}"),
+        token_hash: "hash".into(),
+        room: "team".into(),
+        user: user("alice"),
+        filename: "a.txt".into(),
+        size: 5,
+        content_type: "text/plain".into(),
+        expires_at,
+    };
+    store
+        .create_upload(upload("u1", later))
+        .await
+        .expect("create");
+    store
+        .create_upload(upload("old", Timestamp(now.as_millis() - 1)))
+        .await
+        .expect("create");
+    assert_eq!(
+        store
+            .claim_upload("nope", "hash", now)
+            .await
+            .expect("claim"),
+        UploadClaim::Unknown
+    );
+    assert_eq!(
+        store.claim_upload("u1", "wrong", now).await.expect("claim"),
+        UploadClaim::Refused
+    );
+    assert_eq!(
+        store.claim_upload("old", "hash", now).await.expect("claim"),
+        UploadClaim::Refused
+    );
+    assert_eq!(
+        store.claim_upload("u1", "hash", now).await.expect("claim"),
+        UploadClaim::Claimed(upload("u1", later))
+    );
+    assert_eq!(
+        store.claim_upload("u1", "hash", now).await.expect("claim"),
+        UploadClaim::Busy
+    );
+    store.release_upload("u1").await.expect("release");
+    assert!(matches!(
+        store.claim_upload("u1", "hash", now).await.expect("claim"),
+        UploadClaim::Claimed(_)
+    ));
+    let file = FileRecord {
+        id: "blob-u1".into(),
+        room: "team".into(),
+        user_id: "alice".into(),
+        name: "a.txt".into(),
+        size: 5,
+        content_type: "text/plain".into(),
+        sha256: "00".into(),
+        created_at: now,
+    };
+    assert!(
+        store
+            .finish_upload("u1", file.clone())
+            .await
+            .expect("finish")
+    );
+    assert!(
+        !store
+            .finish_upload("u1", file.clone())
+            .await
+            .expect("finish twice")
+    );
+    assert_eq!(
+        store.claim_upload("u1", "hash", now).await.expect("claim"),
+        UploadClaim::Refused
+    );
+    assert_eq!(store.file("blob-u1").await.expect("file"), Some(file));
+
+    // The expired upload is abandoned; the new file is not yet (it waits
+    // for its message, for an hour).
+    let hour_ago = Timestamp(now.as_millis() - 3_600_000);
+    let stale = store
+        .stale_blobs(
+            Staleness {
+                now,
+                before: hour_ago,
+            },
+            100,
+        )
+        .await
+        .expect("stale");
+    assert_eq!(stale, vec!["blob-old".to_owned()]);
+    // Shared by a message that retention then deletes, it is stale.
+    let shared = append(&*store, message("team", "alice", "a.txt"))
+        .await
+        .expect("append");
+    store
+        .attach_file("blob-u1", shared.message.id)
+        .await
+        .expect("attach");
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    store
+        .prune(
+            Retention {
+                max_messages_per_room: None,
+                max_age: Some(Duration::from_millis(1)),
+            },
+            100,
+        )
+        .await
+        .expect("prune");
+    let mut stale = store
+        .stale_blobs(
+            Staleness {
+                now,
+                before: hour_ago,
+            },
+            100,
+        )
+        .await
+        .expect("stale");
+    stale.sort();
+    assert_eq!(stale, vec!["blob-old".to_owned(), "blob-u1".to_owned()]);
+    store.forget_blobs(stale).await.expect("forget");
+    assert_eq!(store.file("blob-u1").await.expect("file"), None);
+    assert!(
+        store
+            .stale_blobs(
+                Staleness {
+                    now,
+                    before: hour_ago
+                },
+                100
+            )
+            .await
+            .expect("stale")
+            .is_empty()
+    );
+}
+
+on_every_backend!(
+    webhook_rows_follow_their_messages,
+    check_webhook_rows_follow_their_messages
+);
+async fn check_webhook_rows_follow_their_messages(store: Arc<dyn MessageStore>) {
+    let hooks = vec!["hook".to_owned()];
+    let now = || Timestamp::now();
+    let lease = |at: Timestamp| Timestamp(at.as_millis() + 30_000);
+    let first = append(&*store, message("hooked", "alice", "one"))
+        .await
+        .expect("append");
+    append(&*store, message("elsewhere", "alice", "not wanted"))
+        .await
+        .expect("append");
+    let mut keyed = message("hooked", "alice", "two");
+    keyed.client_msg_id = Some("k".into());
+    append(&*store, keyed.clone()).await.expect("append");
+    append(&*store, keyed)
+        .await
+        .expect("a retry writes no second row");
+    let event = store
+        .record_event(NewEvent {
+            room: "hooked".into(),
+            kind: "project_update",
+            payload: serde_json::json!({"project_id": "p", "changes": {"a": 1}}),
+            user_id: "alice".into(),
+            idempotency_key: None,
+        })
+        .await
+        .expect("event");
+
+    let at = now();
+    let leased = store
+        .lease_webhooks(hooks.clone(), at, lease(at), 10)
+        .await
+        .expect("lease");
+    assert_eq!(leased.len(), 3, "{leased:?}");
+    let body: serde_json::Value = serde_json::from_str(&leased[0].body).expect("json");
+    assert_eq!(body["type"], "chat_message");
+    assert_eq!(body["message"]["id"], first.message.id);
+    let body: serde_json::Value = serde_json::from_str(&leased[2].body).expect("json");
+    assert_eq!(
+        (body["type"].as_str(), body["event_id"].as_i64()),
+        (Some("project_update"), Some(event.id))
+    );
+    assert_eq!(body["changes"]["a"], 1);
+    // Leased rows are not leased again meanwhile.
+    assert!(
+        store
+            .lease_webhooks(hooks.clone(), at, lease(at), 10)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
+    store
+        .webhook_delivered(leased[0].id)
+        .await
+        .expect("delivered");
+    store
+        .webhook_failed(leased[1].id, Some(now()), "answered 500".into())
+        .await
+        .expect("failed");
+    store
+        .webhook_failed(leased[2].id, None, "gave up".into())
+        .await
+        .expect("failed");
+    let at = Timestamp(now().as_millis() + 1);
+    let again = store
+        .lease_webhooks(hooks.clone(), at, lease(at), 10)
+        .await
+        .expect("lease");
+    assert_eq!(again.len(), 1, "only the retried one: {again:?}");
+    assert_eq!((again[0].id, again[0].attempts), (leased[1].id, 1));
+    // Another webhook's rows are not this one's.
+    assert!(
+        store
+            .lease_webhooks(vec!["other".into()], at, lease(at), 10)
+            .await
+            .expect("lease")
+            .is_empty()
+    );
 }

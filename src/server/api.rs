@@ -63,8 +63,24 @@ pub async fn stats(
             .find(|(kind, _)| *kind == crate::protocol::UserKind::Assistant)
             .map_or(0, |(_, count)| *count),
         "ai": ai_stats(&app),
+        "webhooks": webhook_stats(&app),
         "connections": open.iter().map(|c| connection_entry(c)).collect::<Vec<_>>(),
     })))
+}
+
+/// This node's webhook deliveries since start.
+fn webhook_stats(app: &App) -> Value {
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    match &app.webhooks {
+        None => json!({ "configured": 0, "delivered": 0, "retried": 0, "failed": 0 }),
+        Some(webhooks) => json!({
+            "configured": app.config.webhooks.len(),
+            "delivered": load(&webhooks.stats.delivered),
+            "retried": load(&webhooks.stats.retried),
+            "failed": load(&webhooks.stats.failed),
+        }),
+    }
 }
 
 fn ai_stats(app: &App) -> Value {

@@ -51,6 +51,30 @@ pub async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
         "Rooms with at least one connection.",
         &[(String::new(), app.hub.room_count() as u64)],
     );
+    if let Some(webhooks) = &app.webhooks {
+        let load = |counter: &std::sync::atomic::AtomicU64| {
+            counter.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        metric(
+            "roomcast_webhook_deliveries_total",
+            "counter",
+            "Webhook delivery tries by outcome: delivered, retried (failed, tried again later), failed (given up).",
+            &[
+                (
+                    "{outcome=\"delivered\"}".to_owned(),
+                    load(&webhooks.stats.delivered),
+                ),
+                (
+                    "{outcome=\"retried\"}".to_owned(),
+                    load(&webhooks.stats.retried),
+                ),
+                (
+                    "{outcome=\"failed\"}".to_owned(),
+                    load(&webhooks.stats.failed),
+                ),
+            ],
+        );
+    }
     metric(
         "roomcast_slow_consumer_disconnects_total",
         "counter",

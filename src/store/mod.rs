@@ -19,12 +19,14 @@ mod postgres;
 mod recent;
 mod retention;
 mod sqlite;
+mod webhooks;
 
 use files::claim_refusal;
 pub use files::{FileRecord, Staleness, UploadClaim, UploadRecord};
 pub use postgres::{HISTORY_QUERIES as POSTGRES_HISTORY_QUERIES, PostgresStore};
 pub use retention::{Retention, enforce_retention};
 pub use sqlite::{HISTORY_QUERIES as SQLITE_HISTORY_QUERIES, SqliteStore};
+pub use webhooks::{OutboxEntry, WebhookDelivery, WebhookRoutes, event_entries, message_entries};
 
 use crate::hub::{Callbacks, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User};
@@ -329,6 +331,29 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// Forgets the uploads and files of these blobs (deleted before).
     fn forget_blobs(&self, file_ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Leases up to `limit` webhook deliveries that are due at `now` to this
+    /// node until `lease_until` (another node skips them meanwhile), oldest
+    /// first, of the webhooks named.
+    fn lease_webhooks(
+        &self,
+        webhooks: Vec<String>,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<WebhookDelivery>, StoreError>>;
+
+    /// Forgets a delivery the webhook accepted.
+    fn webhook_delivered(&self, id: i64) -> BoxFuture<'_, Result<(), StoreError>>;
+
+    /// Notes a failed try: the next at `retry_at`, or none (`failed_at` is
+    /// set and the row kept).
+    fn webhook_failed(
+        &self,
+        id: i64,
+        retry_at: Option<Timestamp>,
+        error: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Resolves when everything appended before the call is committed.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;

@@ -14,7 +14,8 @@
 use super::{
     Account, Appended, BoxFuture, CommitCallback, FileRecord, HistoryPage, MessageStore, NewEvent,
     NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord, Staleness, StoreError,
-    UploadClaim, UploadRecord, claim_refusal, deliver_commit,
+    UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes, claim_refusal, deliver_commit,
+    event_entries, message_entries,
 };
 use crate::hub::Flusher;
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
@@ -31,6 +32,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/postgres/0003_accounts.sql"),
     include_str!("migrations/postgres/0004_event_keys.sql"),
     include_str!("migrations/postgres/0005_files.sql"),
+    include_str!("migrations/postgres/0006_webhook_outbox.sql"),
 ];
 
 /// Key of the advisory lock that serializes migrations of concurrent starts.
@@ -72,6 +74,7 @@ enum Command {
 pub struct PostgresStore {
     commands: mpsc::UnboundedSender<Command>,
     reader: Connection,
+    webhooks: Arc<WebhookRoutes>,
 }
 
 impl std::fmt::Debug for PostgresStore {
@@ -124,6 +127,16 @@ async fn connect(config: &tokio_postgres::Config) -> Result<Client, StoreError> 
 impl PostgresStore {
     /// Connects, applies migrations, and starts the writer task.
     pub async fn open(url: &str) -> Result<PostgresStore, StoreError> {
+        PostgresStore::open_with_webhooks(url, Arc::default()).await
+    }
+
+    /// [`PostgresStore::open`] for a server with webhooks: each stored
+    /// message or event of a room a webhook wants gets its delivery row in
+    /// its own transaction.
+    pub async fn open_with_webhooks(
+        url: &str,
+        webhooks: Arc<WebhookRoutes>,
+    ) -> Result<PostgresStore, StoreError> {
         let config: tokio_postgres::Config = url.parse()?;
         let mut setup = connect(&config).await?;
         migrate(&mut setup).await?;
@@ -131,8 +144,12 @@ impl PostgresStore {
         let writer = connect(&config).await?;
         let reader = Connection::open(config.clone()).await?;
         let (commands, queue) = mpsc::unbounded_channel();
-        tokio::spawn(write_loop(config, writer, queue));
-        Ok(PostgresStore { commands, reader })
+        tokio::spawn(write_loop(config, writer, queue, webhooks.clone()));
+        Ok(PostgresStore {
+            commands,
+            reader,
+            webhooks,
+        })
     }
 }
 
@@ -203,25 +220,55 @@ impl MessageStore for PostgresStore {
     fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<RecordedEvent, StoreError>> {
         Box::pin(async move {
             let client = self.reader.client().await?;
+            // The id is drawn first, so that the webhook deliveries (which
+            // carry it) are written by the same statement as the event.
+            let id: i64 = client
+                .query_one(
+                    "SELECT nextval(pg_get_serial_sequence('events', 'id'))",
+                    &[],
+                )
+                .await?
+                .try_get(0)?;
+            let entries = event_entries(
+                &self.webhooks,
+                &event.room,
+                event.kind,
+                id,
+                &event.user_id,
+                &event.payload,
+            );
+            let webhooks: Vec<&str> = entries.iter().map(|e| e.webhook.as_str()).collect();
+            let kinds: Vec<&str> = entries.iter().map(|e| e.kind).collect();
+            let bodies: Vec<&str> = entries.iter().map(|e| e.body.as_str()).collect();
+            let now = Timestamp::now().as_millis();
             let inserted = client
                 .query_opt(
-                    "INSERT INTO events (room, kind, payload, user_id, created_at, idempotency_key) \
-                     VALUES ($1, $2, $3, $4, $5, $6) \
+                    "WITH e AS (INSERT INTO events \
+                     (id, room, kind, payload, user_id, created_at, idempotency_key) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7) \
                      ON CONFLICT (room, idempotency_key) WHERE idempotency_key IS NOT NULL \
-                     DO NOTHING RETURNING id",
+                     DO NOTHING RETURNING id), \
+                     d AS (INSERT INTO webhook_outbox (webhook, kind, body, created_at, next_attempt_at) \
+                     SELECT w, k, b, $6, $6 FROM UNNEST($8::text[], $9::text[], $10::text[]) AS t(w, k, b) \
+                     WHERE EXISTS (SELECT 1 FROM e)) \
+                     SELECT id FROM e",
                     &[
+                        &id,
                         &&*event.room,
                         &event.kind,
                         &event.payload.to_string(),
                         &&*event.user_id,
-                        &Timestamp::now().as_millis(),
+                        &now,
                         &event.idempotency_key,
+                        &webhooks,
+                        &kinds,
+                        &bodies,
                     ],
                 )
                 .await?;
-            if let Some(row) = inserted {
+            if inserted.is_some() {
                 return Ok(RecordedEvent {
-                    id: row.try_get(0)?,
+                    id,
                     duplicate: false,
                 });
             }
@@ -609,6 +656,81 @@ impl MessageStore for PostgresStore {
         })
     }
 
+    fn lease_webhooks(
+        &self,
+        webhooks: Vec<String>,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<WebhookDelivery>, StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            client
+                .query(
+                    "UPDATE webhook_outbox SET leased_until = $3 WHERE id IN (\
+                     SELECT id FROM webhook_outbox \
+                     WHERE webhook = ANY($1) AND failed_at IS NULL AND next_attempt_at <= $2 \
+                     AND (leased_until IS NULL OR leased_until < $2) \
+                     ORDER BY id LIMIT $4 FOR UPDATE SKIP LOCKED) \
+                     RETURNING id, webhook, kind, body, attempts",
+                    &[
+                        &webhooks,
+                        &now.as_millis(),
+                        &lease_until.as_millis(),
+                        &limit,
+                    ],
+                )
+                .await?
+                .iter()
+                .map(|row| {
+                    Ok(WebhookDelivery {
+                        id: row.try_get(0)?,
+                        webhook: row.try_get(1)?,
+                        kind: row.try_get(2)?,
+                        body: row.try_get(3)?,
+                        attempts: i64::from(row.try_get::<_, i32>(4)?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    fn webhook_delivered(&self, id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute("DELETE FROM webhook_outbox WHERE id = $1", &[&id])
+                .await?;
+            Ok(())
+        })
+    }
+
+    fn webhook_failed(
+        &self,
+        id: i64,
+        retry_at: Option<Timestamp>,
+        error: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, leased_until = NULL, \
+                     last_error = $4, next_attempt_at = COALESCE($2, next_attempt_at), \
+                     failed_at = CASE WHEN $2::int8 IS NULL THEN $3::int8 END WHERE id = $1",
+                    &[
+                        &id,
+                        &retry_at.map(Timestamp::as_millis),
+                        &Timestamp::now().as_millis(),
+                        &error,
+                    ],
+                )
+                .await?;
+            Ok(())
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         let (done, flushed) = oneshot::channel();
         let queued = self.commands.send(Command::Flush(done));
@@ -630,6 +752,7 @@ async fn write_loop(
     config: tokio_postgres::Config,
     mut client: Client,
     mut queue: mpsc::UnboundedReceiver<Command>,
+    webhooks: Arc<WebhookRoutes>,
 ) {
     // Messages and their callbacks side by side: the messages are borrowed
     // across the commit's awaits, the callbacks (not `Sync`) are not.
@@ -661,7 +784,7 @@ async fn write_loop(
                     Err(err) => tracing::error!(error = %err, "cannot reconnect to PostgreSQL"),
                 }
             }
-            let outcome = commit(&mut client, &batch).await;
+            let outcome = commit(&mut client, &batch, &webhooks).await;
             batch.clear();
             deliver_commit(flusher.as_ref(), std::mem::take(&mut callbacks), outcome);
         }
@@ -670,6 +793,27 @@ async fn write_loop(
             let _ = done.send(());
         }
     }
+}
+
+/// Writes webhook delivery rows (inside the caller's transaction).
+async fn queue_deliveries(
+    transaction: &tokio_postgres::Transaction<'_>,
+    entries: &[super::OutboxEntry],
+) -> Result<(), tokio_postgres::Error> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let webhooks: Vec<&str> = entries.iter().map(|e| e.webhook.as_str()).collect();
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind).collect();
+    let bodies: Vec<&str> = entries.iter().map(|e| e.body.as_str()).collect();
+    transaction
+        .execute(
+            "INSERT INTO webhook_outbox (webhook, kind, body, created_at, next_attempt_at) \
+             SELECT w, k, b, $4, $4 FROM UNNEST($1::text[], $2::text[], $3::text[]) AS t(w, k, b)",
+            &[&webhooks, &kinds, &bodies, &Timestamp::now().as_millis()],
+        )
+        .await?;
+    Ok(())
 }
 
 /// What to do with one message of a batch.
@@ -684,6 +828,7 @@ enum Plan {
 async fn commit(
     client: &mut Client,
     batch: &[Box<NewMessage>],
+    webhooks: &WebhookRoutes,
 ) -> Result<Vec<Result<Appended, StoreError>>, tokio_postgres::Error> {
     let transaction = client.transaction().await?;
     let mut rooms: Vec<&str> = batch.iter().map(|m| &*m.room).collect();
@@ -854,6 +999,14 @@ async fn commit(
                 ],
             )
             .await?;
+        if !webhooks.is_empty() {
+            let entries: Vec<super::OutboxEntry> = inserted
+                .iter()
+                .zip(&ids)
+                .flat_map(|(new, id)| message_entries(webhooks, &stored_message(*id, new)))
+                .collect();
+            queue_deliveries(&transaction, &entries).await?;
+        }
     }
     transaction.commit().await?;
 

@@ -21,7 +21,8 @@ use super::recent::{self, NewestGlobal};
 use super::{
     Account, Appended, BoxFuture, CommitCallback, FileRecord, HistoryPage, MessageStore, NewEvent,
     NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord, Staleness, StoreError,
-    UploadClaim, UploadRecord, claim_refusal, deliver_commit,
+    UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes, claim_refusal, deliver_commit,
+    event_entries, message_entries,
 };
 use crate::hub::Flusher;
 use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
@@ -38,6 +39,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("migrations/sqlite/0003_accounts.sql"),
     include_str!("migrations/sqlite/0004_event_keys.sql"),
     include_str!("migrations/sqlite/0005_files.sql"),
+    include_str!("migrations/sqlite/0006_webhook_outbox.sql"),
 ];
 
 /// Most appends committed in one transaction. Each commit's callbacks queue
@@ -79,6 +81,7 @@ enum Command {
 pub struct SqliteStore {
     commands: mpsc::UnboundedSender<Command>,
     newest_global: Arc<NewestGlobal>,
+    webhooks: Arc<WebhookRoutes>,
 }
 
 impl SqliteStore {
@@ -87,6 +90,16 @@ impl SqliteStore {
     /// thread for a file; for an in-memory database a task on the tokio
     /// runtime this is called in (a thread when there is none).
     pub fn open(path: Option<&Path>) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with_webhooks(path, Arc::default())
+    }
+
+    /// [`SqliteStore::open`] for a server with webhooks: each stored
+    /// message or event of a room a webhook wants gets its delivery row in
+    /// its own transaction.
+    pub fn open_with_webhooks(
+        path: Option<&Path>,
+        webhooks: Arc<WebhookRoutes>,
+    ) -> Result<SqliteStore, StoreError> {
         let mut connection = match path {
             None => Connection::open_in_memory()?,
             Some(path) => {
@@ -118,6 +131,7 @@ impl SqliteStore {
             batch: Appends::default(),
             flusher: None,
             newest_global: newest_global.clone(),
+            webhooks: webhooks.clone(),
         };
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) if path.is_none() => drop(runtime.spawn(writer.run_as_task(queue))),
@@ -134,6 +148,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             commands,
             newest_global,
+            webhooks,
         })
     }
 
@@ -217,8 +232,10 @@ impl MessageStore for SqliteStore {
     }
 
     fn record_event(&self, event: NewEvent) -> BoxFuture<'_, Result<RecordedEvent, StoreError>> {
+        let webhooks = self.webhooks.clone();
         self.run(move |connection| {
-            let inserted = connection
+            let transaction = connection.transaction()?;
+            let inserted = transaction
                 .prepare_cached(
                     "INSERT INTO events (room, kind, payload, user_id, created_at, idempotency_key) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
@@ -234,12 +251,25 @@ impl MessageStore for SqliteStore {
                     event.idempotency_key,
                 ])?;
             if inserted > 0 {
+                let id = transaction.last_insert_rowid();
+                let entries = event_entries(
+                    &webhooks,
+                    &event.room,
+                    event.kind,
+                    id,
+                    &event.user_id,
+                    &event.payload,
+                );
+                for entry in &entries {
+                    queue_delivery(&transaction, entry)?;
+                }
+                transaction.commit()?;
                 return Ok(RecordedEvent {
-                    id: connection.last_insert_rowid(),
+                    id,
                     duplicate: false,
                 });
             }
-            let id = connection
+            let id = transaction
                 .prepare_cached("SELECT id FROM events WHERE room = ?1 AND idempotency_key = ?2")?
                 .query_row(params![&*event.room, event.idempotency_key], |row| row.get(0))?;
             Ok(RecordedEvent {
@@ -582,6 +612,69 @@ impl MessageStore for SqliteStore {
         })
     }
 
+    fn lease_webhooks(
+        &self,
+        webhooks: Vec<String>,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> BoxFuture<'_, Result<Vec<WebhookDelivery>, StoreError>> {
+        self.run(move |connection| {
+            let names = serde_json::Value::from(webhooks).to_string();
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            Ok(connection
+                .prepare_cached(
+                    "UPDATE webhook_outbox SET leased_until = ?3 WHERE id IN (\
+                     SELECT id FROM webhook_outbox \
+                     WHERE webhook IN (SELECT value FROM json_each(?1)) AND failed_at IS NULL \
+                     AND next_attempt_at <= ?2 AND (leased_until IS NULL OR leased_until < ?2) \
+                     ORDER BY id LIMIT ?4) \
+                     RETURNING id, webhook, kind, body, attempts",
+                )?
+                .query_map(
+                    params![names, now.as_millis(), lease_until.as_millis(), limit],
+                    |row| {
+                        Ok(WebhookDelivery {
+                            id: row.get(0)?,
+                            webhook: row.get(1)?,
+                            kind: row.get(2)?,
+                            body: row.get(3)?,
+                            attempts: row.get(4)?,
+                        })
+                    },
+                )?
+                .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn webhook_delivered(&self, id: i64) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(move |connection| {
+            connection
+                .prepare_cached("DELETE FROM webhook_outbox WHERE id = ?1")?
+                .execute(params![id])?;
+            Ok(())
+        })
+    }
+
+    fn webhook_failed(
+        &self,
+        id: i64,
+        retry_at: Option<Timestamp>,
+        error: String,
+    ) -> BoxFuture<'_, Result<(), StoreError>> {
+        self.run(move |connection| {
+            let now = Timestamp::now().as_millis();
+            connection
+                .prepare_cached(
+                    "UPDATE webhook_outbox SET attempts = attempts + 1, leased_until = NULL, \
+                     last_error = ?4, next_attempt_at = COALESCE(?2, next_attempt_at), \
+                     failed_at = CASE WHEN ?2 IS NULL THEN ?3 END WHERE id = ?1",
+                )?
+                .execute(params![id, retry_at.map(Timestamp::as_millis), now, error])?;
+            Ok(())
+        })
+    }
+
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         self.run(|_| Ok(()))
     }
@@ -601,6 +694,7 @@ struct Writer {
     batch: Appends,
     flusher: Option<Arc<Flusher>>,
     newest_global: Arc<NewestGlobal>,
+    webhooks: Arc<WebhookRoutes>,
 }
 
 /// Appends waiting for the next commit, beside their callbacks.
@@ -667,7 +761,7 @@ impl Writer {
         if self.batch.messages.is_empty() {
             return;
         }
-        let outcome = insert_all(&mut self.connection, &self.batch.messages);
+        let outcome = insert_all(&mut self.connection, &self.batch.messages, &self.webhooks);
         self.batch.messages.clear();
         if let Ok(results) = &outcome {
             results
@@ -688,13 +782,22 @@ impl Writer {
 fn insert_all(
     connection: &mut Connection,
     batch: &[NewMessage],
+    webhooks: &WebhookRoutes,
 ) -> Result<Vec<Result<Appended, StoreError>>, rusqlite::Error> {
     // `BEGIN` and `COMMIT` as cached statements: a transaction opened with
     // `Connection::transaction` parses both again on every commit.
     connection.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let results = batch
         .iter()
-        .map(|message| insert_one(connection, message))
+        .map(|message| {
+            let appended = insert_one(connection, message)?;
+            if !appended.duplicate && !webhooks.is_empty() {
+                for entry in message_entries(webhooks, &appended.message) {
+                    queue_delivery(connection, &entry)?;
+                }
+            }
+            Ok(appended)
+        })
         .collect();
     match connection
         .prepare_cached("COMMIT")
@@ -708,6 +811,18 @@ fn insert_all(
             Err(err)
         }
     }
+}
+
+/// Writes one webhook delivery row (inside the caller's transaction).
+fn queue_delivery(connection: &Connection, entry: &super::OutboxEntry) -> Result<(), StoreError> {
+    let now = Timestamp::now().as_millis();
+    connection
+        .prepare_cached(
+            "INSERT INTO webhook_outbox (webhook, kind, body, created_at, next_attempt_at) \
+             VALUES (?1, ?2, ?3, ?4, ?4)",
+        )?
+        .execute(params![entry.webhook, entry.kind, entry.body, now])?;
+    Ok(())
 }
 
 /// The message a client already sent with this `client_msg_id`.

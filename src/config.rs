@@ -1134,6 +1134,87 @@ mod tests {
     }
 
     #[test]
+    fn webhooks_from_flags_and_from_the_file() {
+        let file: ServeArgs = toml::from_str(
+            "webhook_secret = \"shared\"\n\
+             [[webhooks]]\nurl = \"https://a.example/hook\"\nrooms = [\"support\"]\nsecret = \"own\"\n\
+             [[webhooks]]\nurl = \"http://b.example/hook\"\n",
+        )
+        .expect("parses");
+        let args = ServeArgs {
+            webhook: Some(vec!["https://c.example/in".into()]),
+            webhook_rooms: Some(vec!["ops".into()]),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(merge(args, file).expect("merge")).expect("valid");
+        let hooks: Vec<(&str, Vec<String>, Option<&str>)> = config
+            .webhooks
+            .iter()
+            .map(|w| {
+                (
+                    w.url.as_str(),
+                    w.rooms.clone(),
+                    w.secret.as_ref().map(|s| s.0.as_str()),
+                )
+            })
+            .collect();
+        assert_eq!(
+            hooks,
+            vec![
+                (
+                    "https://c.example/in",
+                    vec!["ops".to_owned()],
+                    Some("shared")
+                ),
+                (
+                    "https://a.example/hook",
+                    vec!["support".to_owned()],
+                    Some("own")
+                ),
+                ("http://b.example/hook", vec![], None),
+            ]
+        );
+        assert!(
+            !format!("{:?}", config.webhooks).contains("own"),
+            "secrets stay out of logs"
+        );
+        for bad in ["ftp://x.example/", "not a url"] {
+            let args = ServeArgs {
+                webhook: Some(vec![bad.into()]),
+                ..ServeArgs::default()
+            };
+            assert!(Config::resolve(args).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn upload_types_are_checked() {
+        let config = Config::resolve(ServeArgs::default()).expect("valid");
+        assert!(config.upload_types.contains(&"image/png".to_owned()));
+        let args = ServeArgs {
+            upload_types: Some(vec!["IMAGE/PNG".into(), "text/markdown".into()]),
+            ..ServeArgs::default()
+        };
+        let config = Config::resolve(args).expect("valid");
+        assert_eq!(config.upload_types, ["image/png", "text/markdown"]);
+        let args = ServeArgs {
+            upload_types: Some(vec!["application/x-unknowable".into()]),
+            ..ServeArgs::default()
+        };
+        assert!(Config::resolve(args).is_err());
+        let args = ServeArgs {
+            upload_types: Some(vec!["none".into()]),
+            ..ServeArgs::default()
+        };
+        assert!(
+            Config::resolve(args)
+                .expect("valid")
+                .upload_types
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn one_thread_per_core_unless_told() {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let config = Config::resolve(ServeArgs::default()).expect("valid config");

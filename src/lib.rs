@@ -154,12 +154,12 @@ pub async fn serve(
                  files it received unless the directory is shared (use --file-store s3://...)"
             );
         }
-        Some(Arc::new(files::Files {
+        Some(Arc::new(files::Files::new(
             blobs,
-            max_bytes: config.max_upload_bytes,
-            types: config.upload_types.clone(),
-            ttl: config.upload_ttl,
-        }))
+            config.max_upload_bytes,
+            config.upload_types.clone(),
+            config.upload_ttl,
+        )))
     };
     let app = Arc::new(App {
         webhooks: webhooks::Dispatcher::configured(&config),

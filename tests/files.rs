@@ -492,3 +492,22 @@ async fn file_sharing_can_be_turned_off() {
     assert_eq!(reply["error_code"], "file_type_not_allowed", "{reply}");
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_user_cannot_pile_up_upload_authorizations() {
+    let (server, _dir) = server_with(|_| {}).await;
+    let mut alice = server.user("alice").await;
+    join(&mut alice, "team").await;
+    let request = json!({"type": "file_upload_request", "ref": "r", "filename": "a.txt",
+                         "size": 5, "content_type": "text/plain", "room": "team"});
+    for _ in 0..roomcast::files::UPLOADS_PER_USER_PER_MINUTE {
+        assert_eq!(
+            ask(&mut alice, request.clone()).await["type"],
+            "file_upload_authorized"
+        );
+    }
+    let refused = ask(&mut alice, request).await;
+    assert_eq!(refused["error_code"], "rate_limited", "{refused}");
+    assert!(refused["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
+    server.stop().await;
+}

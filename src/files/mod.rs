@@ -15,4 +15,7 @@ mod upload;
 
 pub use blob::{BlobError, Blobs};
 pub use content::{agrees, checkable, content_disposition, essence, sanitize_filename};
-pub use upload::{Authorization, FileError, Files, Received, UploadBody, run_janitor, token_hash};
+pub use upload::{
+    Authorization, FileError, Files, Received, UPLOADS_PER_USER_PER_MINUTE, UploadBody,
+    run_janitor, token_hash,
+};

@@ -49,6 +49,10 @@ pub enum FileError {
     Store(#[from] StoreError),
 }
 
+/// Upload authorizations a user may ask for per minute (on each node),
+/// after a burst of as many: each is a row kept until it expires.
+pub const UPLOADS_PER_USER_PER_MINUTE: u32 = 30;
+
 /// File sharing as configured.
 #[derive(Debug)]
 pub struct Files {
@@ -57,6 +61,8 @@ pub struct Files {
     /// Lower-case types users may upload; empty: sharing is off.
     pub types: Vec<String>,
     pub ttl: Duration,
+    /// Authorizations per user.
+    pub requests: crate::limits::KeyedLimiter<Arc<str>>,
 }
 
 /// What `file_upload_authorized` tells the client.
@@ -90,6 +96,19 @@ fn random_id(bytes: usize) -> Result<String, FileError> {
 }
 
 impl Files {
+    pub fn new(blobs: Blobs, max_bytes: u64, types: Vec<String>, ttl: Duration) -> Files {
+        Files {
+            blobs,
+            max_bytes,
+            types,
+            ttl,
+            requests: crate::limits::KeyedLimiter::new(
+                f64::from(UPLOADS_PER_USER_PER_MINUTE) / 60.0,
+                UPLOADS_PER_USER_PER_MINUTE,
+            ),
+        }
+    }
+
     /// Whether `content_type` (any case, parameters allowed) may be uploaded.
     pub fn allows(&self, content_type: &str) -> bool {
         self.types.contains(&essence(content_type))

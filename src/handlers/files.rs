@@ -37,6 +37,10 @@ pub async fn upload_request(
             files.types.join(", ")
         )));
     }
+    files
+        .requests
+        .take(&user.id)
+        .map_err(HandlerError::RateLimited)?;
     let authorization = files
         .authorize(
             app,

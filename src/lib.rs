@@ -13,7 +13,11 @@
 //! - [`broker`]: how broadcasts reach every node's hub (in-process for one node).
 //! - [`session`]: the task per WebSocket — read, dispatch, write, heartbeat, close.
 //! - [`handlers`]: one file per client message type.
-//! - [`store`]: durable messages, rooms and events; SQLite with group commit.
+//! - [`store`]: durable messages, rooms, events, uploads and the webhook
+//!   outbox; SQLite with group commit, PostgreSQL.
+//! - [`files`]: file sharing — upload tokens, receiving and serving files,
+//!   the file store (a directory or an S3 bucket), the janitor.
+//! - [`webhooks`]: delivering the webhook outbox, signed, with retries.
 //! - [`auth`]: tokens (JWT), password hashing, accounts.
 //! - [`limits`]: token buckets for rate limits.
 //! - [`server`]: the HTTP router, the upgrade, the HTTP API and metrics.

@@ -4,7 +4,7 @@
 mod support;
 
 use serde_json::json;
-use support::{ADMIN_KEY, TestServer, join};
+use support::{ADMIN_KEY, TestServer, args, join};
 
 #[tokio::test]
 async fn stats_need_the_admin_key() {
@@ -310,4 +310,65 @@ async fn publishing_into_an_unknown_room_is_404_where_rooms_are_not_auto_created
     .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error_code"], "not_found");
+}
+
+/// A preflight and a request from `origin`; the `Access-Control-Allow-Origin`
+/// each got.
+async fn cors_answers(server: &TestServer, origin: &str) -> (u16, Option<String>, Option<String>) {
+    let client = reqwest::Client::new();
+    let preflight = client
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("http://{}/api/rooms/dev/messages", server.addr),
+        )
+        .header("Origin", origin)
+        .header("Access-Control-Request-Method", "GET")
+        .header("Access-Control-Request-Headers", "authorization")
+        .send()
+        .await
+        .expect("preflight");
+    let allowed = |response: &reqwest::Response| {
+        response
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|value| value.to_str().expect("ascii").to_owned())
+    };
+    let status = preflight.status().as_u16();
+    let preflight_origin = allowed(&preflight);
+    let actual = client
+        .get(format!("http://{}/api/rooms/dev/messages", server.addr))
+        .header("Origin", origin)
+        .bearer_auth(server.token("alice"))
+        .send()
+        .await
+        .expect("GET");
+    (status, preflight_origin, allowed(&actual))
+}
+
+#[tokio::test]
+async fn cors_follows_the_allowed_origins() {
+    let server = TestServer::start().await;
+    let (status, preflight, actual) = cors_answers(&server, "https://app.example").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        preflight.as_deref(),
+        Some("*"),
+        "any origin when none are set"
+    );
+    assert_eq!(actual.as_deref(), Some("*"));
+    server.stop().await;
+
+    let mut settings = args();
+    settings.allowed_origins = Some(vec!["https://app.example".into()]);
+    let server = TestServer::with(settings).await;
+    let (_, preflight, actual) = cors_answers(&server, "https://app.example").await;
+    assert_eq!(preflight.as_deref(), Some("https://app.example"));
+    assert_eq!(actual.as_deref(), Some("https://app.example"));
+    let (_, preflight, actual) = cors_answers(&server, "https://evil.example").await;
+    assert_eq!(
+        (preflight, actual),
+        (None, None),
+        "another origin gets no CORS headers"
+    );
+    server.stop().await;
 }

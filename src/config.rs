@@ -90,6 +90,17 @@ pub struct ServeArgs {
     )]
     pub open_registration: Option<bool>,
 
+    /// Serve the chat page at `/` and the admin page at `/admin`
+    /// (`--web-ui false` turns them off) [default: true].
+    #[arg(
+        long,
+        env = "ROOMCAST_WEB_UI",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub web_ui: Option<bool>,
+
     /// Allow guests to name themselves with `user_join` and chat.
     #[arg(
         long,
@@ -537,6 +548,7 @@ pub struct Config {
     pub admin_key: Option<String>,
     pub open_registration: bool,
     pub guest_chat: bool,
+    pub web_ui: bool,
     pub ai_base_url: Option<String>,
     pub ai_model: String,
     /// Never logged; `Debug` of the config leaves it out.
@@ -659,6 +671,7 @@ impl Config {
             admin_key: args.admin_key.filter(|key| !key.is_empty()),
             open_registration: args.open_registration.unwrap_or(false),
             guest_chat: args.guest_chat.unwrap_or(false),
+            web_ui: args.web_ui.unwrap_or(true),
             ai_base_url: args.ai_base_url.filter(|url| !url.is_empty()),
             ai_model: args.ai_model.unwrap_or_else(|| "default".into()),
             ai_api_key: match &args.ai_api_key_file {

@@ -218,6 +218,9 @@ pub async fn serve(
         "roomcast {} listening on {http}://{address} (WebSocket at {ws}://{address}/ws)",
         env!("CARGO_PKG_VERSION")
     );
+    if app.config.web_ui && server::web_pages_built() {
+        tracing::info!("chat page at {http}://{address}/, admin page at {http}://{address}/admin");
+    }
     match &app.config.tls {
         Some((cert, key)) => {
             let listener = TlsListener::new(listener, server::tls::acceptor(cert, key)?)?;

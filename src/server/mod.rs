@@ -12,6 +12,7 @@ mod metrics;
 mod publish;
 mod rooms;
 pub mod tls;
+mod web;
 mod ws;
 
 use crate::app::App;
@@ -25,6 +26,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 pub use rooms::carry_out_evictions;
+pub use web::available as web_pages_built;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,7 +35,15 @@ use ws::bearer_token;
 /// Builds the router for a server.
 pub fn router(app: Arc<App>) -> Router {
     let body_limit = app.config.max_http_body_bytes;
-    Router::new()
+    let pages = if app.config.web_ui {
+        Router::new()
+            .route("/", get(web::chat_page))
+            .route("/admin", get(web::admin_page))
+            .route("/assets/{name}", get(web::assets))
+    } else {
+        Router::new()
+    };
+    pages
         .route("/ws", get(ws::upgrade))
         .route("/healthz", get(health))
         .route("/metrics", get(metrics::render))

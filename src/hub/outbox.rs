@@ -118,7 +118,7 @@ impl Drop for Batch {
 }
 
 /// A storage commit's callbacks, run by the flusher's task.
-pub type Callbacks = Box<dyn FnOnce() + Send>;
+pub use crate::store::Callbacks;
 
 /// Writes deferred batches and runs storage commits' callbacks: one task
 /// per hub, woken when work waits.
@@ -205,19 +205,31 @@ impl Flusher {
     /// a flusher (`None`, or its task not running) they run here, at once,
     /// their frames written as one batch.
     pub fn deliver(flusher: Option<&Arc<Flusher>>, messages: usize, callbacks: Callbacks) {
-        let mut here = Some(callbacks);
-        if let Some(flusher) = flusher {
-            flusher.add(|waiting| {
-                waiting.deliveries.extend(here.take());
-                waiting.messages += messages;
-            });
+        match flusher {
+            Some(flusher) => crate::store::CommitSink::deliver(&**flusher, messages, callbacks),
+            None => {
+                let _writes = Batch::start();
+                callbacks();
+            }
         }
+    }
+}
+
+impl crate::store::CommitSink for Flusher {
+    fn deliver(&self, messages: usize, callbacks: Callbacks) {
+        let mut here = Some(callbacks);
+        self.add(|waiting| {
+            waiting.deliveries.extend(here.take());
+            waiting.messages += messages;
+        });
         if let Some(callbacks) = here {
             let _writes = Batch::start();
             callbacks();
         }
     }
+}
 
+impl Flusher {
     fn waiting(&self) -> MutexGuard<'_, Waiting> {
         self.waiting.lock().unwrap_or_else(PoisonError::into_inner)
     }

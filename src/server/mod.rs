@@ -26,10 +26,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 pub use rooms::carry_out_evictions;
-pub use web::available as web_pages_built;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use std::time::Duration;
+pub use web::available as web_pages_built;
 use ws::bearer_token;
 
 /// Builds the router for a server.

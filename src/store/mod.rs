@@ -28,7 +28,6 @@ pub use retention::{Retention, enforce_retention};
 pub use sqlite::{HISTORY_QUERIES as SQLITE_HISTORY_QUERIES, SqliteStore};
 pub use webhooks::{OutboxEntry, WebhookDelivery, WebhookRoutes, event_entries, message_entries};
 
-use crate::hub::{Callbacks, Flusher};
 use crate::protocol::{FileInfo, Message, Timestamp, User};
 use std::future::Future;
 use std::pin::Pin;
@@ -40,12 +39,23 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// Called once an append is durably committed (or has failed).
 pub type CommitCallback = Box<dyn FnOnce(Result<Appended, StoreError>) + Send>;
 
+/// The callbacks of one commit, run together.
+pub type Callbacks = Box<dyn FnOnce() + Send>;
+
+/// Where a store hands the callbacks of each commit (the hub's writer task,
+/// [`crate::hub::Flusher`]), so that the storage writer goes on to its next
+/// commit while they run.
+pub trait CommitSink: Send + Sync + 'static {
+    /// Runs the `callbacks` of a commit of `messages` messages, after those
+    /// of earlier commits.
+    fn deliver(&self, messages: usize, callbacks: Callbacks);
+}
+
 /// Has the callbacks of one commit run in order: each with its message's
-/// result, or all with the commit's error (logged here). They run on the
-/// hub's flusher task when it runs (see [`Flusher::deliver`]), so the
-/// storage writer goes on to its next commit meanwhile.
+/// result, or all with the commit's error (logged here). They run in `sink`
+/// where there is one, else here.
 fn deliver_commit<E: std::error::Error + Send + Sync + 'static>(
-    flusher: Option<&Arc<Flusher>>,
+    sink: Option<&Arc<dyn CommitSink>>,
     callbacks: Vec<CommitCallback>,
     outcome: Result<Vec<Result<Appended, StoreError>>, E>,
 ) {
@@ -66,7 +76,10 @@ fn deliver_commit<E: std::error::Error + Send + Sync + 'static>(
             })
         }
     };
-    Flusher::deliver(flusher, messages, run);
+    match sink {
+        Some(sink) => sink.deliver(messages, run),
+        None => run(),
+    }
 }
 
 /// Why a storage operation failed.
@@ -358,10 +371,9 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Resolves when everything appended before the call is committed.
     fn flush(&self) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Hands the socket writes of every commit's callbacks to `flusher`
-    /// (the hub's writer task), so that the store can start its next commit
-    /// while they go out, and frames of commits made meanwhile share a write.
-    /// Until it is called, the store writes them itself when a commit's
-    /// callbacks have run.
-    fn write_through(&self, flusher: Arc<Flusher>);
+    /// Hands every commit's callbacks to `sink` (the hub's writer task), so
+    /// that the store can start its next commit while they run, and frames
+    /// of commits made meanwhile share a write. Until it is called, the
+    /// store runs them itself.
+    fn write_through(&self, sink: Arc<dyn CommitSink>);
 }

@@ -12,12 +12,11 @@
 //! Reads run on a second connection, concurrently with the writer.
 
 use super::{
-    Account, Appended, BoxFuture, CommitCallback, FileRecord, HistoryPage, MessageStore, NewEvent,
-    NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord, Staleness, StoreError,
-    UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes, claim_refusal, deliver_commit,
-    event_entries, message_entries,
+    Account, Appended, BoxFuture, CommitCallback, CommitSink, FileRecord, HistoryPage,
+    MessageStore, NewEvent, NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord,
+    Staleness, StoreError, UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes,
+    claim_refusal, deliver_commit, event_entries, message_entries,
 };
-use crate::hub::Flusher;
 use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -67,7 +66,7 @@ pub const HISTORY_QUERIES: [&str; 3] = [
 enum Command {
     Append(Box<NewMessage>, CommitCallback),
     Flush(oneshot::Sender<()>),
-    WriteThrough(Arc<Flusher>),
+    WriteThrough(Arc<dyn CommitSink>),
 }
 
 /// Message store on PostgreSQL.
@@ -740,7 +739,7 @@ impl MessageStore for PostgresStore {
         })
     }
 
-    fn write_through(&self, flusher: Arc<Flusher>) {
+    fn write_through(&self, flusher: Arc<dyn CommitSink>) {
         // Refused only when the writer has stopped, and then nothing is left
         // to write.
         let _ = self.commands.send(Command::WriteThrough(flusher));
@@ -759,7 +758,7 @@ async fn write_loop(
     let mut batch: Vec<Box<NewMessage>> = Vec::new();
     let mut callbacks: Vec<CommitCallback> = Vec::new();
     let mut flushes = Vec::new();
-    let mut flusher: Option<Arc<Flusher>> = None;
+    let mut flusher: Option<Arc<dyn CommitSink>> = None;
     while let Some(first) = queue.recv().await {
         let mut next = Some(first);
         while let Some(command) = next {

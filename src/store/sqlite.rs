@@ -19,12 +19,11 @@
 
 use super::recent::{self, NewestGlobal};
 use super::{
-    Account, Appended, BoxFuture, CommitCallback, FileRecord, HistoryPage, MessageStore, NewEvent,
-    NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord, Staleness, StoreError,
-    UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes, claim_refusal, deliver_commit,
-    event_entries, message_entries,
+    Account, Appended, BoxFuture, CommitCallback, CommitSink, FileRecord, HistoryPage,
+    MessageStore, NewEvent, NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord,
+    Staleness, StoreError, UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes,
+    claim_refusal, deliver_commit, event_entries, message_entries,
 };
-use crate::hub::Flusher;
 use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
 use rusqlite::{Connection, OptionalExtension, Row, params};
 use std::path::Path;
@@ -73,7 +72,7 @@ type Job = Box<dyn FnOnce(&mut Connection) + Send>;
 enum Command {
     Append(Box<NewMessage>, CommitCallback),
     Run(Job),
-    WriteThrough(Arc<Flusher>),
+    WriteThrough(Arc<dyn CommitSink>),
 }
 
 /// Message store on an embedded SQLite database.
@@ -679,7 +678,7 @@ impl MessageStore for SqliteStore {
         self.run(|_| Ok(()))
     }
 
-    fn write_through(&self, flusher: Arc<Flusher>) {
+    fn write_through(&self, flusher: Arc<dyn CommitSink>) {
         // Refused only when the writer has stopped, and then nothing is left
         // to write.
         let _ = self.commands.send(Command::WriteThrough(flusher));
@@ -692,7 +691,7 @@ impl MessageStore for SqliteStore {
 struct Writer {
     connection: Connection,
     batch: Appends,
-    flusher: Option<Arc<Flusher>>,
+    flusher: Option<Arc<dyn CommitSink>>,
     newest_global: Arc<NewestGlobal>,
     webhooks: Arc<WebhookRoutes>,
 }

@@ -11,16 +11,20 @@
 //! room do not stall broadcasts in another. Lock order is shard → room members;
 //! no lock is ever held across an `.await`.
 
+mod batch;
 mod connection;
+mod flusher;
 mod online;
 mod outbox;
 mod pending;
 mod room;
 mod stats;
 
+pub use batch::Batch;
 pub use connection::{Connection, ConnectionState, Delivery, Identity, Role};
+pub use flusher::{Callbacks, Flusher};
 pub use online::{IdentityChange, Watched};
-pub use outbox::{Batch, Callbacks, Flush, Flusher, Outbox};
+pub use outbox::{Flush, Outbox};
 pub use pending::PendingWrites;
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 

@@ -165,16 +165,6 @@ function render(stats: ServerStats): void {
       h(
         "tr",
         { "data-testid": "connection-row", "data-connection-id": c.connection_id, "data-username": c.username ?? "" },
-        h("td", {}, h("code", {}, c.connection_id)),
-        h("td", { "data-testid": "connection-state" }, c.state),
-        h("td", {}, c.kind),
-        h("td", { "data-testid": "connection-user" }, c.username ?? "(unnamed guest)"),
-        h("td", {}, String(c.rooms)),
-        h("td", {}, String(c.message_count)),
-        h("td", {}, formatTime(c.connected_at)),
-        h("td", {}, ago(c.last_activity, now)),
-        h("td", {}, c.client_addr ?? ""),
-        h("td", { class: "ua", title: c.user_agent ?? "" }, c.user_agent ?? ""),
         h(
           "td",
           {},
@@ -190,13 +180,23 @@ function render(stats: ServerStats): void {
             "Kick",
           ),
         ),
+        h("td", {}, h("code", {}, c.connection_id)),
+        h("td", { "data-testid": "connection-state" }, c.state),
+        h("td", {}, c.kind),
+        h("td", { "data-testid": "connection-user" }, c.username ?? "(unnamed guest)"),
+        h("td", {}, String(c.rooms)),
+        h("td", {}, String(c.message_count)),
+        h("td", {}, formatTime(c.connected_at)),
+        h("td", {}, ago(c.last_activity, now)),
+        h("td", {}, c.client_addr ?? ""),
+        h("td", { class: "ua", title: c.user_agent ?? "" }, c.user_agent ?? ""),
       ),
     ),
   );
 
   const rows: [string, string][] = [];
-  for (const [type, n] of Object.entries(stats.messages_by_type ?? {})) rows.push([`received ${type}`, String(n)]);
-  for (const [code, n] of Object.entries(stats.errors ?? {})) rows.push([`error ${code}`, String(n)]);
+  for (const [type, n] of Object.entries(stats.messages_by_type ?? {})) if (n) rows.push([`received ${type}`, String(n)]);
+  for (const [code, n] of Object.entries(stats.errors ?? {})) if (n) rows.push([`error ${code}`, String(n)]);
   els.totals.replaceChildren(...rows.sort().map(([k, v]) => h("tr", {}, h("th", { scope: "row" }, k), h("td", {}, v))));
 }
 
@@ -273,7 +273,7 @@ function renderChart(): void {
   const yMax = niceCeil(max);
   const x = (t: number) => pad.left + ((t - (now - WINDOW_MS)) / WINDOW_MS) * (width - pad.left - pad.right);
   const y = (v: number) => pad.top + (1 - v / yMax) * (height - pad.top - pad.bottom);
-  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, preserveAspectRatio: "none", "aria-hidden": "true" });
+  const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, "aria-hidden": "true" });
   for (const frac of [0, 0.5, 1]) {
     const yy = y(yMax * frac);
     root.append(svg("line", { x1: pad.left, x2: width - pad.right, y1: yy, y2: yy, stroke: "currentColor", "stroke-opacity": 0.15 }));

@@ -465,7 +465,7 @@ function messageItem(m: Message): HTMLElement {
       ? h(
           "div",
           { class: "attachment" },
-          h("span", {}, `📄 ${m.attachment.name} (${formatBytes(m.attachment.size)})`),
+          h("span", { "data-testid": "attachment-name" }, `${m.attachment.name} (${formatBytes(m.attachment.size)})`),
           h(
             "button",
             { type: "button", "data-testid": "attachment-download", "data-file-id": m.attachment.id, onclick: () => void download(m) },

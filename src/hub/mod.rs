@@ -28,9 +28,8 @@ pub use outbox::{Flush, Outbox};
 pub use pending::PendingWrites;
 pub use stats::{Histogram, HubStats, LATENCY_BUCKETS_US, SLOW_BUCKETS_US};
 
-use crate::protocol::{CloseReason, Frame, ServerType, User, UserKind};
+use crate::protocol::{CloseReason, ServerType, User, UserKind};
 use crate::wire::Stream;
-use bytes::Bytes;
 use online::Online;
 pub use room::Change as RoomChange;
 use room::Room;
@@ -48,22 +47,8 @@ const SHARDS: usize = 32;
 /// writing to their sockets (see `Hub::broadcast`).
 const WARMED_TOGETHER: usize = 32;
 
-/// An encoded frame ready to be queued to any number of connections.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OutFrame {
-    pub kind: ServerType,
-    /// The whole WebSocket frame, header included, shared by all recipients.
-    pub bytes: Bytes,
-}
-
-impl From<Frame> for OutFrame {
-    fn from(frame: Frame) -> Self {
-        OutFrame {
-            kind: frame.kind,
-            bytes: crate::wire::frame::text(&frame.text),
-        }
-    }
-}
+/// What the hub queues: a frame encoded once, for any number of connections.
+pub use crate::wire::OutFrame;
 
 /// How many of `connections` are of each kind (user, guest, assistant, system).
 pub fn count_by_kind(connections: &[Arc<Connection>]) -> [(UserKind, u64); 4] {

@@ -418,6 +418,12 @@ impl Outbox {
     }
 }
 
+impl crate::wire::HoldsStream for Outbox {
+    fn stream(&self) -> Option<&Stream> {
+        Outbox::stream(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -18,12 +18,11 @@ use crate::protocol::{
     ServerMessage, Timestamp, WelcomeLimits,
 };
 use crate::store::Page;
-use crate::wire::{Decoded, Decoder, FrameError, Incoming, Stream, frame};
+use crate::wire::{FrameError, Incoming, ReadError, Stream, frame};
 use bytes::Bytes;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -130,7 +129,8 @@ pub fn run(app: Arc<App>, accepted: Accepted) -> impl Future<Output = ()> + Send
             .rate_limit
             .map(|(rate, burst)| TokenBucket::new(f64::from(rate), burst)),
     };
-    let mut reader = Reader::new(connection.outbox.clone(), early, app.config.max_frame_bytes);
+    let mut reader =
+        SocketReader::new(connection.outbox.clone(), early, app.config.max_frame_bytes);
     async move {
         if let Some(identity) = identity {
             let elsewhere = handlers::connections_elsewhere(&app, &identity.user.id).await;
@@ -160,103 +160,8 @@ const STALLED_RETRY_MS: u64 = 1000;
 /// flight to be stored and acknowledged before closing it.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reads client frames with no buffer of its own between messages: one is
-/// allocated when bytes arrive and freed once they are all consumed.
-struct Reader {
-    /// Holds the socket (broadcasters write to it through the outbox).
-    socket: Arc<Outbox>,
-    buffer: Vec<u8>,
-    /// Bytes of `buffer` already decoded.
-    consumed: usize,
-    decoder: Decoder,
-}
-
-/// Why reading stopped.
-enum ReadError {
-    /// The client broke the framing rules, or sent too much.
-    Frame(FrameError),
-    /// The socket failed.
-    Io,
-}
-
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
-
-impl Reader {
-    /// `early`: bytes already read from the stream.
-    fn new(socket: Arc<Outbox>, early: Vec<u8>, max_message: usize) -> Reader {
-        Reader {
-            socket,
-            buffer: early,
-            consumed: 0,
-            decoder: Decoder::new(max_message),
-        }
-    }
-
-    /// The next complete message, or `None` when the client has closed the
-    /// TCP stream. Cancel-safe: bytes read are kept in `self`.
-    fn next(&mut self) -> impl Future<Output = Result<Option<Incoming>, ReadError>> + '_ {
-        std::future::poll_fn(move |cx| self.poll_next(cx))
-    }
-
-    /// After a framing error: skips frames by their headers, without
-    /// decoding them, until a close frame has been read (or the client
-    /// closes the TCP connection, or the socket fails).
-    async fn skip_to_close(&mut self) {
-        let Some(stream) = self.socket.stream() else {
-            return;
-        };
-        let mut seeker = frame::CloseSeeker::default();
-        std::future::poll_fn(|cx| {
-            loop {
-                let (used, found) = seeker.seek(&self.buffer[self.consumed..]);
-                if found {
-                    return Poll::Ready(());
-                }
-                self.buffer.drain(..self.consumed + used);
-                self.consumed = 0;
-                match ready!(stream.poll_read_buf(cx, &mut self.buffer, READ_CHUNK)) {
-                    Ok(0) | Err(_) => return Poll::Ready(()),
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-    }
-
-    fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Incoming>, ReadError>> {
-        loop {
-            while self.consumed < self.buffer.len() {
-                match self.decoder.decode(&self.buffer[self.consumed..]) {
-                    Ok(Decoded::Incomplete) => break,
-                    Ok(Decoded::Frame(message, used)) => {
-                        self.consumed += used;
-                        if self.consumed == self.buffer.len() {
-                            self.buffer = Vec::new();
-                            self.consumed = 0;
-                        }
-                        if let Some(message) = message {
-                            return Poll::Ready(Ok(Some(message)));
-                        }
-                    }
-                    Err(err) => return Poll::Ready(Err(ReadError::Frame(err))),
-                }
-            }
-            let Some(stream) = self.socket.stream() else {
-                return Poll::Ready(Err(ReadError::Io));
-            };
-            if self.consumed > 0 {
-                self.buffer.drain(..self.consumed);
-                self.consumed = 0;
-            }
-            match ready!(stream.poll_read_buf(cx, &mut self.buffer, READ_CHUNK)) {
-                Ok(0) => return Poll::Ready(Ok(None)),
-                Ok(_) => {}
-                Err(_) => return Poll::Ready(Err(ReadError::Io)),
-            }
-        }
-    }
-}
+/// Reads the connection's socket, held by its outbox.
+type SocketReader = crate::wire::Reader<Outbox>;
 
 /// When the session's timer must next wake it.
 struct Deadlines {
@@ -297,7 +202,7 @@ impl Deadlines {
 }
 
 impl Session {
-    async fn serve(&mut self, app: &Arc<App>, reader: &mut Reader) -> Ending {
+    async fn serve(&mut self, app: &Arc<App>, reader: &mut SocketReader) -> Ending {
         let connection = self.connection.clone();
         let outbox = connection.outbox.clone();
         let config = &app.config;
@@ -374,7 +279,7 @@ impl Session {
                         Flush::Failed => return Ending::Gone,
                     }
                 }
-                incoming = reader.next(), if waiting.len() < WAITING_MAX && draining.is_none() => {
+                incoming = reader.next_message(), if waiting.len() < WAITING_MAX && draining.is_none() => {
                     let message = match incoming {
                         Ok(Some(message)) => message,
                         Ok(None) | Err(ReadError::Io) => return Ending::Gone,
@@ -650,7 +555,7 @@ async fn send_welcome(app: &App, connection: &Connection) {
 
 /// Closes the socket as the ending requires and takes the connection out of
 /// the hub, announcing departures unless the server is shutting down.
-async fn finish(app: &App, reader: &mut Reader, connection: &Connection, ending: Ending) {
+async fn finish(app: &App, reader: &mut SocketReader, connection: &Connection, ending: Ending) {
     let reason = match ending {
         Ending::Close => connection.close_reason().unwrap_or(CloseReason::NORMAL),
         Ending::Gone | Ending::ClientClosed => {
@@ -689,7 +594,7 @@ async fn finish(app: &App, reader: &mut Reader, connection: &Connection, ending:
 /// the close frame; with `await_answer`, waits briefly for the client's own
 /// close frame, so that the socket is not reset under unread data.
 async fn close_socket(
-    reader: &mut Reader,
+    reader: &mut SocketReader,
     connection: &Connection,
     reason: CloseReason,
     await_answer: bool,
@@ -719,7 +624,7 @@ async fn close_socket(
     }
     let answer = async {
         loop {
-            match reader.next().await {
+            match reader.next_message().await {
                 Ok(Some(Incoming::Close(_)) | None) | Err(ReadError::Io) => break,
                 Ok(Some(_)) => {}
                 // Past a framing error no message is decoded any more, but

@@ -6,7 +6,11 @@
 pub mod echo;
 pub mod frame;
 pub mod handshake;
+mod out;
+mod reader;
 mod stream;
 
 pub use frame::{Decoded, Decoder, FrameError, Incoming};
+pub use out::OutFrame;
+pub use reader::{HoldsStream, ReadError, Reader};
 pub use stream::Stream;

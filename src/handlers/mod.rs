@@ -23,7 +23,7 @@ pub use ai::auto_reply;
 pub use auth::{connections_elsewhere, log_in};
 pub use presence::tell_counts;
 pub use projects::{ProjectEvent, record_and_tell};
-pub use rooms::may_enter;
+pub use rooms::{evict, may_enter};
 
 use crate::app::App;
 use crate::auth::AuthError;

@@ -149,3 +149,14 @@ pub fn leave(
     announce_departures(app, &[departure]);
     Ok(())
 }
+
+/// Takes this node's connections of `user_id` (admins aside) out of `room`,
+/// which they may no longer enter: `room_left` to them, a presence leave to
+/// the room.
+pub fn evict(app: &App, room: &str, user_id: &str) {
+    let spared = |connection: &crate::hub::Connection| connection.role() == Some(Role::Admin);
+    for (connection, departure) in app.hub.evict(room, user_id, spared) {
+        app.send(&connection, &ServerMessage::RoomLeft { room }, None);
+        announce_departures(app, &[departure]);
+    }
+}

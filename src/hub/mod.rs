@@ -651,6 +651,34 @@ impl Hub {
         })
     }
 
+    /// Takes `user_id`'s connections on this node out of `room`, but those
+    /// `spared` keeps; returns each one that left, with its departure.
+    pub fn evict(
+        &self,
+        room: &str,
+        user_id: &str,
+        spared: impl Fn(&Connection) -> bool,
+    ) -> Vec<(Arc<Connection>, RoomDeparture)> {
+        let theirs: Vec<Arc<Connection>> = self.live_room(room).map_or_else(Vec::new, |live| {
+            live.read()
+                .connections
+                .iter()
+                .filter(|connection| {
+                    connection.user().is_some_and(|user| *user.id == *user_id)
+                        && !spared(connection)
+                })
+                .cloned()
+                .collect()
+        });
+        theirs
+            .into_iter()
+            .filter_map(|connection| {
+                let departure = self.leave_room(&connection, room)?;
+                Some((connection, departure))
+            })
+            .collect()
+    }
+
     /// Takes the connection out of every room it is in.
     pub fn leave_all_rooms(&self, connection: &Connection) -> Vec<RoomDeparture> {
         connection

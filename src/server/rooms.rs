@@ -3,9 +3,8 @@
 
 use super::{ApiError, JsonBody, require_admin, require_user};
 use crate::app::App;
-use crate::handlers::announce_departures;
-use crate::hub::Role;
-use crate::protocol::{ErrorCode, GLOBAL_ROOM, ServerMessage, validate_room_name};
+use crate::handlers::evict;
+use crate::protocol::{ErrorCode, GLOBAL_ROOM, validate_room_name};
 use crate::store::{NewRoom, RoomRecord, StoreError};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -141,29 +140,12 @@ pub async fn remove_member(
         .await
         .map_err(ApiError::internal)?;
     if record.private && record.owner_id.as_deref() != Some(&*user_id) {
-        evict_here(&app, &room, &user_id);
+        evict(&app, &room, &user_id);
         app.broker.evict(&room, &user_id);
     }
     Ok(Json(
         json!({ "room": record.name, "user_id": user_id, "removed": removed }),
     ))
-}
-
-/// Takes this node's connections of `user_id` (admins aside) out of `room`,
-/// which they may no longer enter: `room_left` to them, a presence leave to
-/// the room.
-pub fn evict_here(app: &App, room: &str, user_id: &str) {
-    for connection in app.hub.connections() {
-        let theirs = connection.user().is_some_and(|user| *user.id == *user_id);
-        let admin = connection.role() == Some(Role::Admin);
-        if theirs
-            && !admin
-            && let Some(departure) = app.hub.leave_room(&connection, room)
-        {
-            app.send(&connection, &ServerMessage::RoomLeft { room }, None);
-            announce_departures(app, &[departure]);
-        }
-    }
 }
 
 /// Carries out removals from private rooms made on other nodes, for as long
@@ -173,6 +155,6 @@ pub async fn carry_out_evictions(
     mut evictions: tokio::sync::mpsc::UnboundedReceiver<crate::broker::Eviction>,
 ) {
     while let Some(eviction) = evictions.recv().await {
-        evict_here(&app, &eviction.room, &eviction.user_id);
+        evict(&app, &eviction.room, &eviction.user_id);
     }
 }

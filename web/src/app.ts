@@ -259,6 +259,8 @@ async function start(): Promise<void> {
 }
 
 function wire(c: RoomcastClient): void {
+  let wasReady = false;
+  c.on("ready", () => (wasReady = true));
   c.on("state", (s) => client === c && renderStatus(s));
   c.on("message", (m) => client === c && onMessage(m));
   c.on("pending", (p) => {
@@ -271,7 +273,19 @@ function wire(c: RoomcastClient): void {
   c.on("online", (o) => client === c && renderOnline(o.users, o.count));
   c.on("error", (e) => {
     if (client !== c) return;
-    if (e instanceof RoomcastError && e.code === "rate_limited") flash(`Slow down: ${e.message}`);
+    if (!(e instanceof RoomcastError)) return;
+    // Refusals of the identity on the first connect are told by start().
+    if (e.code === "rate_limited") flash(`Slow down: ${e.message}`);
+    else if (e.code === "auth_failed" && c.state === "closed" && wasReady) {
+      // The stored token no longer works (expired, or the server's secret changed).
+      client = null;
+      saveSession(null);
+      showLogin("Your session has expired. Log in again.");
+    } else if (e.code === "username_taken" && c.state === "closed" && wasReady) {
+      client = null;
+      saveSession(null);
+      showLogin("Your guest name was taken while you were away. Choose another.");
+    }
   });
   c.on("ready", () => {
     if (client !== c) return;

@@ -433,6 +433,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       this.stopped = true;
       this.setState({ state: "closed", code, reason });
       this.failReadyWaiters(closed);
+      for (const room of this.rooms.values()) for (const w of room.joinWaiters.splice(0)) w.reject(closed);
       return;
     }
     this.scheduleReconnect(code, reason);
@@ -611,7 +612,6 @@ export class RoomcastClient extends Emitter<ClientEvents> {
         // be refused the same way. The application must log in again.
         this.stopped = true;
         this.failReadyWaiters(err);
-        this.emit("error", err);
         if (ws) {
           this.handleClosed(ws, CloseCode.Normal, err.message);
           try {
@@ -620,6 +620,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
             // already closed
           }
         }
+        this.emit("error", err);
         return;
       }
       this.emit("error", asError(err));
@@ -783,6 +784,8 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     if (room.joinedGen === this.gen && this.state === "open") return this.roomSnapshot(name)!;
     if (this.state === "open") {
       await this.recoverRoom(room);
+    } else if (this.state === "closed" && this.stopped) {
+      throw new ConnectionClosedError(this.lastCloseCode ?? undefined);
     } else {
       await new Promise<RoomJoinedFrame>((resolve, reject) => room.joinWaiters.push({ resolve, reject }));
     }

@@ -565,3 +565,57 @@ test("ai: cancel before the first chunk is sent as soon as the request id is kno
   assert.equal(server.framesOfType("ai_cancel")[0]?.request_id, "q2");
   client.close();
 });
+
+// ---------------------------------------------------------------------------
+// Files and HTTP
+
+test("uploadFile asks for an upload, PUTs the bytes with the upload token, and returns the file", async () => {
+  const server = new FakeServer();
+  server.intercept = (sock, frame) => {
+    if (frame.type !== "file_upload_request") return false;
+    sock.push({
+      type: "file_upload_authorized",
+      upload_id: "up1",
+      upload_url: "/api/uploads/up1",
+      method: "PUT",
+      upload_token: "upload-token-1",
+      expires_at: new Date(Date.now() + 60000).toISOString(),
+      max_size: 1000,
+      ref: frame.ref,
+    });
+    return true;
+  };
+  const calls = [];
+  const file = { id: "f1", name: "a.txt", size: 5, content_type: "text/plain", url: "/api/files/f1", sha256: "x" };
+  const fakeFetch = async (url, init = {}) => {
+    calls.push({ url, init });
+    if (init.method === "PUT") return new Response(JSON.stringify({ file }), { status: 201 });
+    if (url.endsWith("/api/files/f1")) return new Response("hello", { status: 200 });
+    return new Response(JSON.stringify({ error_code: "not_found", message: "no" }), { status: 404 });
+  };
+  const { client } = makeClient(server, { fetch: fakeFetch, guestName: undefined, token: "good" });
+  await client.connect();
+  await client.joinRoom("dev");
+  const got = await client.uploadFile("dev", new Blob(["hello"], { type: "text/plain" }), { filename: "a.txt" });
+  assert.deepEqual(got, file);
+  const req = server.framesOfType("file_upload_request")[0];
+  assert.deepEqual({ ...req, ref: undefined }, { type: "file_upload_request", filename: "a.txt", size: 5, content_type: "text/plain", room: "dev", ref: undefined });
+  assert.equal(calls[0].url, "http://fake.test/api/uploads/up1");
+  assert.equal(calls[0].init.method, "PUT");
+  assert.equal(calls[0].init.headers.Authorization, "Bearer upload-token-1");
+  assert.equal(calls[0].init.headers["Content-Type"], "text/plain");
+  const blob = await client.downloadFile(got);
+  assert.equal(await blob.text(), "hello");
+  assert.equal(calls[1].init.headers.Authorization, "Bearer good", "downloads carry the user's token");
+  await assert.rejects(client.downloadFile("/api/files/nope"), (e) => e.name === "HttpError" && e.status === 404 && e.code === "not_found");
+  client.close();
+});
+
+test("a closed client rejects joinRoom instead of waiting forever", async () => {
+  const server = new FakeServer();
+  const { client } = makeClient(server);
+  await client.connect();
+  server.closeAll(4003, "kicked");
+  await until(() => client.state === "closed", "closed");
+  await assert.rejects(client.joinRoom("later"), (e) => e instanceof ConnectionClosedError);
+});

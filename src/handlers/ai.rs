@@ -14,7 +14,6 @@ use crate::hub::{Audience, Connection};
 use crate::protocol::{
     AiCancel, AiRequest, ErrorCode, GLOBAL_ROOM, Message, ServerMessage, Timestamp, User, UserKind,
 };
-use crate::session::Session;
 use crate::store::{NewMessage, Page};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,21 +24,20 @@ static NEXT_REQUEST: AtomicU64 = AtomicU64::new(1);
 
 pub fn request(
     app: &Arc<App>,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: AiRequest,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
     let room = request.room.clone().filter(|room| room != GLOBAL_ROOM);
     if let Some(room) = &room {
-        require_joined(&session.connection, room)?;
+        require_joined(connection, room)?;
     }
     let Some(provider) = app.ai.clone() else {
         return Err(HandlerError::AiUnavailable(
             "no AI provider is configured on this server",
         ));
     };
-    let requester = session
-        .connection
+    let requester = connection
         .user()
         .ok_or(HandlerError::NotAuthenticated("authenticate first"))?;
     let admission = app
@@ -48,7 +46,7 @@ pub fn request(
         .map_err(HandlerError::RateLimited)?;
     let job = Job {
         app: app.clone(),
-        connection: Some(session.connection.clone()),
+        connection: Some(connection.clone()),
         provider,
         _admission: admission,
         request_id: format!("ai-{}", NEXT_REQUEST.fetch_add(1, Ordering::Relaxed)),
@@ -117,21 +115,18 @@ fn mentions(text: &str, name: &str) -> bool {
 /// `ai_cancel` (extension): stops one of this connection's AI requests.
 pub fn cancel(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: AiCancel,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    if !app
-        .ai_control
-        .cancel(&request.request_id, &session.connection.id)
-    {
+    if !app.ai_control.cancel(&request.request_id, &connection.id) {
         return Err(HandlerError::NotFound(format!(
             "no running AI request `{}` on this connection",
             request.request_id
         )));
     }
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::AiCancelled {
             request_id: &request.request_id,
         },

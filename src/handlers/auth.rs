@@ -8,11 +8,11 @@ use crate::app::App;
 use crate::auth::{AuthError, LoginError};
 use crate::hub::{Connection, ConnectionState, Identity};
 use crate::protocol::{Authentication, CloseReason, ServerMessage};
-use crate::session::Session;
+use std::sync::Arc;
 
 pub async fn authenticate(
     app: &App,
-    session: &mut Session,
+    connection: &Arc<Connection>,
     request: Authentication,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
@@ -22,7 +22,7 @@ pub async fn authenticate(
             .verify(&token)
             .map_err(HandlerError::AuthFailed)?,
         (None, Some(username), Some(password)) => {
-            let client = session.connection.client_addr.ip();
+            let client = connection.client_addr.ip();
             match app.accounts.login(client, &username, &password).await {
                 Ok(login) => login.identity,
                 Err(LoginError::RateLimited(wait)) => return Err(HandlerError::RateLimited(wait)),
@@ -36,14 +36,14 @@ pub async fn authenticate(
     };
     let user = identity.user.clone();
     let elsewhere = connections_elsewhere(app, &user.id).await;
-    if !log_in(app, &session.connection, identity, elsewhere) {
+    if !log_in(app, connection, identity, elsewhere) {
         return Ok(());
     }
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::AuthSuccess {
             user: &user,
-            connection_id: &session.connection.id,
+            connection_id: &connection.id,
         },
         reference,
     );

@@ -8,18 +8,18 @@
 
 use super::{HandlerError, auto_reply, report, require_joined, speaker};
 use crate::app::App;
+use crate::hub::Connection;
 use crate::protocol::{ChatMessage, GLOBAL_ROOM, ServerMessage, Timestamp};
-use crate::session::Session;
 use crate::store::NewMessage;
 use std::sync::Arc;
 
 pub fn send(
     app: &Arc<App>,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: ChatMessage,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let connection = session.connection.clone();
+    let connection = connection.clone();
     let user = speaker(&connection)?;
     let room: Arc<str> = match request.room.as_deref() {
         None | Some(GLOBAL_ROOM) => GLOBAL_ROOM.into(),

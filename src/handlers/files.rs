@@ -4,16 +4,16 @@
 
 use super::{HandlerError, require_joined, speaker};
 use crate::app::App;
+use crate::hub::Connection;
 use crate::protocol::{FileUploadRequest, GLOBAL_ROOM, ServerMessage};
-use crate::session::Session;
+use std::sync::Arc;
 
 pub async fn upload_request(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: FileUploadRequest,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let connection = &session.connection;
     let user = speaker(connection)?;
     let room = request.room.as_deref().unwrap_or(GLOBAL_ROOM);
     if room != GLOBAL_ROOM {

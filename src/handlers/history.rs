@@ -5,18 +5,19 @@
 
 use super::{HandlerError, require_joined};
 use crate::app::App;
+use crate::hub::Connection;
 use crate::protocol::{GLOBAL_ROOM, History, ServerMessage};
-use crate::session::Session;
 use crate::store::Page;
+use std::sync::Arc;
 
 pub async fn page(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: History,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
     if request.room != GLOBAL_ROOM {
-        require_joined(&session.connection, &request.room)?;
+        require_joined(connection, &request.room)?;
     }
     let page = match (request.before_id, request.after_id) {
         (Some(before), _) => Page::Before(before),
@@ -26,7 +27,7 @@ pub async fn page(
     let limit = usize::try_from(request.limit.unwrap_or(History::DEFAULT_LIMIT)).unwrap_or(1);
     let found = app.store.history(&request.room, page, limit).await?;
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::History {
             room: &request.room,
             messages: &found.messages,

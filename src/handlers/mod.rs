@@ -2,10 +2,12 @@
 //! family of them); [`dispatch`] is the routing table.
 //!
 //! A handler gets a validated message, the shared [`App`] and the
-//! connection's [`Session`], sends its direct reply and any broadcasts itself,
+//! [`Connection`] it came on, sends its direct reply and any broadcasts itself,
 //! and returns a [`HandlerError`] for anything the client should hear about as
 //! an `error` frame. The session turns that error into the frame, so no
-//! handler builds error frames by hand.
+//! handler builds error frames by hand. Handlers do not know the session;
+//! the session asks them for the rules of the conversation (the welcome,
+//! [`writes_in_flight_allowed`]).
 
 mod ai;
 mod auth;
@@ -18,18 +20,19 @@ mod projects;
 mod rooms;
 mod typing;
 mod users;
+mod welcome;
 
 pub use ai::auto_reply;
 pub use auth::{connections_elsewhere, log_in};
 pub use presence::tell_counts;
 pub use projects::{ProjectEvent, record_and_tell};
 pub use rooms::{evict, may_enter};
+pub use welcome::welcome;
 
 use crate::app::App;
 use crate::auth::AuthError;
 use crate::hub::{Audience, Connection, RoomDeparture};
 use crate::protocol::{ClientMessage, ErrorCode, ServerMessage, User};
-use crate::session::Session;
 use crate::store::StoreError;
 use std::sync::Arc;
 
@@ -116,41 +119,54 @@ impl HandlerError {
     }
 }
 
+/// How many of a connection's chat messages may still wait for storage when
+/// a frame of `kind` is handled: a chat message joins those in flight (up
+/// to `--max-pending-writes`, so that a burst shares a commit); any other
+/// frame waits for all of them, so that replies come out in the order of
+/// the frames that caused them.
+pub fn writes_in_flight_allowed(app: &App, kind: crate::protocol::MessageType) -> usize {
+    if kind == crate::protocol::MessageType::ChatMessage {
+        app.config.max_pending_writes
+    } else {
+        1
+    }
+}
+
 /// Runs the handler for one validated message.
 pub async fn dispatch(
     app: &Arc<App>,
-    session: &mut Session,
+    connection: &Arc<Connection>,
     message: ClientMessage,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
     match message {
         ClientMessage::Authentication(request) => {
-            auth::authenticate(app, session, request, reference).await
+            auth::authenticate(app, connection, request, reference).await
         }
-        ClientMessage::ChatMessage(request) => chat::send(app, session, request, reference),
-        ClientMessage::UserTyping(request) => typing::typing(app, session, request),
-        ClientMessage::UserJoin(request) => users::join(app, session, request, reference).await,
-        ClientMessage::UserLeave => users::leave(app, session, reference),
+        ClientMessage::ChatMessage(request) => chat::send(app, connection, request, reference),
+        ClientMessage::UserTyping(request) => typing::typing(app, connection, request),
+        ClientMessage::UserJoin(request) => users::join(app, connection, request, reference).await,
+        ClientMessage::UserLeave => users::leave(app, connection, reference),
         ClientMessage::PresenceSubscribe(request) => {
-            presence::subscribe(app, session, request, reference).await
+            presence::subscribe(app, connection, request, reference).await
         }
-        ClientMessage::PresenceUnsubscribe => presence::unsubscribe(app, session, reference),
-        ClientMessage::RoomJoin(request) => rooms::join(app, session, request, reference).await,
-        ClientMessage::RoomLeave(request) => rooms::leave(app, session, request, reference),
-        ClientMessage::History(request) => history::page(app, session, request, reference).await,
-        ClientMessage::Presence(request) => presence::state(app, session, request, reference),
-        ClientMessage::AiRequest(request) => ai::request(app, session, request, reference),
+        ClientMessage::PresenceUnsubscribe => presence::unsubscribe(app, connection, reference),
+        ClientMessage::RoomJoin(request) => rooms::join(app, connection, request, reference).await,
+        ClientMessage::RoomLeave(request) => rooms::leave(app, connection, request, reference),
+        ClientMessage::History(request) => history::page(app, connection, request, reference).await,
+        ClientMessage::Presence(request) => presence::state(app, connection, request, reference),
+        ClientMessage::AiRequest(request) => ai::request(app, connection, request, reference),
         ClientMessage::FileUploadRequest(request) => {
-            files::upload_request(app, session, request, reference).await
+            files::upload_request(app, connection, request, reference).await
         }
         ClientMessage::ProjectUpdate(request) => {
-            projects::project_update(app, session, request, reference).await
+            projects::project_update(app, connection, request, reference).await
         }
         ClientMessage::TicketUpdate(request) => {
-            projects::ticket_update(app, session, request, reference).await
+            projects::ticket_update(app, connection, request, reference).await
         }
-        ClientMessage::Ping => ping::ping(app, session, reference),
-        ClientMessage::AiCancel(request) => ai::cancel(app, session, request, reference),
+        ClientMessage::Ping => ping::ping(app, connection, reference),
+        ClientMessage::AiCancel(request) => ai::cancel(app, connection, request, reference),
     }
 }
 

@@ -2,12 +2,17 @@
 
 use super::HandlerError;
 use crate::app::App;
+use crate::hub::Connection;
 use crate::protocol::{ServerMessage, Timestamp};
-use crate::session::Session;
+use std::sync::Arc;
 
-pub fn ping(app: &App, session: &Session, reference: Option<&str>) -> Result<(), HandlerError> {
+pub fn ping(
+    app: &App,
+    connection: &Arc<Connection>,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::Pong {
             server_time: Timestamp::now(),
         },

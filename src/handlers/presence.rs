@@ -5,9 +5,9 @@
 
 use super::{HandlerError, require_joined};
 use crate::app::App;
+use crate::hub::Connection;
 use crate::hub::{Audience, OutFrame};
 use crate::protocol::{Presence, PresenceSubscribe, ServerMessage};
-use crate::session::Session;
 use std::sync::Arc;
 
 /// Users a `presence_subscribe` reply lists at most.
@@ -15,16 +15,16 @@ const SUBSCRIBE_LISTED: usize = 100;
 
 pub fn state(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: Presence,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    require_joined(&session.connection, &request.room)?;
+    require_joined(connection, &request.room)?;
     let offset = usize::try_from(request.offset.unwrap_or(0)).unwrap_or(usize::MAX);
     let limit = usize::try_from(request.limit.unwrap_or(Presence::DEFAULT_LIMIT)).unwrap_or(0);
     let (members, member_count) = app.hub.room_members(&request.room, offset, limit);
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::PresenceState {
             room: Some(&request.room),
             members: &members,
@@ -37,7 +37,7 @@ pub fn state(
 
 pub async fn subscribe(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: PresenceSubscribe,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
@@ -47,7 +47,7 @@ pub async fn subscribe(
         None => Vec::new(),
     };
     app.hub.subscribe(
-        &session.connection,
+        connection,
         request.user_ids,
         SUBSCRIBE_LISTED,
         &elsewhere,
@@ -67,12 +67,12 @@ pub async fn subscribe(
 
 pub fn unsubscribe(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    app.hub.unsubscribe(&session.connection);
+    app.hub.unsubscribe(connection);
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::PresenceUnsubscribed {},
         reference,
     );

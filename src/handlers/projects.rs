@@ -4,8 +4,8 @@
 use super::{HandlerError, require_joined, speaker};
 use crate::app::App;
 use crate::hub::Audience;
+use crate::hub::Connection;
 use crate::protocol::{ProjectUpdate, ServerMessage, TicketUpdate, User};
-use crate::session::Session;
 use crate::store::{NewEvent, RecordedEvent, StoreError};
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -105,27 +105,26 @@ pub async fn record_and_tell(
 /// joined; the event's id.
 async fn from_connection(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     event: &ProjectEvent,
 ) -> Result<i64, HandlerError> {
-    let user = speaker(&session.connection)?;
+    let user = speaker(connection)?;
     let room: Arc<str> = format!("project:{}", event.project_id()).into();
-    require_joined(&session.connection, &room)?;
-    let recorded =
-        record_and_tell(app, room, &user, event, None, Some(&session.connection.id)).await?;
+    require_joined(connection, &room)?;
+    let recorded = record_and_tell(app, room, &user, event, None, Some(&connection.id)).await?;
     Ok(recorded.id)
 }
 
 pub async fn project_update(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: ProjectUpdate,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
     let event = ProjectEvent::ProjectUpdate(request);
-    let event_id = from_connection(app, session, &event).await?;
+    let event_id = from_connection(app, connection, &event).await?;
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::ProjectUpdated {
             project_id: event.project_id(),
             event_id,
@@ -137,15 +136,15 @@ pub async fn project_update(
 
 pub async fn ticket_update(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: TicketUpdate,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
     let ticket_id = request.ticket_id.clone();
     let event = ProjectEvent::TicketUpdate(request);
-    let event_id = from_connection(app, session, &event).await?;
+    let event_id = from_connection(app, connection, &event).await?;
     app.send(
-        &session.connection,
+        connection,
         &ServerMessage::TicketUpdated {
             ticket_id: &ticket_id,
             event_id,

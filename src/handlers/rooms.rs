@@ -3,18 +3,18 @@
 use super::{HandlerError, announce_departures, speaker};
 use crate::app::App;
 use crate::hub::Audience;
+use crate::hub::Connection;
 use crate::hub::Role;
 use crate::protocol::{PresenceEvent, RoomJoin, RoomLeave, ServerMessage};
-use crate::session::Session;
 use crate::store::{Page, RoomRecord, StoreError};
+use std::sync::Arc;
 
 pub async fn join(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: RoomJoin,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let connection = &session.connection;
     let user = speaker(connection)?;
     let room = request.room;
     let limit = app.config.max_rooms_per_connection;
@@ -128,11 +128,10 @@ pub async fn may_enter(
 
 pub fn leave(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: RoomLeave,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let connection = &session.connection;
     let departure = app
         .hub
         .leave_room(connection, &request.room)

@@ -3,11 +3,15 @@
 use super::{HandlerError, require_joined, speaker};
 use crate::app::App;
 use crate::hub::Audience;
+use crate::hub::Connection;
 use crate::protocol::{GLOBAL_ROOM, ServerMessage, UserTyping};
-use crate::session::Session;
+use std::sync::Arc;
 
-pub fn typing(app: &App, session: &Session, request: UserTyping) -> Result<(), HandlerError> {
-    let connection = &session.connection;
+pub fn typing(
+    app: &App,
+    connection: &Arc<Connection>,
+    request: UserTyping,
+) -> Result<(), HandlerError> {
     let user = speaker(connection)?;
     let room = request.room.as_deref().unwrap_or(GLOBAL_ROOM);
     let audience = if room == GLOBAL_ROOM {

@@ -7,9 +7,10 @@ use super::{
 };
 use crate::app::App;
 use crate::auth::{GUEST_ID_PREFIX, skeleton, valid_username};
+use crate::hub::Connection;
 use crate::hub::{Identity, Role};
 use crate::protocol::{ServerMessage, User, UserJoin, UserKind};
-use crate::session::Session;
+use std::sync::Arc;
 
 /// Names nobody may take as a guest: they would impersonate the server
 /// (account names may not take them either).
@@ -22,11 +23,10 @@ fn reserved(name: &str) -> bool {
 
 pub async fn join(
     app: &App,
-    session: &Session,
+    connection: &Arc<Connection>,
     request: UserJoin,
     reference: Option<&str>,
 ) -> Result<(), HandlerError> {
-    let connection = &session.connection;
     if connection.is_authenticated() {
         return Err(HandlerError::Forbidden(
             "user_join is for guests; this connection is authenticated".into(),
@@ -94,8 +94,11 @@ pub async fn join(
     Ok(())
 }
 
-pub fn leave(app: &App, session: &Session, reference: Option<&str>) -> Result<(), HandlerError> {
-    let connection = &session.connection;
+pub fn leave(
+    app: &App,
+    connection: &Arc<Connection>,
+    reference: Option<&str>,
+) -> Result<(), HandlerError> {
     let user = speaker(connection)?;
     let departures = app.hub.leave_all_rooms(connection);
     announce_departures(app, &departures);

@@ -11,13 +11,11 @@
 
 use crate::app::App;
 use crate::handlers::{self, announce_departures, announce_offline, send_error};
-use crate::hub::{Connection, ConnectionState, Flush, Identity, OutFrame, Outbox};
+use crate::hub::{Connection, ConnectionState, Flush, Identity, Outbox};
 use crate::limits::TokenBucket;
 use crate::protocol::{
-    CloseReason, Envelope, ErrorCode, GLOBAL_ROOM, Limits, MessageType, Rejection, ServerInfo,
-    ServerMessage, Timestamp, WelcomeLimits,
+    CloseReason, Envelope, ErrorCode, Limits, MessageType, Rejection, Timestamp,
 };
-use crate::store::Page;
 use crate::wire::{FrameError, Incoming, ReadError, Stream, frame};
 use bytes::Bytes;
 use std::collections::VecDeque;
@@ -414,10 +412,8 @@ impl Session {
     /// the configured bound), anything else waits for all of them.
     fn write_limit(&self, app: &App, inbound: &Inbound) -> usize {
         match inbound {
-            Ok(envelope) if envelope.kind == MessageType::ChatMessage => {
-                app.config.max_pending_writes
-            }
-            _ => 1,
+            Ok(envelope) => handlers::writes_in_flight_allowed(app, envelope.kind),
+            Err(_) => 1,
         }
     }
 
@@ -497,7 +493,7 @@ impl Session {
         let message = envelope.into_message(Limits {
             max_message_chars: app.config.max_message_chars,
         })?;
-        match handlers::dispatch(app, self, message, reference.as_deref()).await {
+        match handlers::dispatch(app, &self.connection, message, reference.as_deref()).await {
             Ok(()) => {
                 if kind == MessageType::Authentication {
                     self.failed_authentications = 0;
@@ -514,41 +510,7 @@ impl Session {
 /// Sends the welcome as the connection's first frame, ahead of anything
 /// broadcast to it meanwhile, and starts its outbox.
 async fn send_welcome(app: &App, connection: &Connection) {
-    let recent = if connection.is_announced() && app.config.welcome_history > 0 {
-        match app
-            .store
-            .history(GLOBAL_ROOM, Page::Newest, app.config.welcome_history)
-            .await
-        {
-            Ok(page) => page.messages,
-            Err(err) => {
-                tracing::error!(error = %err, "cannot read recent messages for a welcome");
-                Vec::new()
-            }
-        }
-    } else {
-        Vec::new()
-    };
-    let user = connection.user();
-    let frame = OutFrame::from(
-        ServerMessage::Welcome {
-            connection_id: &connection.id,
-            server: ServerInfo {
-                name: "roomcast",
-                version: env!("CARGO_PKG_VERSION"),
-            },
-            heartbeat_interval_ms: u64::try_from(app.config.heartbeat_interval.as_millis())
-                .unwrap_or(u64::MAX),
-            authenticated: connection.is_authenticated(),
-            user: user.as_ref(),
-            recent_messages: &recent,
-            limits: WelcomeLimits {
-                max_frame_bytes: app.config.max_frame_bytes,
-                max_message_chars: app.config.max_message_chars,
-            },
-        }
-        .encode(None),
-    );
+    let frame = handlers::welcome(app, connection).await;
     app.hub.stats().count_out(frame.kind, 1);
     connection.outbox.release(frame.bytes);
 }

@@ -62,32 +62,6 @@ impl Rejection {
     }
 }
 
-/// Every `type` a client may send (section 4 of the protocol).
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr,
-)]
-#[strum(serialize_all = "snake_case")]
-pub enum MessageType {
-    Authentication,
-    ChatMessage,
-    UserTyping,
-    UserJoin,
-    UserLeave,
-    PresenceSubscribe,
-    PresenceUnsubscribe,
-    RoomJoin,
-    RoomLeave,
-    History,
-    Presence,
-    AiRequest,
-    FileUploadRequest,
-    ProjectUpdate,
-    TicketUpdate,
-    Ping,
-    /// Extension: stop an AI request of this connection.
-    AiCancel,
-}
-
 impl MessageType {
     pub fn parse(name: &str) -> Option<MessageType> {
         MessageType::all().find(|t| t.as_str() == name)
@@ -305,8 +279,15 @@ fn check_id(field: &str, id: Option<i64>) -> Result<(), Rejection> {
     }
 }
 
-/// A validated client message.
-#[derive(Debug, Clone, PartialEq)]
+/// A validated client message. Its variants' names are the protocol's
+/// `type`s (section 4); [`MessageType`], every `type` a client may send, is
+/// derived from them.
+#[derive(Debug, Clone, PartialEq, strum::EnumDiscriminants)]
+#[strum_discriminants(
+    name(MessageType),
+    derive(Hash, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr),
+    strum(serialize_all = "snake_case")
+)]
 pub enum ClientMessage {
     Authentication(Authentication),
     ChatMessage(ChatMessage),
@@ -324,6 +305,7 @@ pub enum ClientMessage {
     ProjectUpdate(ProjectUpdate),
     TicketUpdate(TicketUpdate),
     Ping,
+    /// Extension: stop an AI request of this connection.
     AiCancel(AiCancel),
 }
 

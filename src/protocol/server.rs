@@ -23,8 +23,15 @@ pub struct WelcomeLimits {
 }
 
 /// The payload of one server frame; `type` comes from the variant name.
-#[derive(Debug, Serialize)]
+/// [`ServerType`], the `type` of a server frame (for counting frames out by
+/// type), is derived from the variants.
+#[derive(Debug, Serialize, strum::EnumDiscriminants)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[strum_discriminants(
+    name(ServerType),
+    derive(strum::EnumCount, strum::EnumIter, strum::IntoStaticStr),
+    strum(serialize_all = "snake_case")
+)]
 pub enum ServerMessage<'a> {
     Welcome {
         connection_id: &'a str,
@@ -160,38 +167,6 @@ pub enum PresenceEvent {
     Leave,
 }
 
-/// The `type` of a server frame, for counting frames out by type.
-#[derive(
-    Debug, Clone, Copy, PartialEq, Eq, strum::EnumCount, strum::EnumIter, strum::IntoStaticStr,
-)]
-#[strum(serialize_all = "snake_case")]
-pub enum ServerType {
-    Welcome,
-    AuthSuccess,
-    ChatMessage,
-    MessageAck,
-    UserTyping,
-    UserJoin,
-    UserLeave,
-    RoomJoined,
-    RoomLeft,
-    Presence,
-    PresenceState,
-    PresenceUnsubscribed,
-    PresenceCount,
-    History,
-    ProjectUpdated,
-    ProjectUpdate,
-    TicketUpdated,
-    TicketUpdate,
-    Pong,
-    AiResponseChunk,
-    AiResponse,
-    AiCancelled,
-    FileUploadAuthorized,
-    FileShared,
-    Error,
-}
 
 impl ServerType {
     pub fn as_str(self) -> &'static str {
@@ -226,33 +201,7 @@ struct Envelope<'a> {
 
 impl ServerMessage<'_> {
     pub fn kind(&self) -> ServerType {
-        match self {
-            ServerMessage::Welcome { .. } => ServerType::Welcome,
-            ServerMessage::AuthSuccess { .. } => ServerType::AuthSuccess,
-            ServerMessage::ChatMessage { .. } => ServerType::ChatMessage,
-            ServerMessage::MessageAck { .. } => ServerType::MessageAck,
-            ServerMessage::UserTyping { .. } => ServerType::UserTyping,
-            ServerMessage::UserJoin { .. } => ServerType::UserJoin,
-            ServerMessage::UserLeave { .. } => ServerType::UserLeave,
-            ServerMessage::RoomJoined { .. } => ServerType::RoomJoined,
-            ServerMessage::RoomLeft { .. } => ServerType::RoomLeft,
-            ServerMessage::Presence { .. } => ServerType::Presence,
-            ServerMessage::PresenceState { .. } => ServerType::PresenceState,
-            ServerMessage::PresenceUnsubscribed {} => ServerType::PresenceUnsubscribed,
-            ServerMessage::PresenceCount { .. } => ServerType::PresenceCount,
-            ServerMessage::History { .. } => ServerType::History,
-            ServerMessage::ProjectUpdated { .. } => ServerType::ProjectUpdated,
-            ServerMessage::ProjectUpdate { .. } => ServerType::ProjectUpdate,
-            ServerMessage::TicketUpdated { .. } => ServerType::TicketUpdated,
-            ServerMessage::TicketUpdate { .. } => ServerType::TicketUpdate,
-            ServerMessage::Pong { .. } => ServerType::Pong,
-            ServerMessage::AiResponseChunk { .. } => ServerType::AiResponseChunk,
-            ServerMessage::AiResponse { .. } => ServerType::AiResponse,
-            ServerMessage::AiCancelled { .. } => ServerType::AiCancelled,
-            ServerMessage::FileUploadAuthorized { .. } => ServerType::FileUploadAuthorized,
-            ServerMessage::FileShared { .. } => ServerType::FileShared,
-            ServerMessage::Error { .. } => ServerType::Error,
-        }
+        ServerType::from(self)
     }
 
     /// Encodes the frame with the current time and the optional `ref`.

@@ -167,7 +167,6 @@ pub enum PresenceEvent {
     Leave,
 }
 
-
 impl ServerType {
     pub fn as_str(self) -> &'static str {
         self.into()

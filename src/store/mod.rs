@@ -18,6 +18,7 @@ mod files;
 mod postgres;
 mod recent;
 mod retention;
+mod rows;
 mod sqlite;
 mod webhooks;
 

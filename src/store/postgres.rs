@@ -11,17 +11,18 @@
 //!
 //! Reads run on a second connection, concurrently with the writer.
 
+use super::rows;
 use super::{
     Account, Appended, BoxFuture, CommitCallback, CommitSink, FileRecord, HistoryPage,
     MessageStore, NewEvent, NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord,
     Staleness, StoreError, UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes,
     claim_refusal, deliver_commit, event_entries, message_entries,
 };
-use crate::protocol::{FileInfo, Message, Timestamp, User, UserKind};
+use crate::protocol::{Message, Timestamp};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls};
 
 /// Schema migrations, applied in order inside one transaction; the table
 /// `roomcast_schema` records the version. Never edit a released migration.
@@ -181,7 +182,7 @@ impl MessageStore for PostgresStore {
             let descending = !matches!(page, Page::After(_));
             let mut messages = rows
                 .iter()
-                .map(message_from_row)
+                .map(rows::message)
                 .collect::<Result<Vec<_>, _>>()?;
             let has_more = messages.len() > limit;
             messages.truncate(limit);
@@ -412,7 +413,7 @@ impl MessageStore for PostgresStore {
                     &[&key],
                 )
                 .await?
-                .map(|row| account_from_row(&row))
+                .map(|row| rows::account(&row))
                 .transpose()
         })
     }
@@ -456,7 +457,7 @@ impl MessageStore for PostgresStore {
                 )
                 .await?
                 .iter()
-                .map(account_from_row)
+                .map(rows::account)
                 .collect()
         })
     }
@@ -478,7 +479,7 @@ impl MessageStore for PostgresStore {
                         &&*upload.user.username,
                         &upload.user.kind.as_str(),
                         &upload.filename,
-                        &size_column(upload.size),
+                        &rows::size_column(upload.size),
                         &upload.content_type,
                         &upload.expires_at.as_millis(),
                     ],
@@ -507,7 +508,7 @@ impl MessageStore for PostgresStore {
                 )
                 .await?;
             if let Some(row) = claimed {
-                return Ok(UploadClaim::Claimed(upload_from_row(&row)?));
+                return Ok(UploadClaim::Claimed(rows::upload(&row)?));
             }
             let found = client
                 .query_opt(
@@ -557,7 +558,7 @@ impl MessageStore for PostgresStore {
                         &&*file.room,
                         &&*file.user_id,
                         &file.name,
-                        &size_column(file.size),
+                        &rows::size_column(file.size),
                         &file.content_type,
                         &file.sha256,
                         &file.created_at.as_millis(),
@@ -593,7 +594,7 @@ impl MessageStore for PostgresStore {
                     &[&id],
                 )
                 .await?
-                .map(|row| file_from_row(&row))
+                .map(|row| rows::file(&row))
                 .transpose()
         })
     }
@@ -886,7 +887,7 @@ async fn commit(
             )
             .await?;
         for row in &rows {
-            if let Ok(message) = message_from_row(row) {
+            if let Ok(message) = rows::message(row) {
                 let key = (
                     message.room.to_string(),
                     message.user.id.to_string(),
@@ -1071,80 +1072,6 @@ async fn find_room(client: &Client, room: &str) -> Result<Option<RoomRecord>, St
         })
     })
     .transpose()
-}
-
-fn account_from_row(row: &Row) -> Result<Account, StoreError> {
-    Ok(Account {
-        id: row.try_get(0)?,
-        username: row.try_get(1)?,
-        password_hash: row.try_get(2)?,
-        role: row.try_get(3)?,
-        created_at: Timestamp(row.try_get(4)?),
-    })
-}
-
-/// A size as SQL stores it (sizes are far below 2^63).
-fn size_column(size: u64) -> i64 {
-    i64::try_from(size).unwrap_or(i64::MAX)
-}
-
-fn upload_from_row(row: &Row) -> Result<UploadRecord, StoreError> {
-    let kind: String = row.try_get(6)?;
-    let kind = UserKind::parse(&kind)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind}")))?;
-    Ok(UploadRecord {
-        id: row.try_get(0)?,
-        file_id: row.try_get(1)?,
-        token_hash: row.try_get(2)?,
-        room: row.try_get::<_, String>(3)?.into(),
-        user: User {
-            id: row.try_get::<_, String>(4)?.into(),
-            username: row.try_get::<_, String>(5)?.into(),
-            kind,
-        },
-        filename: row.try_get(7)?,
-        size: row.try_get::<_, i64>(8)?.max(0) as u64,
-        content_type: row.try_get(9)?,
-        expires_at: Timestamp(row.try_get(10)?),
-    })
-}
-
-fn file_from_row(row: &Row) -> Result<FileRecord, StoreError> {
-    Ok(FileRecord {
-        id: row.try_get(0)?,
-        room: row.try_get::<_, String>(1)?.into(),
-        user_id: row.try_get::<_, String>(2)?.into(),
-        name: row.try_get(3)?,
-        size: row.try_get::<_, i64>(4)?.max(0) as u64,
-        content_type: row.try_get(5)?,
-        sha256: row.try_get(6)?,
-        created_at: Timestamp(row.try_get(7)?),
-    })
-}
-
-fn message_from_row(row: &Row) -> Result<Message, StoreError> {
-    let kind: String = row.try_get(4)?;
-    let kind = UserKind::parse(&kind)
-        .ok_or_else(|| StoreError::Corrupt(format!("unknown kind {kind}")))?;
-    let attachment: Option<String> = row.try_get(9)?;
-    let attachment = attachment
-        .map(|text| serde_json::from_str::<FileInfo>(&text))
-        .transpose()
-        .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-    Ok(Message {
-        id: row.try_get(0)?,
-        room: row.try_get::<_, String>(1)?.into(),
-        user: User {
-            id: row.try_get::<_, String>(2)?.into(),
-            username: row.try_get::<_, String>(3)?.into(),
-            kind,
-        },
-        content: row.try_get(5)?,
-        created_at: Timestamp(row.try_get(6)?),
-        client_msg_id: row.try_get(7)?,
-        reply_to: row.try_get(8)?,
-        attachment,
-    })
 }
 
 /// Brings the schema up to date, refusing a database from a newer roomcast.

@@ -18,14 +18,15 @@
 //! transaction survives power loss and `kill -9`.
 
 use super::recent::{self, NewestGlobal};
+use super::rows;
 use super::{
     Account, Appended, BoxFuture, CommitCallback, CommitSink, FileRecord, HistoryPage,
     MessageStore, NewEvent, NewMessage, NewRoom, Page, RecordedEvent, Retention, RoomRecord,
     Staleness, StoreError, UploadClaim, UploadRecord, WebhookDelivery, WebhookRoutes,
     claim_refusal, deliver_commit, event_entries, message_entries,
 };
-use crate::protocol::{FileInfo, GLOBAL_ROOM, Message, Timestamp, User, UserKind};
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use crate::protocol::{GLOBAL_ROOM, Message, Timestamp};
+use rusqlite::{Connection, OptionalExtension, params};
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -394,7 +395,7 @@ impl MessageStore for SqliteStore {
                 .prepare_cached(
                     "SELECT id, username, password_hash, role, created_at FROM users WHERE username_key = ?1",
                 )?
-                .query_row(params![key], account_from_row)
+                .query_row(params![key], |row| rows::account(row))
                 .optional()?)
         })
     }
@@ -433,7 +434,7 @@ impl MessageStore for SqliteStore {
                 .prepare_cached(
                     "SELECT id, username, password_hash, role, created_at FROM users ORDER BY username_key",
                 )?
-                .query_map([], account_from_row)?
+                .query_map([], |row| rows::account(row))?
                 .collect::<Result<_, _>>()?)
         })
     }
@@ -455,7 +456,7 @@ impl MessageStore for SqliteStore {
                     &*upload.user.username,
                     upload.user.kind.as_str(),
                     upload.filename,
-                    size_column(upload.size),
+                    rows::size_column(upload.size),
                     upload.content_type,
                     upload.expires_at.as_millis(),
                 ])?;
@@ -478,7 +479,9 @@ impl MessageStore for SqliteStore {
                      RETURNING id, file_id, token_hash, room, user_id, username, user_kind, \
                      filename, size, content_type, expires_at",
                 )?
-                .query_row(params![id, token_hash, now.as_millis()], upload_from_row)
+                .query_row(params![id, token_hash, now.as_millis()], |row| {
+                    rows::upload(row)
+                })
                 .optional()?;
             if let Some(upload) = claimed {
                 return Ok(UploadClaim::Claimed(upload));
@@ -530,7 +533,7 @@ impl MessageStore for SqliteStore {
                     &*file.room,
                     &*file.user_id,
                     file.name,
-                    size_column(file.size),
+                    rows::size_column(file.size),
                     file.content_type,
                     file.sha256,
                     file.created_at.as_millis(),
@@ -558,7 +561,7 @@ impl MessageStore for SqliteStore {
                     "SELECT id, room, user_id, name, size, content_type, sha256, created_at \
                      FROM files WHERE id = ?1",
                 )?
-                .query_row(params![id], file_from_row)
+                .query_row(params![id], |row| rows::file(row))
                 .optional()?)
         })
     }
@@ -912,10 +915,9 @@ fn stored_duplicate(
     };
     Ok(transaction
         .prepare_cached(DUPLICATE_QUERY)?
-        .query_row(
-            params![&*new.room, &*new.user.id, client_msg_id],
-            message_from_row,
-        )
+        .query_row(params![&*new.room, &*new.user.id, client_msg_id], |row| {
+            rows::message(row)
+        })
         .optional()?)
 }
 
@@ -933,17 +935,13 @@ fn read_page(
         Page::After(id) => (after, Some(id)),
     };
     let mut statement = connection.prepare_cached(sql)?;
-    let rows = match bound {
-        Some(id) => statement.query_map(params![room, fetch, id], message_from_row)?,
-        None => statement.query_map(params![room, fetch], message_from_row)?,
+    let read = |row: &rusqlite::Row<'_>| rows::message(row);
+    let found = match bound {
+        Some(id) => statement.query_map(params![room, fetch, id], read)?,
+        None => statement.query_map(params![room, fetch], read)?,
     };
-    let mut messages = rows.collect::<Result<Vec<_>, _>>()?;
-    let has_more = messages.len() > limit;
-    messages.truncate(limit);
-    if !matches!(page, Page::After(_)) {
-        messages.reverse();
-    }
-    Ok(HistoryPage { messages, has_more })
+    let messages = found.collect::<Result<Vec<_>, _>>()?;
+    Ok(rows::page(messages, page, limit))
 }
 
 fn find_room(connection: &Connection, room: &str) -> Result<Option<RoomRecord>, StoreError> {
@@ -958,86 +956,6 @@ fn find_room(connection: &Connection, room: &str) -> Result<Option<RoomRecord>, 
             })
         })
         .optional()?)
-}
-
-fn account_from_row(row: &Row<'_>) -> rusqlite::Result<Account> {
-    Ok(Account {
-        id: row.get(0)?,
-        username: row.get(1)?,
-        password_hash: row.get(2)?,
-        role: row.get(3)?,
-        created_at: Timestamp(row.get(4)?),
-    })
-}
-
-fn message_from_row(row: &Row<'_>) -> rusqlite::Result<Message> {
-    let kind: String = row.get(4)?;
-    let kind = UserKind::parse(&kind).ok_or_else(|| corrupt(4, format!("unknown kind {kind}")))?;
-    let attachment: Option<String> = row.get(9)?;
-    let attachment = attachment
-        .map(|text| serde_json::from_str::<FileInfo>(&text))
-        .transpose()
-        .map_err(|err| corrupt(9, err.to_string()))?;
-    Ok(Message {
-        id: row.get(0)?,
-        room: row.get::<_, String>(1)?.into(),
-        user: User {
-            id: row.get::<_, String>(2)?.into(),
-            username: row.get::<_, String>(3)?.into(),
-            kind,
-        },
-        content: row.get(5)?,
-        created_at: Timestamp(row.get(6)?),
-        client_msg_id: row.get(7)?,
-        reply_to: row.get(8)?,
-        attachment,
-    })
-}
-
-/// A size as SQL stores it (sizes are far below 2^63).
-fn size_column(size: u64) -> i64 {
-    i64::try_from(size).unwrap_or(i64::MAX)
-}
-
-fn upload_from_row(row: &Row<'_>) -> rusqlite::Result<UploadRecord> {
-    let kind: String = row.get(6)?;
-    let kind = UserKind::parse(&kind).ok_or_else(|| corrupt(6, format!("unknown kind {kind}")))?;
-    Ok(UploadRecord {
-        id: row.get(0)?,
-        file_id: row.get(1)?,
-        token_hash: row.get(2)?,
-        room: row.get::<_, String>(3)?.into(),
-        user: User {
-            id: row.get::<_, String>(4)?.into(),
-            username: row.get::<_, String>(5)?.into(),
-            kind,
-        },
-        filename: row.get(7)?,
-        size: row.get::<_, i64>(8)?.max(0) as u64,
-        content_type: row.get(9)?,
-        expires_at: Timestamp(row.get(10)?),
-    })
-}
-
-fn file_from_row(row: &Row<'_>) -> rusqlite::Result<FileRecord> {
-    Ok(FileRecord {
-        id: row.get(0)?,
-        room: row.get::<_, String>(1)?.into(),
-        user_id: row.get::<_, String>(2)?.into(),
-        name: row.get(3)?,
-        size: row.get::<_, i64>(4)?.max(0) as u64,
-        content_type: row.get(5)?,
-        sha256: row.get(6)?,
-        created_at: Timestamp(row.get(7)?),
-    })
-}
-
-fn corrupt(column: usize, detail: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        Box::new(std::io::Error::other(detail)),
-    )
 }
 
 /// The schema version of the database, refusing one from a newer roomcast.
@@ -1077,6 +995,7 @@ fn migrate(connection: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::{User, UserKind};
 
     fn user() -> User {
         User {

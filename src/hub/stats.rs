@@ -145,16 +145,13 @@ impl Histogram {
         self.sum_us.fetch_add(micros, Ordering::Relaxed);
     }
 
-    /// Cumulative counts per upper bound (µs), as Prometheus `le` buckets.
-    pub fn cumulative(&self) -> Vec<(u64, u64)> {
-        let mut running = 0;
+    /// Each bucket's upper bound in seconds and the observations in it
+    /// (not counting the buckets below).
+    pub fn buckets(&self) -> Vec<(f64, u64)> {
         self.bounds_us
             .iter()
             .zip(self.buckets.iter())
-            .map(|(&bound, count)| {
-                running += count.load(Ordering::Relaxed);
-                (bound, running)
-            })
+            .map(|(&bound, count)| (bound as f64 / 1e6, count.load(Ordering::Relaxed)))
             .collect()
     }
 

@@ -1,180 +1,210 @@
-//! `GET /metrics`: the hub's counters in the Prometheus text format.
+//! `GET /metrics`: the node's counters in the Prometheus text format
+//! (version 0.0.4), encoded by `prometheus-client` from a collector that
+//! reads them at scrape time (names, label values and numbers escaped and
+//! formatted by the crate).
 
 use crate::app::App;
 use crate::hub::Histogram;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use std::fmt::Write;
+use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
-pub async fn render(State(app): State<Arc<App>>) -> impl IntoResponse {
-    let stats = app.hub.stats();
-    let mut out = String::with_capacity(4096);
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    metric(
-        "roomcast_connections_active",
-        "gauge",
-        "Open WebSocket connections.",
-        &[(String::new(), stats.active())],
-    );
-    metric(
-        "roomcast_connections_peak",
-        "gauge",
-        "Most open connections at once since start.",
-        &[(String::new(), stats.peak())],
-    );
-    metric(
-        "roomcast_connections_total",
-        "counter",
-        "Connections accepted since start.",
-        &[(String::new(), stats.total())],
-    );
-    metric(
-        "roomcast_connections_by_kind",
-        "gauge",
-        "Open connections by kind (user, guest, assistant, system).",
-        &app.hub
-            .connections_by_kind()
-            .iter()
-            .map(|(kind, count)| (format!("{{kind=\"{}\"}}", kind.as_str()), *count))
-            .collect::<Vec<_>>(),
-    );
-    metric(
-        "roomcast_rooms_active",
-        "gauge",
-        "Rooms with at least one connection.",
-        &[(String::new(), app.hub.room_count() as u64)],
-    );
-    if let Some(webhooks) = &app.webhooks {
-        let load = |counter: &std::sync::atomic::AtomicU64| {
-            counter.load(std::sync::atomic::Ordering::Relaxed)
-        };
-        metric(
-            "roomcast_webhook_deliveries_total",
-            "counter",
-            "Webhook delivery tries by outcome: delivered, retried (failed, tried again later), failed (given up).",
-            &[
-                (
-                    "{outcome=\"delivered\"}".to_owned(),
-                    load(&webhooks.stats.delivered),
-                ),
-                (
-                    "{outcome=\"retried\"}".to_owned(),
-                    load(&webhooks.stats.retried),
-                ),
-                (
-                    "{outcome=\"failed\"}".to_owned(),
-                    load(&webhooks.stats.failed),
-                ),
-            ],
-        );
+pub async fn render(State(app): State<Arc<App>>) -> Response {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(app)));
+    let mut out = String::with_capacity(8192);
+    match prometheus_text::encode(&mut out, &registry) {
+        Ok(()) => ([(CONTENT_TYPE, prometheus_text::CONTENT_TYPE)], out).into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
     }
-    metric(
-        "roomcast_slow_consumer_disconnects_total",
-        "counter",
-        "Connections closed with 4002 because their outbox overflowed.",
-        &[(String::new(), stats.slow_consumer_disconnects())],
-    );
-    let labelled = |label: &str, values: &mut dyn Iterator<Item = (&'static str, u64)>| {
-        values
-            .map(|(name, value)| (format!("{{{label}=\"{name}\"}}"), value))
-            .collect::<Vec<_>>()
-    };
-    metric(
-        "roomcast_messages_in_total",
-        "counter",
-        "Client frames received, by type.",
-        &labelled("type", &mut stats.messages_in()),
-    );
-    metric(
-        "roomcast_messages_out_total",
-        "counter",
-        "Server frames queued to connections, by type (one per recipient).",
-        &labelled("type", &mut stats.messages_out()),
-    );
-    metric(
-        "roomcast_errors_total",
-        "counter",
-        "Error frames sent, by error code.",
-        &labelled("code", &mut stats.errors()),
-    );
-    histogram(
-        &mut out,
-        "roomcast_broadcast_duration_seconds",
-        "Time to queue one broadcast to every recipient on this node.",
-        stats.broadcast_latency(),
-    );
-    let ai = &app.ai_control.stats;
-    let outcomes: Vec<(String, u64)> = ai
-        .outcomes()
-        .iter()
-        .map(|(outcome, count)| (format!("{{outcome=\"{outcome}\"}}"), *count))
-        .collect();
-    let tokens = [
-        (
-            "{kind=\"prompt\"}".to_owned(),
-            ai.prompt_tokens.load(std::sync::atomic::Ordering::Relaxed),
-        ),
-        (
-            "{kind=\"completion\"}".to_owned(),
-            ai.completion_tokens
-                .load(std::sync::atomic::Ordering::Relaxed),
-        ),
-    ];
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (labels, value) in samples {
-            let _ = writeln!(out, "{name}{labels} {value}");
-        }
-    };
-    metric(
-        "roomcast_ai_requests_total",
-        "counter",
-        "AI requests, by outcome.",
-        &outcomes,
-    );
-    metric(
-        "roomcast_ai_tokens_total",
-        "counter",
-        "Tokens the AI provider reported, by kind.",
-        &tokens,
-    );
-    histogram(
-        &mut out,
-        "roomcast_ai_first_token_seconds",
-        "Time from an AI request to its first streamed token.",
-        &ai.first_token,
-    );
-    histogram(
-        &mut out,
-        "roomcast_ai_duration_seconds",
-        "Time from an AI request to its complete answer.",
-        &ai.total,
-    );
-    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
-/// Writes a histogram in the Prometheus text format.
-fn histogram(out: &mut String, name: &str, help: &str, histogram: &Histogram) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
-    for (bound_us, count) in histogram.cumulative() {
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{le=\"{}\"}} {count}",
-            bound_us as f64 / 1e6
-        );
+/// Reads the node's counters when scraped.
+struct Scrape(Arc<App>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
     }
-    let _ = writeln!(
-        out,
-        "{name}_bucket{{le=\"+Inf\"}} {}\n{name}_sum {}\n{name}_count {}",
-        histogram.count(),
-        histogram.sum_seconds(),
-        histogram.count()
-    );
+}
+
+type Result = std::result::Result<(), std::fmt::Error>;
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result {
+    let value = i64::try_from(value).unwrap_or(i64::MAX);
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Gauge)?
+        .encode_gauge(&value)
+}
+
+/// A counter; its samples are named `<name>_total`.
+fn counter(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Counter)?
+        .encode_counter::<NoLabelSet, _, u64>(&value, None)
+}
+
+/// A family of counters with one label.
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'static str, u64)>,
+) -> Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (label_value, value) in values {
+        family
+            .encode_family(&[(label, label_value)])?
+            .encode_counter::<NoLabelSet, _, u64>(&value, None)?;
+    }
+    Ok(())
+}
+
+fn histogram(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    histogram: &Histogram,
+) -> Result {
+    encoder
+        .encode_descriptor(name, help, None, MetricType::Histogram)?
+        .encode_histogram::<NoLabelSet>(
+            histogram.sum_seconds(),
+            histogram.count(),
+            &histogram.buckets(),
+            None,
+        )
+}
+
+fn load(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result {
+        let app = &self.0;
+        let stats = app.hub.stats();
+        let out = &mut encoder;
+        gauge(
+            out,
+            "roomcast_connections_active",
+            "Open WebSocket connections.",
+            stats.active(),
+        )?;
+        gauge(
+            out,
+            "roomcast_connections_peak",
+            "Most open connections at once since start.",
+            stats.peak(),
+        )?;
+        counter(
+            out,
+            "roomcast_connections",
+            "Connections accepted since start.",
+            stats.total(),
+        )?;
+        let mut by_kind = out.encode_descriptor(
+            "roomcast_connections_by_kind",
+            "Open connections by kind (user, guest, assistant, system).",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (kind, count) in app.hub.connections_by_kind() {
+            by_kind
+                .encode_family(&[("kind", kind.as_str())])?
+                .encode_gauge(&i64::try_from(count).unwrap_or(i64::MAX))?;
+        }
+        gauge(
+            out,
+            "roomcast_rooms_active",
+            "Rooms with at least one connection.",
+            app.hub.room_count() as u64,
+        )?;
+        if let Some(webhooks) = &app.webhooks {
+            counters(
+                out,
+                "roomcast_webhook_deliveries",
+                "Webhook delivery tries by outcome: delivered, retried (failed, tried again later), failed (given up).",
+                "outcome",
+                [
+                    ("delivered", load(&webhooks.stats.delivered)),
+                    ("retried", load(&webhooks.stats.retried)),
+                    ("failed", load(&webhooks.stats.failed)),
+                ]
+                .into_iter(),
+            )?;
+        }
+        counter(
+            out,
+            "roomcast_slow_consumer_disconnects",
+            "Connections closed with 4002 because their outbox overflowed.",
+            stats.slow_consumer_disconnects(),
+        )?;
+        counters(
+            out,
+            "roomcast_messages_in",
+            "Client frames received, by type.",
+            "type",
+            stats.messages_in(),
+        )?;
+        counters(
+            out,
+            "roomcast_messages_out",
+            "Server frames queued to connections, by type (one per recipient).",
+            "type",
+            stats.messages_out(),
+        )?;
+        counters(
+            out,
+            "roomcast_errors",
+            "Error frames sent, by error code.",
+            "code",
+            stats.errors(),
+        )?;
+        histogram(
+            out,
+            "roomcast_broadcast_duration_seconds",
+            "Time to queue one broadcast to every recipient on this node.",
+            stats.broadcast_latency(),
+        )?;
+        let ai = &app.ai_control.stats;
+        counters(
+            out,
+            "roomcast_ai_requests",
+            "AI requests, by outcome.",
+            "outcome",
+            ai.outcomes().into_iter(),
+        )?;
+        counters(
+            out,
+            "roomcast_ai_tokens",
+            "Tokens the AI provider reported, by kind.",
+            "kind",
+            [
+                ("prompt", load(&ai.prompt_tokens)),
+                ("completion", load(&ai.completion_tokens)),
+            ]
+            .into_iter(),
+        )?;
+        histogram(
+            out,
+            "roomcast_ai_first_token_seconds",
+            "Time from an AI request to its first streamed token.",
+            &ai.first_token,
+        )?;
+        histogram(
+            out,
+            "roomcast_ai_duration_seconds",
+            "Time from an AI request to its complete answer.",
+            &ai.total,
+        )
+    }
 }

@@ -268,6 +268,14 @@ function wire(c: RoomcastClient): void {
     roomView(p.room).pending = p.pending;
     if (p.room === current) renderPending();
   });
+  c.on("reset", ({ room }) => {
+    // The server's messages started over (restarted without its database).
+    if (client !== c) return;
+    const v = roomView(room);
+    v.messages.clear();
+    v.noOlder = false;
+    if (room === current) renderMessages();
+  });
   c.on("members", (m) => client === c && m.room === current && renderMembers());
   c.on("typing", (t) => client === c && t.room === current && renderTyping());
   c.on("online", (o) => client === c && renderOnline(o.users, o.count));

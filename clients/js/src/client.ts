@@ -150,6 +150,12 @@ export interface ClientEvents {
   pending: { room: string; pending: PendingMessage[] };
   /** A room finished recovering after a (re)join. */
   recovered: { room: string; count: number };
+  /**
+   * The server's messages of a room start over below the last id we held (a
+   * server restarted on an in-memory database): forget what was shown; the
+   * room's messages are delivered afresh.
+   */
+  reset: { room: string };
   /** Every frame from the server, before the client handles it. */
   frame: ServerFrame;
   /** An error that belongs to no request (e.g. `token_expired`, a failed recovery). */
@@ -868,7 +874,13 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       room.memberCount = joined.member_count;
       room.large = false;
       this.emitMembers(room);
-      delivered += this.deliver(room, joined.recent_messages);
+      if (since !== null && joined.recent_messages.length === 0 && (await this.storeWasReset(room, since, gen))) {
+        const newest = await this.request({ type: "history", room: room.name }, { whenNotReady: "reject" });
+        if (gen !== this.gen) return;
+        delivered += this.deliver(room, newest.messages);
+      } else {
+        delivered += this.deliver(room, joined.recent_messages);
+      }
       for (const w of room.joinWaiters.splice(0)) w.resolve(joined);
       // Sending may start now that the room is joined on this connection.
       this.flushOutbox(room.name);
@@ -920,13 +932,23 @@ export class RoomcastClient extends Emitter<ClientEvents> {
         delivered += this.deliver(room, recent);
       } else {
         // Page forward from the last id we hold, so nothing in between is lost.
+        const since = room.lastId;
         let more = true;
+        let first = true;
         while (more) {
           const page = await this.request(
             { type: "history", room: GLOBAL_ROOM, after_id: room.lastId ?? 0, limit: 200 },
             { whenNotReady: "reject" },
           );
           if (gen !== this.gen) return;
+          if (first && page.messages.length === 0 && (await this.storeWasReset(room, since, gen))) {
+            if (gen !== this.gen) return;
+            const newest = await this.request({ type: "history", room: GLOBAL_ROOM }, { whenNotReady: "reject" });
+            if (gen !== this.gen) return;
+            delivered += this.deliver(room, newest.messages);
+            break;
+          }
+          first = false;
           delivered += this.deliver(room, page.messages);
           more = page.has_more && page.messages.length > 0;
         }
@@ -942,6 +964,23 @@ export class RoomcastClient extends Emitter<ClientEvents> {
       this.flushOutbox(GLOBAL_ROOM);
       if (err instanceof TimeoutError) this.dropSocket("global recovery timed out");
     }
+  }
+
+  /**
+   * Whether the room's newest stored message is older than the last one we
+   * delivered: ids only grow, so the store was emptied (a restart on an
+   * in-memory database). Then the room is reset and `reset` emitted.
+   */
+  private async storeWasReset(room: RoomState, since: number, gen: number): Promise<boolean> {
+    const newest = await this.request({ type: "history", room: room.name, limit: 1 }, { whenNotReady: "reject" });
+    if (gen !== this.gen) return false;
+    const top = newest.messages.at(-1)?.id ?? 0;
+    if (top >= since) return false;
+    room.lastId = null;
+    room.oldestId = null;
+    // Live messages held back meanwhile belong to the new store: keep them.
+    this.emit("reset", { room: room.name });
+    return true;
   }
 
   private releaseBuffer(room: RoomState): number {

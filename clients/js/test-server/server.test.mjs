@@ -35,7 +35,8 @@ function freePort() {
 }
 
 class Server {
-  constructor(dir, port) {
+  constructor(dir, port, database = null) {
+    this.database = database;
     this.dir = dir;
     this.port = port;
     this.url = `http://127.0.0.1:${port}`;
@@ -47,7 +48,7 @@ class Server {
       [
         "serve",
         "--bind", `127.0.0.1:${this.port}`,
-        "--database", join(this.dir, "roomcast.db"),
+        "--database", this.database ?? join(this.dir, "roomcast.db"),
         "--data-dir", this.dir,
         "--jwt-secret", "integration-secret-0123456789",
         "--admin-key", ADMIN_KEY,
@@ -226,6 +227,38 @@ test("a named guest chats in a room and sees the global room", { skip: !BIN && "
     await g.send(null, "hello global");
     await until(() => got.length === 2, "both messages");
     assert.deepEqual(got.map((m) => m.room).sort(), ["global", "lobby"]);
+  } finally {
+    for (const c of clients) c.close();
+    await server.stop();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test("a restart on an in-memory database resets the room instead of hiding new messages", { skip: !BIN && "set ROOMCAST_BIN to the server binary" }, async () => {
+  const dir = mkdtempSync(join(tmpdir(), "roomcast-js-"));
+  const server = new Server(dir, await freePort(), "sqlite::memory:");
+  const clients = [];
+  try {
+    await server.start();
+    const fast = { initialDelayMs: 100, maxDelayMs: 1000, factor: 2, jitter: 0.5 };
+    const a = new RoomcastClient({ url: server.url, guestName: "memory-a", backoff: fast });
+    clients.push(a);
+    const got = collector(a, "mem");
+    const resets = [];
+    a.on("reset", (r) => resets.push(r.room));
+    await a.connect();
+    await a.joinRoom("mem");
+    for (let i = 0; i < 5; i++) await a.send("mem", `before ${i}`);
+    await until(() => got.length === 5, "five messages");
+    await server.stop();
+    await until(() => a.state === "reconnecting", "reconnecting");
+    await server.start();
+    const http = new RoomcastHttp({ baseUrl: server.url });
+    await http.publish(ADMIN_KEY, "mem", "the first message of the new store");
+    await until(() => resets.includes("mem"), "the reset");
+    await until(() => got.at(-1)?.content === "the first message of the new store", "the new message");
+    await a.send("mem", "and a live one");
+    await until(() => got.at(-1)?.content === "and a live one", "the live message");
   } finally {
     for (const c of clients) c.close();
     await server.stop();

@@ -1,5 +1,5 @@
 // Unit tests of the client against the in-process FakeServer.
-import { test } from "node:test";
+import { test, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import {
   RoomcastClient,
@@ -21,6 +21,13 @@ async function until(cond, what, timeoutMs = 3000) {
   }
 }
 
+// Clients of a test are closed after it even when it fails, so no reconnect
+// timer keeps the process alive.
+const live = [];
+afterEach(() => {
+  for (const c of live.splice(0)) c.close();
+});
+
 function makeClient(server, extra = {}) {
   const client = new RoomcastClient({
     url: "http://fake.test",
@@ -30,6 +37,7 @@ function makeClient(server, extra = {}) {
     requestTimeoutMs: 500,
     ...extra,
   });
+  live.push(client);
   const messages = [];
   client.on("message", (m) => messages.push(m));
   return { client, messages };
@@ -618,4 +626,29 @@ test("a closed client rejects joinRoom instead of waiting forever", async () => 
   server.closeAll(4003, "kicked");
   await until(() => client.state === "closed", "closed");
   await assert.rejects(client.joinRoom("later"), (e) => e instanceof ConnectionClosedError);
+});
+
+test("a server whose store started over (in-memory database restarted) resets the room instead of dropping new messages", async () => {
+  const server = new FakeServer();
+  for (let i = 0; i < 3; i++) server.post("dev", "before " + i);
+  const { client, messages } = makeClient(server);
+  const resets = [];
+  client.on("reset", (r) => resets.push(r.room));
+  await client.connect();
+  await client.joinRoom("dev");
+  await until(() => messages.length === 3, "first messages");
+  server.down = true;
+  server.closeAll(1001);
+  await until(() => client.state === "reconnecting", "reconnecting");
+  server.rooms = new Map();
+  server.nextId = 1;
+  server.dedup = new Map();
+  server.post("dev", "new store 1");
+  server.down = false;
+  await until(() => resets.includes("dev"), "the reset event");
+  await until(() => messages.at(-1)?.content === "new store 1", "the new message");
+  server.post("dev", "new store 2");
+  await until(() => messages.at(-1)?.content === "new store 2", "the next live message");
+  assert.deepEqual(messages.slice(3).map((m) => m.id), [1, 2]);
+  client.close();
 });

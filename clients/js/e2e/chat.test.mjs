@@ -186,6 +186,28 @@ test("two people chat in the browser, through a restart, and an admin kicks one"
     await shot(alice, "chat");
     await shot(bob, "chat-phone");
 
+    // Scroll-back: a room with more history than one page.
+    for (let i = 0; i < 120; i++) {
+      const res = await fetch(server.url + "/api/publish", {
+        method: "POST",
+        headers: { Authorization: "Bearer " + ADMIN_KEY, "Content-Type": "application/json" },
+        body: JSON.stringify({ room: "archive", content: `archived ${i}` }),
+      });
+      assert.equal(res.status, 200);
+    }
+    await joinRoomOn(alice, "archive");
+    await until(async () => (await messageIds(alice)).length >= 50, "the newest page");
+    for (let i = 0; i < 5 && (await alice.getByTestId("load-older").isVisible()); i++) {
+      await alice.getByTestId("load-older").click();
+      await sleep(300);
+    }
+    await until(async () => (await messageIds(alice)).length === 120, "all 120 archived messages after paging back");
+    const archived = await messageIds(alice);
+    assert.deepEqual([...archived].sort((x, y) => x - y), archived, "paged history in order");
+    assert.equal(await alice.locator("[data-testid=message-item]").first().getByTestId("message-content").textContent(), "archived 0");
+    await alice.locator('[data-testid=room-item][data-room="e2e"] button').click();
+    await alice.getByTestId("composer-input").waitFor();
+
     // A file: upload from alice, download in bob's page.
     await alice.getByTestId("upload-input").setInputFiles({ name: "notes.txt", mimeType: "text/plain", buffer: Buffer.from("roomcast e2e file\n") });
     await until(async () => /Shared|does not accept|failed|large/.test(await alice.getByTestId("upload-status").textContent()), "the upload's outcome");

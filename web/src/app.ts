@@ -220,9 +220,16 @@ async function start(): Promise<void> {
   if (!session) return showLogin("");
   client?.close();
   const s = session;
+  // Unacknowledged messages survive a reload, per identity.
+  const outboxKey = "roomcast.outbox." + (s.kind === "token" ? "user:" + s.username : "guest:" + s.name);
   const c = new RoomcastClient({
     token: s.kind === "token" ? () => s.token : null,
     guestName: s.kind === "guest" ? s.name : undefined,
+    outboxStore: {
+      load: () => JSON.parse(localStorage.getItem(outboxKey) ?? "[]") as PendingMessage[],
+      save: (pending) =>
+        pending.length ? localStorage.setItem(outboxKey, JSON.stringify(pending)) : localStorage.removeItem(outboxKey),
+    },
   });
   client = c;
   rooms.clear();
@@ -387,6 +394,7 @@ function switchRoom(name: string): void {
   localStorage.setItem(CURRENT_KEY, name);
   const v = roomView(name);
   v.unread = 0;
+  if (client) v.pending = client.pending(name);
   cancelReply();
   els.roomTitle.textContent = name === GLOBAL_ROOM ? "global (everyone)" : name;
   show(els.leaveRoom, name !== GLOBAL_ROOM);

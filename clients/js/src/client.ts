@@ -88,10 +88,22 @@ export interface ClientOptions {
   trackGlobal?: boolean;
   /** Reconnect after a drop (default true). */
   reconnect?: boolean;
+  /**
+   * Keeps unacknowledged messages across page reloads (e.g. in localStorage):
+   * loaded at construction, saved on every change. Restored messages are sent
+   * again with their `client_msg_id` once their room is joined; their promises
+   * belong to the page that sent them, so the `pending` event tells their fate.
+   */
+  outboxStore?: OutboxStore;
   WebSocket?: WebSocketFactory;
   fetch?: FetchLike;
   /** Source of randomness for jitter and ids (tests). */
   random?: () => number;
+}
+
+export interface OutboxStore {
+  load(): PendingMessage[];
+  save(pending: PendingMessage[]): void;
 }
 
 export type ConnectionState = "idle" | "connecting" | "open" | "reconnecting" | "closed";
@@ -272,6 +284,37 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     if (!WS) throw new Error("no WebSocket implementation: pass options.WebSocket");
     this.WS = WS;
     if (this.opts.trackGlobal) this.roomState(GLOBAL_ROOM).wanted = true;
+    this.outboxStore = options.outboxStore ?? null;
+    this.restoreOutbox();
+  }
+
+  private readonly outboxStore: OutboxStore | null;
+
+  /** Messages a previous page left unacknowledged (at most a day old). */
+  private restoreOutbox(): void {
+    if (!this.outboxStore) return;
+    let saved: PendingMessage[] = [];
+    try {
+      saved = this.outboxStore.load();
+    } catch {
+      return;
+    }
+    const dayAgo = Date.now() - 24 * 3600 * 1000;
+    for (const p of Array.isArray(saved) ? saved : []) {
+      if (!p || typeof p.clientMsgId !== "string" || typeof p.room !== "string" || typeof p.content !== "string") continue;
+      if (!(p.createdAt > dayAgo)) continue;
+      this.outbox.push({
+        clientMsgId: p.clientMsgId,
+        room: p.room,
+        content: p.content,
+        replyTo: typeof p.replyTo === "number" ? p.replyTo : null,
+        status: "queued",
+        attempts: p.attempts ?? 0,
+        createdAt: p.createdAt,
+        resolve: () => undefined,
+        reject: () => undefined,
+      });
+    }
   }
 
   // -------------------------------------------------------------------------
@@ -1155,6 +1198,13 @@ export class RoomcastClient extends Emitter<ClientEvents> {
   }
 
   private emitPending(room: string): void {
+    if (this.outboxStore) {
+      try {
+        this.outboxStore.save(this.outbox.map(publicPending));
+      } catch {
+        // Storage full or unavailable: the outbox still works in memory.
+      }
+    }
     this.emit("pending", { room, pending: this.pending(room) });
   }
 

@@ -5,6 +5,7 @@ export type {
   ClientOptions,
   ClientEvents,
   ConnectionState,
+  OutboxStore,
   PendingMessage,
   ReplyMap,
   ReplyOf,

@@ -652,3 +652,27 @@ test("a server whose store started over (in-memory database restarted) resets th
   assert.deepEqual(messages.slice(3).map((m) => m.id), [1, 2]);
   client.close();
 });
+
+test("an outbox store keeps unacknowledged messages across a reload; they go out with the same client_msg_id", async () => {
+  const server = new FakeServer();
+  let saved = [];
+  const store = { load: () => JSON.parse(JSON.stringify(saved)), save: (p) => (saved = p) };
+  server.down = true;
+  const first = makeClient(server, { outboxStore: store }).client;
+  void first.connect().catch(() => undefined);
+  const lost = first.send("dev", "typed before the reload");
+  lost.catch(() => undefined);
+  assert.equal(saved.length, 1);
+  const id = saved[0].clientMsgId;
+  first.close(); // the page goes away
+
+  server.down = false;
+  const { client, messages } = makeClient(server, { outboxStore: store });
+  assert.deepEqual(client.pending("dev").map((p) => p.clientMsgId), [id]);
+  await client.connect();
+  await client.joinRoom("dev");
+  await until(() => messages.length === 1, "the restored message delivered");
+  assert.equal(messages[0].client_msg_id, id);
+  await until(() => saved.length === 0, "the store emptied after the ack");
+  assert.equal(server.framesOfType("chat_message").length, 1);
+});

@@ -338,14 +338,17 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     this.clearReconnect();
     const ws = this.ws;
     if (ws) {
+      // Tells the state (closed) and fails what was waiting for a reply.
       this.handleClosed(ws, CloseCode.Normal, "closed by the client");
       try {
         ws.close(CloseCode.Normal, "bye");
       } catch {
         // already closing
       }
+    } else if (this.state !== "closed") {
+      this.setState({ state: "closed", code: CloseCode.Normal });
+      this.failReadyWaiters(new ConnectionClosedError(CloseCode.Normal, "closed by the client"));
     }
-    this.setState({ state: "closed", code: CloseCode.Normal });
   }
 
   /** Drops the socket and reconnects at once (e.g. on the browser's `online` event). */

@@ -241,6 +241,9 @@ pub async fn serve(
     counts.abort();
     janitor.abort();
     deliveries.abort();
+    if let Some(webhooks) = &app.webhooks {
+        webhooks.release(&app).await;
+    }
     if let Some(tasks) = broker_tasks {
         tasks.abort();
     }

@@ -125,6 +125,15 @@ impl Dispatcher {
         self.retry_base.saturating_mul(factor).min(MAX_BACKOFF)
     }
 
+    /// Gives back the deliveries this node leased but has not settled, for
+    /// a node that stops: another node (or this one, started again) takes
+    /// them at once instead of after the lease.
+    pub async fn release(&self, app: &App) {
+        if let Err(err) = app.store.release_webhooks(app.hub.node_id()).await {
+            tracing::warn!(error = %err, "could not give back leased webhook deliveries");
+        }
+    }
+
     async fn deliver(&self, app: &App, delivery: WebhookDelivery) {
         let Some(hook) = self.hooks.iter().find(|hook| hook.id == delivery.webhook) else {
             return;
@@ -187,9 +196,10 @@ pub async fn run(app: Arc<App>) {
         .iter()
         .map(|hook| hook.id.clone())
         .collect();
-    // A lease outlasts the longest try, so that no other node takes a row
-    // this one is still delivering.
-    let lease = dispatcher.timeout + Duration::from_secs(30);
+    // A lease outlasts a batch's tries, so that no other node takes a row
+    // this one is still delivering; a node that stops gives its leases back
+    // (`Dispatcher::release`), one that dies leaves them to expire.
+    let lease = dispatcher.timeout * 4 + Duration::from_secs(5);
     let mut failing = false;
     loop {
         let now = Timestamp::now();
@@ -199,7 +209,7 @@ pub async fn run(app: Arc<App>) {
         );
         match app
             .store
-            .lease_webhooks(ids.clone(), now, until, BATCH)
+            .lease_webhooks(app.hub.node_id(), ids.clone(), now, until, BATCH)
             .await
         {
             Ok(batch) if !batch.is_empty() => {

@@ -648,7 +648,7 @@ async fn check_webhook_rows_follow_their_messages(store: Arc<dyn MessageStore>) 
 
     let at = now();
     let leased = store
-        .lease_webhooks(hooks.clone(), at, lease(at), 10)
+        .lease_webhooks("node-a", hooks.clone(), at, lease(at), 10)
         .await
         .expect("lease");
     assert_eq!(leased.len(), 3, "{leased:?}");
@@ -664,7 +664,7 @@ async fn check_webhook_rows_follow_their_messages(store: Arc<dyn MessageStore>) 
     // Leased rows are not leased again meanwhile.
     assert!(
         store
-            .lease_webhooks(hooks.clone(), at, lease(at), 10)
+            .lease_webhooks("node-a", hooks.clone(), at, lease(at), 10)
             .await
             .expect("lease")
             .is_empty()
@@ -683,15 +683,23 @@ async fn check_webhook_rows_follow_their_messages(store: Arc<dyn MessageStore>) 
         .expect("failed");
     let at = Timestamp(now().as_millis() + 1);
     let again = store
-        .lease_webhooks(hooks.clone(), at, lease(at), 10)
+        .lease_webhooks("node-a", hooks.clone(), at, lease(at), 10)
         .await
         .expect("lease");
     assert_eq!(again.len(), 1, "only the retried one: {again:?}");
     assert_eq!((again[0].id, again[0].attempts), (leased[1].id, 1));
+    // A node that stops gives back what it leased: the rows are due again
+    // at once, for any node.
+    store.release_webhooks("node-a").await.expect("release");
+    let released = store
+        .lease_webhooks("node-b", hooks.clone(), at, lease(at), 10)
+        .await
+        .expect("lease");
+    assert_eq!(released.len(), 1, "{released:?}");
     // Another webhook's rows are not this one's.
     assert!(
         store
-            .lease_webhooks(vec!["other".into()], at, lease(at), 10)
+            .lease_webhooks("node-a", vec!["other".into()], at, lease(at), 10)
             .await
             .expect("lease")
             .is_empty()

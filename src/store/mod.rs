@@ -346,16 +346,22 @@ pub trait MessageStore: Send + Sync + 'static {
     /// Forgets the uploads and files of these blobs (deleted before).
     fn forget_blobs(&self, file_ids: Vec<String>) -> BoxFuture<'_, Result<(), StoreError>>;
 
-    /// Leases up to `limit` webhook deliveries that are due at `now` to this
-    /// node until `lease_until` (another node skips them meanwhile), oldest
-    /// first, of the webhooks named.
+    /// Leases up to `limit` webhook deliveries that are due at `now` to
+    /// `node` until `lease_until` (another node skips them meanwhile),
+    /// oldest first, of the webhooks named.
     fn lease_webhooks(
         &self,
+        node: &str,
         webhooks: Vec<String>,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<WebhookDelivery>, StoreError>>;
+
+    /// Gives back at once every delivery `node` leased and has not settled
+    /// (it stops), so that any node may take them without waiting for the
+    /// lease to end.
+    fn release_webhooks(&self, node: &str) -> BoxFuture<'_, Result<(), StoreError>>;
 
     /// Forgets a delivery the webhook accepted.
     fn webhook_delivered(&self, id: i64) -> BoxFuture<'_, Result<(), StoreError>>;

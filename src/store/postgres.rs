@@ -658,17 +658,19 @@ impl MessageStore for PostgresStore {
 
     fn lease_webhooks(
         &self,
+        node: &str,
         webhooks: Vec<String>,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<WebhookDelivery>, StoreError>> {
+        let node = node.to_owned();
         Box::pin(async move {
             let client = self.reader.client().await?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             client
                 .query(
-                    "UPDATE webhook_outbox SET leased_until = $3 WHERE id IN (\
+                    "UPDATE webhook_outbox SET leased_until = $3, leased_by = $5 WHERE id IN (\
                      SELECT id FROM webhook_outbox \
                      WHERE webhook = ANY($1) AND failed_at IS NULL AND next_attempt_at <= $2 \
                      AND (leased_until IS NULL OR leased_until < $2) \
@@ -679,6 +681,7 @@ impl MessageStore for PostgresStore {
                         &now.as_millis(),
                         &lease_until.as_millis(),
                         &limit,
+                        &node,
                     ],
                 )
                 .await?
@@ -693,6 +696,21 @@ impl MessageStore for PostgresStore {
                     })
                 })
                 .collect()
+        })
+    }
+
+    fn release_webhooks(&self, node: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let node = node.to_owned();
+        Box::pin(async move {
+            let client = self.reader.client().await?;
+            client
+                .execute(
+                    "UPDATE webhook_outbox SET leased_until = NULL, leased_by = NULL \
+                     WHERE leased_by = $1 AND leased_until IS NOT NULL",
+                    &[&node],
+                )
+                .await?;
+            Ok(())
         })
     }
 

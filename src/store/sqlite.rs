@@ -616,17 +616,19 @@ impl MessageStore for SqliteStore {
 
     fn lease_webhooks(
         &self,
+        node: &str,
         webhooks: Vec<String>,
         now: Timestamp,
         lease_until: Timestamp,
         limit: usize,
     ) -> BoxFuture<'_, Result<Vec<WebhookDelivery>, StoreError>> {
+        let node = node.to_owned();
         self.run(move |connection| {
             let names = serde_json::Value::from(webhooks).to_string();
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             Ok(connection
                 .prepare_cached(
-                    "UPDATE webhook_outbox SET leased_until = ?3 WHERE id IN (\
+                    "UPDATE webhook_outbox SET leased_until = ?3, leased_by = ?5 WHERE id IN (\
                      SELECT id FROM webhook_outbox \
                      WHERE webhook IN (SELECT value FROM json_each(?1)) AND failed_at IS NULL \
                      AND next_attempt_at <= ?2 AND (leased_until IS NULL OR leased_until < ?2) \
@@ -634,7 +636,7 @@ impl MessageStore for SqliteStore {
                      RETURNING id, webhook, kind, body, attempts",
                 )?
                 .query_map(
-                    params![names, now.as_millis(), lease_until.as_millis(), limit],
+                    params![names, now.as_millis(), lease_until.as_millis(), limit, node],
                     |row| {
                         Ok(WebhookDelivery {
                             id: row.get(0)?,
@@ -646,6 +648,19 @@ impl MessageStore for SqliteStore {
                     },
                 )?
                 .collect::<Result<_, _>>()?)
+        })
+    }
+
+    fn release_webhooks(&self, node: &str) -> BoxFuture<'_, Result<(), StoreError>> {
+        let node = node.to_owned();
+        self.run(move |connection| {
+            connection
+                .prepare_cached(
+                    "UPDATE webhook_outbox SET leased_until = NULL, leased_by = NULL \
+                     WHERE leased_by = ?1 AND leased_until IS NOT NULL",
+                )?
+                .execute(params![node])?;
+            Ok(())
         })
     }
 

@@ -11,6 +11,7 @@ CREATE TABLE webhook_outbox (
     created_at       BIGINT NOT NULL,       -- Unix milliseconds
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  BIGINT NOT NULL,
+    leased_by        TEXT,                -- the node delivering it
     leased_until     BIGINT,                -- a node is delivering it until then
     failed_at        BIGINT,                -- given up after the last try
     last_error       TEXT

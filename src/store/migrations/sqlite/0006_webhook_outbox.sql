@@ -11,6 +11,7 @@ CREATE TABLE webhook_outbox (
     created_at       INTEGER NOT NULL,       -- Unix milliseconds
     attempts         INTEGER NOT NULL DEFAULT 0,
     next_attempt_at  INTEGER NOT NULL,
+    leased_by        TEXT,                -- the node delivering it
     leased_until     INTEGER,                -- a node is delivering it until then
     failed_at        INTEGER,                -- given up after the last try
     last_error       TEXT

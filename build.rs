@@ -20,9 +20,15 @@ fn main() {
         })
         .collect();
     files.sort();
-    let mut code = String::from("/// The web pages' files: name and bytes.\npub static ASSETS: &[(&str, &[u8])] = &[\n");
+    let mut code = String::from(
+        "/// The web pages' files: name and bytes.\npub static ASSETS: &[(&str, &[u8])] = &[\n",
+    );
     for (name, path) in &files {
-        let _ = writeln!(code, "    ({name:?}, include_bytes!({:?})),", path.display().to_string());
+        let _ = writeln!(
+            code,
+            "    ({name:?}, include_bytes!({:?})),",
+            path.display().to_string()
+        );
     }
     code.push_str("];\n");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join("web_assets.rs");

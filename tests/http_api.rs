@@ -372,3 +372,63 @@ async fn cors_follows_the_allowed_origins() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn info_says_what_the_server_offers() {
+    let server = TestServer::start().await;
+    let (status, info) = server.get_json("/api/info", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["server"]["name"], "roomcast");
+    assert_eq!(
+        info["features"],
+        json!({"registration": false, "guest_chat": false, "ai": false, "files": true})
+    );
+    assert_eq!(info["limits"]["max_upload_bytes"], 25 * 1024 * 1024);
+    assert!(
+        info["limits"]["upload_types"]
+            .as_array()
+            .is_some_and(|types| types.contains(&json!("image/png")))
+    );
+    server.stop().await;
+
+    let mut settings = args();
+    settings.open_registration = Some(true);
+    settings.guest_chat = Some(true);
+    settings.upload_types = Some(vec!["none".into()]);
+    let server = TestServer::with(settings).await;
+    let (_, info) = server.get_json("/api/info", None).await;
+    assert_eq!(
+        info["features"],
+        json!({"registration": true, "guest_chat": true, "ai": false, "files": false})
+    );
+    assert_eq!(info["limits"]["max_upload_bytes"], serde_json::Value::Null);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn admins_list_the_rooms_in_use() {
+    let server = TestServer::start().await;
+    let (status, _) = server.get_json("/api/rooms", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = server
+        .get_json("/api/rooms", Some(&server.token("alice")))
+        .await;
+    assert_eq!(status, 401, "a user token is not an admin key");
+    let mut alice = server.user("alice").await;
+    let mut bob = server.user("bob").await;
+    let mut bob_again = server.user("bob").await;
+    join(&mut alice, "ops").await;
+    join(&mut bob, "ops").await;
+    join(&mut bob_again, "ops").await;
+    join(&mut bob, "dev").await;
+    let (status, body) = server.get_json("/api/rooms", Some(ADMIN_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["rooms"],
+        json!([
+            {"name": "dev", "member_count": 1, "connection_count": 1},
+            {"name": "ops", "member_count": 2, "connection_count": 3},
+        ])
+    );
+    server.stop().await;
+}

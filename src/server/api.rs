@@ -124,6 +124,50 @@ fn connection_entry(connection: &Connection) -> Value {
     })
 }
 
+/// `GET /api/info`: what this server offers, for a client deciding what to
+/// show (no secrets, no figures).
+pub async fn info(State(app): State<Arc<App>>) -> Json<Value> {
+    let config = &app.config;
+    Json(json!({
+        "server": { "name": "roomcast", "version": env!("CARGO_PKG_VERSION") },
+        "features": {
+            "registration": config.open_registration,
+            "guest_chat": config.guest_chat,
+            "ai": app.ai.is_some(),
+            "files": app.files.is_some(),
+        },
+        "limits": {
+            "max_message_chars": config.max_message_chars,
+            "max_frame_bytes": config.max_frame_bytes,
+            "max_upload_bytes": app.files.as_ref().map(|files| files.max_bytes),
+            "upload_types": app.files.as_ref().map(|files| files.types.clone()).unwrap_or_default(),
+        },
+    }))
+}
+
+/// `GET /api/rooms` (admin): the rooms with connections on this node, by
+/// name, with their members (on every node) and this node's connections.
+pub async fn rooms(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&app, &headers)?;
+    let mut names = app.hub.room_names();
+    names.sort_unstable();
+    let rooms: Vec<Value> = names
+        .iter()
+        .map(|room| {
+            let (_, members) = app.hub.room_members(room, 0, 0);
+            json!({
+                "name": &**room,
+                "member_count": members,
+                "connection_count": app.hub.room_connection_count(room),
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "rooms": rooms })))
+}
+
 /// `GET /api/rooms/{room}/stats`.
 pub async fn room_stats(
     State(app): State<Arc<App>>,

@@ -53,7 +53,8 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/connections/{id}/kick", post(api::kick))
         .route("/api/users", post(accounts::register))
         .route("/api/login", post(accounts::login))
-        .route("/api/rooms", post(rooms::create))
+        .route("/api/rooms", post(rooms::create).get(api::rooms))
+        .route("/api/info", get(api::info))
         .route("/api/publish", post(publish::publish))
         .route(
             "/api/uploads/{upload_id}",

@@ -101,6 +101,9 @@ function assertExactly(got, stored, who) {
   assert.deepEqual(ids, stored.map((m) => m.id), `${who}: delivered ids differ from the stored ones`);
 }
 
+const CI = !["", "0", "false", undefined].includes(process.env.CI);
+if (!BIN && CI) throw new Error("CI is set, so the server tests may not be skipped: set ROOMCAST_BIN");
+
 test("two clients chat, survive a server restart without loss or duplication, and an admin kicks one", { skip: !BIN && "set ROOMCAST_BIN to the server binary" }, async () => {
   const dir = mkdtempSync(join(tmpdir(), "roomcast-js-"));
   const server = new Server(dir, await freePort());

@@ -432,3 +432,57 @@ async fn admins_list_the_rooms_in_use() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_pages_are_served_unless_turned_off() {
+    let server = TestServer::start().await;
+    let response = reqwest::get(format!("http://{}/", server.addr))
+        .await
+        .expect("GET /");
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/html; charset=utf-8"
+    );
+    assert!(
+        response.headers()["content-security-policy"]
+            .to_str()
+            .expect("ascii")
+            .contains("script-src 'self'")
+    );
+    let page = response.text().await.expect("body");
+    assert!(page.contains("/assets/app.js"), "{page}");
+    let admin = reqwest::get(format!("http://{}/admin", server.addr))
+        .await
+        .expect("GET /admin");
+    assert_eq!(admin.status(), 200);
+    let script = reqwest::get(format!("http://{}/assets/app.js", server.addr))
+        .await
+        .expect("GET");
+    assert_eq!(
+        script.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    for path in [
+        "/assets/nope.js",
+        "/assets/..%2Fbuild.rs",
+        "/assets/%2e%2e%2fCargo.toml",
+    ] {
+        let missing = reqwest::get(format!("http://{}{path}", server.addr))
+            .await
+            .expect("GET");
+        assert_eq!(missing.status(), 404, "{path}");
+    }
+    server.stop().await;
+
+    let mut settings = args();
+    settings.web_ui = Some(false);
+    let server = TestServer::with(settings).await;
+    for path in ["/", "/admin", "/assets/app.js"] {
+        let response = reqwest::get(format!("http://{}{path}", server.addr))
+            .await
+            .expect("GET");
+        assert_eq!(response.status(), 404, "{path}");
+    }
+    server.stop().await;
+}

@@ -1,12 +1,12 @@
 // The admin page served at `/admin`: live connections from GET /api/stats,
-// watched rooms from GET /api/rooms/{room}/stats, kick, and a chart of
-// messages/s and errors/s computed from successive polls.
+// rooms in use from GET /api/rooms, kick, and a chart of messages/s and
+// errors/s computed from successive polls.
 
-import { HttpError, RoomcastHttp, type RoomStats, type ServerStats } from "../../clients/js/src/index.js";
+import { HttpError, RoomcastHttp, type RoomSummary, type ServerStats } from "../../clients/js/src/index.js";
 import { ago, byId, formatTime, h, show } from "./dom.js";
 
 const KEY = "roomcast.adminKey";
-const WATCH = "roomcast.adminRooms";
+const FILTER = "roomcast.adminRoomFilter";
 const POLL_MS = 2000;
 const WINDOW_MS = 5 * 60 * 1000;
 
@@ -26,8 +26,8 @@ const els = {
   connections: byId("connections"),
   connectionCount: byId("connection-count"),
   roomTotal: byId("room-total"),
-  watchForm: byId<HTMLFormElement>("room-watch-form"),
-  watchInput: byId<HTMLInputElement>("room-watch-input"),
+  roomFilter: byId<HTMLInputElement>("room-filter"),
+  roomEmpty: byId("room-empty"),
   rooms: byId("rooms"),
   totals: byId("totals"),
 };
@@ -41,20 +41,13 @@ interface Sample {
 let points: { at: number; messages: number; errors: number }[] = [];
 let previous: Sample | null = null;
 let timer: ReturnType<typeof setTimeout> | null = null;
-let watched: string[] = loadWatched();
+/** The last `GET /api/rooms` answer; null when it failed. */
+let roomList: RoomSummary[] | null = [];
 
 function adminKey(): string | null {
   return sessionStorage.getItem(KEY);
 }
 
-function loadWatched(): string[] {
-  try {
-    const v = JSON.parse(sessionStorage.getItem(WATCH) ?? "[]") as unknown;
-    return Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : [];
-  } catch {
-    return [];
-  }
-}
 
 els.keyForm.addEventListener("submit", (ev) => {
   ev.preventDefault();
@@ -68,13 +61,10 @@ els.forget.addEventListener("click", () => {
   stop("");
 });
 
-els.watchForm.addEventListener("submit", (ev) => {
-  ev.preventDefault();
-  const room = els.watchInput.value.trim();
-  if (room && !watched.includes(room)) watched.push(room);
-  sessionStorage.setItem(WATCH, JSON.stringify(watched));
-  els.watchInput.value = "";
-  void poll();
+els.roomFilter.value = sessionStorage.getItem(FILTER) ?? "";
+els.roomFilter.addEventListener("input", () => {
+  sessionStorage.setItem(FILTER, els.roomFilter.value);
+  renderRooms();
 });
 
 function stop(error: string): void {
@@ -109,7 +99,8 @@ async function poll(): Promise<void> {
     els.status.textContent = `Updated ${new Date().toLocaleTimeString()}`;
     addSample(stats);
     render(stats);
-    await renderRooms(key);
+    roomList = await http.rooms(key).catch(() => null);
+    renderRooms();
   } catch (err) {
     if (err instanceof HttpError && err.status === 401) {
       sessionStorage.removeItem(KEY);
@@ -151,7 +142,6 @@ function render(stats: ServerStats): void {
   els.summary.replaceChildren(
     ...figures.map(([label, id, value]) => h("div", {}, h("dt", {}, label), h("dd", { "data-testid": id }, String(value ?? "–")))),
   );
-  els.roomTotal.textContent = String(stats.rooms ?? "–");
   const last = points.at(-1);
   els.rateMessages.textContent = last ? last.messages.toFixed(1) : "–";
   els.rateErrors.textContent = last ? last.errors.toFixed(1) : "–";
@@ -213,47 +203,31 @@ async function kick(connectionId: string, button: HTMLButtonElement): Promise<vo
   void poll();
 }
 
-async function renderRooms(key: string): Promise<void> {
-  const results = await Promise.all(
-    watched.map(async (room) => {
-      try {
-        return { room, stats: await http.roomStats(key, room) };
-      } catch (err) {
-        return { room, error: err instanceof HttpError && err.status === 404 ? "unknown room" : "unavailable" };
-      }
-    }),
-  );
+function renderRooms(): void {
+  const all = roomList ?? [];
+  const filter = els.roomFilter.value.trim().toLowerCase();
+  const shown = filter ? all.filter((r) => r.name.toLowerCase().includes(filter)) : all;
+  els.roomTotal.textContent = roomList ? (filter ? `(${shown.length} of ${all.length})` : `(${all.length})`) : "";
+  const empty =
+    roomList === null
+      ? "The room list is not available (GET /api/rooms failed)."
+      : all.length === 0
+        ? "No room has a connection on this node."
+        : shown.length === 0
+          ? "No room matches the filter."
+          : "";
+  els.roomEmpty.textContent = empty;
+  show(els.roomEmpty, empty !== "");
   els.rooms.replaceChildren(
-    ...results.map((r) => {
-      const s = (r as { stats?: RoomStats }).stats;
-      return h(
+    ...shown.map((r) =>
+      h(
         "tr",
-        { "data-testid": "room-row", "data-room": r.room },
-        h("th", { scope: "row" }, r.room),
-        h("td", { "data-testid": "room-member-count" }, s ? String(s.users.length) : (r as { error?: string }).error ?? ""),
-        h("td", {}, s ? String(s.connection_count) : ""),
-        h("td", {}, s ? formatTime(s.created_at) : ""),
-        h("td", {}, s ? s.users.map((u) => u.username).join(", ") : ""),
-        h(
-          "td",
-          {},
-          h(
-            "button",
-            {
-              type: "button",
-              class: "link-button",
-              "aria-label": `Stop watching ${r.room}`,
-              onclick: () => {
-                watched = watched.filter((w) => w !== r.room);
-                sessionStorage.setItem(WATCH, JSON.stringify(watched));
-                void poll();
-              },
-            },
-            "Remove",
-          ),
-        ),
-      );
-    }),
+        { "data-testid": "room-row", "data-room": r.name },
+        h("th", { scope: "row" }, r.name),
+        h("td", { "data-testid": "room-member-count" }, String(r.member_count)),
+        h("td", { "data-testid": "room-connection-count" }, String(r.connection_count)),
+      ),
+    ),
   );
 }
 
@@ -286,15 +260,14 @@ function renderChart(): void {
     t.textContent = text;
     root.append(t);
   }
-  const line = (key: "messages" | "errors", color: string, testid: string) =>
+  // Colours come from the stylesheet (.chart-line.*): no inline styles under the CSP.
+  const line = (key: "messages" | "errors", testid: string) =>
     svg("polyline", {
       points: points.map((p) => `${x(p.at).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" "),
-      fill: "none",
-      stroke: color,
-      "stroke-width": 2,
+      class: `chart-line ${key}`,
       "data-testid": testid,
     });
-  root.append(line("messages", "var(--accent)", "chart-messages"), line("errors", "var(--bad)", "chart-errors"));
+  root.append(line("messages", "chart-messages"), line("errors", "chart-errors"));
   els.chart.replaceChildren(root);
 }
 

@@ -10,9 +10,12 @@ import {
   RoomcastClient,
   RoomcastError,
   RoomcastHttp,
+  contentTypeFor,
   type AiStream,
+  type FileInfo,
   type Message,
   type PendingMessage,
+  type ServerInfo,
   type StateChange,
   type User,
 } from "../../clients/js/src/index.js";
@@ -42,6 +45,7 @@ const els = {
   sidebar: byId("sidebar"),
   loginScreen: byId("login-screen"),
   loginError: byId("login-error"),
+  loginNote: byId("login-note"),
   loginForm: byId<HTMLFormElement>("login-form"),
   registerForm: byId<HTMLFormElement>("register-form"),
   guestForm: byId<HTMLFormElement>("guest-form"),
@@ -66,6 +70,8 @@ const els = {
   composer: byId<HTMLFormElement>("composer"),
   composerInput: byId<HTMLTextAreaElement>("composer-input"),
   uploadInput: byId<HTMLInputElement>("upload-input"),
+  uploadLabel: byId("upload-label"),
+  aiPanel: byId<HTMLDetailsElement>("ai-panel"),
   uploadStatus: byId("upload-status"),
   aiForm: byId<HTMLFormElement>("ai-form"),
   aiPrompt: byId<HTMLTextAreaElement>("ai-prompt"),
@@ -81,6 +87,10 @@ const rooms = new Map<string, RoomView>();
 let current = GLOBAL_ROOM;
 let replyTo: Message | null = null;
 let aiStream: AiStream | null = null;
+/** `GET /api/info`, once it has answered; null before (or on a server without it). */
+let info: ServerInfo | null = null;
+/** Object URLs of image previews, by file id (fetched once per page). */
+const previews = new Map<string, Promise<string | null>>();
 
 // ---------------------------------------------------------------------------
 // Session and login
@@ -188,6 +198,8 @@ els.logout.addEventListener("click", () => {
   saveSession(null);
   localStorage.removeItem(ROOMS_KEY);
   rooms.clear();
+  for (const p of previews.values()) void p.then((url) => url && URL.revokeObjectURL(url));
+  previews.clear();
   showLogin("");
 });
 
@@ -211,6 +223,54 @@ function showLogin(error: string): void {
   els.status.textContent = "Not connected";
   loginError(error);
   (els.loginForm.elements.namedItem("username") as HTMLInputElement).focus();
+}
+
+// ---------------------------------------------------------------------------
+// What the server offers (GET /api/info)
+
+/**
+ * Shows only what the server allows: the register and guest forms, the file
+ * control (with the accepted types) and the assistant. Until the answer (or
+ * if the server has no /api/info) the login form alone is shown, then every
+ * form on failure, as before.
+ */
+async function loadInfo(): Promise<void> {
+  try {
+    info = await httpApi().info();
+  } catch {
+    info = null;
+  }
+  applyInfo();
+}
+
+function applyInfo(): void {
+  const f = info?.features;
+  const registration = f ? f.registration : true;
+  const guests = f ? f.guest_chat : true;
+  show(els.registerForm, registration);
+  show(els.guestForm, guests);
+  const notes: string[] = [];
+  if (f && !registration) notes.push("Registration is closed on this server: ask an administrator for an account.");
+  if (f && !guests) notes.push("Guests cannot chat on this server.");
+  els.loginNote.textContent = notes.join(" ");
+  show(els.loginNote, notes.length > 0);
+
+  const files = f ? f.files : true;
+  show(els.uploadInput, files);
+  show(els.uploadLabel, files);
+  const types = info?.limits.upload_types ?? [];
+  if (types.length) els.uploadInput.accept = types.join(",");
+  else els.uploadInput.removeAttribute("accept");
+  const max = info?.limits.max_upload_bytes;
+  els.uploadLabel.title = max ? `Share a file (up to ${formatBytes(max)})` : "Share a file";
+
+  const ai = f ? f.ai : true;
+  show(els.aiPanel, ai);
+  if (!ai && aiStream) void aiStream.cancel();
+
+  const maxChars = info?.limits.max_message_chars;
+  if (maxChars && maxChars > 0) els.composerInput.maxLength = maxChars;
+  document.body.dataset.info = info ? "loaded" : "unavailable";
 }
 
 // ---------------------------------------------------------------------------
@@ -490,20 +550,77 @@ function messageItem(m: Message): HTMLElement {
     m.reply_to !== null
       ? h("blockquote", { class: "quote", "data-testid": "message-quote" }, parent ? `${parent.user.username}: ${truncate(parent.content, 120)}` : "an earlier message")
       : null,
-    m.content ? h("p", { class: "content", "data-testid": "message-content" }, m.content) : null,
-    m.attachment
-      ? h(
-          "div",
-          { class: "attachment" },
-          h("span", { "data-testid": "attachment-name" }, `${m.attachment.name} (${formatBytes(m.attachment.size)})`),
-          h(
-            "button",
-            { type: "button", "data-testid": "attachment-download", "data-file-id": m.attachment.id, onclick: () => void download(m) },
-            "Download",
-          ),
-        )
+    // A shared file's message carries the file name as its content: show it once.
+    m.content && !(m.attachment && m.content === m.attachment.name)
+      ? h("p", { class: "content", "data-testid": "message-content" }, m.content)
       : null,
+    m.attachment ? attachmentView(m, m.attachment) : null,
   );
+}
+
+/** Whether this page is a named guest's (guests cannot download files). */
+function isGuest(): boolean {
+  return session?.kind === "guest" || client?.user?.kind === "guest";
+}
+
+function isImage(file: FileInfo): boolean {
+  return /^image\/(png|jpeg|gif|webp)$/.test(file.content_type) && file.size <= 5 * 1024 * 1024;
+}
+
+function attachmentView(m: Message, file: FileInfo): HTMLElement {
+  const guest = isGuest();
+  const box = h(
+    "div",
+    { class: "attachment", "data-testid": "attachment", "data-file-id": file.id },
+    h("span", { class: "file-badge", "aria-hidden": "true" }, fileBadge(file)),
+    h("span", { class: "file-name", "data-testid": "attachment-name" }, file.name),
+    h("span", { class: "file-size" }, `${formatBytes(file.size)} · ${file.content_type}`),
+    guest
+      ? h("span", { class: "note", "data-testid": "attachment-guest-note" }, "Log in to download")
+      : h(
+          "button",
+          {
+            type: "button",
+            "data-testid": "attachment-download",
+            "data-file-id": file.id,
+            "aria-label": `Download ${file.name}`,
+            onclick: () => void download(m),
+          },
+          "Download",
+        ),
+  );
+  if (!guest && isImage(file)) {
+    const slot = h("div", { class: "preview" });
+    box.append(slot);
+    void preview(file).then((url) => {
+      if (!url) return;
+      const wasAtBottom = isAtBottom();
+      slot.replaceChildren(h("img", { src: url, alt: file.name, "data-testid": "attachment-preview", loading: "lazy" }));
+      if (wasAtBottom) scrollToBottom();
+    });
+  }
+  return box;
+}
+
+/** A short label for a file's kind: its extension ("TXT", "PNG"), else "FILE". */
+function fileBadge(file: FileInfo): string {
+  const ext = /\.([a-z0-9]{1,4})$/i.exec(file.name)?.[1];
+  return ext ? ext.toUpperCase() : "FILE";
+}
+
+/** An object URL for an image attachment, fetched with the user's token once. */
+function preview(file: FileInfo): Promise<string | null> {
+  let p = previews.get(file.id);
+  if (!p) {
+    p = client
+      ? client.downloadFile(file).then(
+          (blob) => URL.createObjectURL(blob),
+          () => null,
+        )
+      : Promise.resolve(null);
+    if (client) previews.set(file.id, p);
+  }
+  return p;
 }
 
 function renderPending(): void {
@@ -670,18 +787,34 @@ els.uploadInput.addEventListener("change", () => {
   els.uploadInput.value = "";
   if (!file || !client) return;
   const room = current;
+  // The server checks the first bytes against the declared type: declare the
+  // browser's type, or one guessed from the extension when it has none.
+  const contentType = contentTypeFor(file.name, file.type);
+  const max = info?.limits.max_upload_bytes;
+  if (max && file.size > max) {
+    els.uploadStatus.textContent = `That file is too large (the limit is ${formatBytes(max)}).`;
+    return;
+  }
+  const types = info?.limits.upload_types ?? [];
+  if (types.length && !types.includes(contentType)) {
+    els.uploadStatus.textContent = `This server does not accept ${contentType} files.`;
+    return;
+  }
   els.uploadStatus.textContent = `Uploading ${file.name}…`;
   client
-    .uploadFile(room === GLOBAL_ROOM ? null : room, file, { filename: file.name, contentType: file.type })
+    .uploadFile(room === GLOBAL_ROOM ? null : room, file, { filename: file.name, contentType })
     .then((f) => (els.uploadStatus.textContent = `Shared ${f.name} (${formatBytes(f.size)}).`))
     .catch((err: unknown) => {
       const code = err instanceof RoomcastError || err instanceof HttpError ? err.code : "";
       els.uploadStatus.textContent =
-        code === "file_type_not_allowed"
-          ? "This server does not accept that kind of file."
-          : code === "file_too_large" || (err instanceof HttpError && err.status === 413)
-            ? "That file is too large."
-            : `Upload failed: ${(err as Error).message}`;
+        // A 415 on the PUT: the first bytes do not match the declared type.
+        err instanceof HttpError && err.status === 415
+          ? `The file's content does not look like ${contentType}.`
+          : code === "file_type_not_allowed"
+            ? "This server does not accept that kind of file."
+            : code === "file_too_large" || (err instanceof HttpError && err.status === 413)
+              ? "That file is too large."
+              : `Upload failed: ${(err as Error).message}`;
     });
 });
 
@@ -786,5 +919,6 @@ function truncate(s: string, n: number): string {
 
 // ---------------------------------------------------------------------------
 
+void loadInfo();
 if (session) void start();
 else showLogin("");

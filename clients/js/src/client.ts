@@ -21,7 +21,7 @@ import { AiStream } from "./ai.js";
 import { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js";
 import { Emitter } from "./emitter.js";
 import { ConnectionClosedError, RoomcastError, TimeoutError } from "./errors.js";
-import { RoomcastHttp, type FetchLike } from "./http.js";
+import { contentTypeFor, RoomcastHttp, type FetchLike } from "./http.js";
 import {
   CloseCode,
   GLOBAL_ROOM,
@@ -1382,8 +1382,11 @@ export class RoomcastClient extends Emitter<ClientEvents> {
 
   /**
    * Shares a file in a room: `file_upload_request`, then a PUT of the bytes to
-   * the authorized URL. The room then gets `file_shared` (and the message with
-   * the attachment). Resolves with the stored file.
+   * the authorized URL. The room then gets one `file_shared` frame whose
+   * `message` (content: the file name, `attachment`: the file) is delivered
+   * like any other message. The declared type is `contentType`, else the
+   * blob's type, else one guessed from the name (`contentTypeFor`): the server
+   * checks the first bytes against it. Resolves with the stored file.
    */
   async uploadFile(
     room: string | null,
@@ -1391,7 +1394,7 @@ export class RoomcastClient extends Emitter<ClientEvents> {
     options: { filename?: string; contentType?: string } = {},
   ): Promise<FileInfo> {
     const filename = options.filename ?? (blob as Blob & { name?: string }).name ?? "file";
-    const contentType = options.contentType || blob.type || "application/octet-stream";
+    const contentType = contentTypeFor(filename, options.contentType || blob.type);
     const authorized = await this.request({
       type: "file_upload_request",
       filename,

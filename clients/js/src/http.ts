@@ -11,9 +11,43 @@ import type {
   Message,
   RoomInfo,
   RoomStats,
+  RoomSummary,
+  ServerInfo,
   ServerStats,
+  UploadResult,
   User,
 } from "./protocol.js";
+
+/** Content types by file extension, for files whose `type` the browser left empty. */
+const TYPES_BY_EXTENSION: Record<string, string> = {
+  png: "image/png",
+  jpg: "image/jpeg",
+  jpeg: "image/jpeg",
+  gif: "image/gif",
+  webp: "image/webp",
+  pdf: "application/pdf",
+  txt: "text/plain",
+  text: "text/plain",
+  log: "text/plain",
+  md: "text/markdown",
+  csv: "text/csv",
+  json: "application/json",
+  xml: "application/xml",
+  zip: "application/zip",
+};
+
+/**
+ * The content type to declare for an upload: the given one (a browser's
+ * `File.type`) without parameters, else one guessed from the name's
+ * extension, else `application/octet-stream`. The server checks the file's
+ * first bytes against it.
+ */
+export function contentTypeFor(filename: string, given?: string | null): string {
+  const declared = (given ?? "").split(";")[0]!.trim().toLowerCase();
+  if (declared) return declared;
+  const ext = /\.([a-z0-9]+)$/i.exec(filename)?.[1]?.toLowerCase();
+  return (ext && TYPES_BY_EXTENSION[ext]) || "application/octet-stream";
+}
 
 export type FetchLike = typeof fetch;
 
@@ -55,6 +89,20 @@ export class RoomcastHttp {
   /** `POST /api/login`: `{token, user, expires_at}`; 401 wrong credentials. */
   login(username: string, password: string): Promise<LoginResponse> {
     return this.call<LoginResponse>("POST", "/api/login", { json: { username, password } });
+  }
+
+  /**
+   * `GET /api/info` (no credentials): server version, which features are on
+   * (registration, guest chat, assistant, files) and the limits.
+   */
+  info(): Promise<ServerInfo> {
+    return this.call<ServerInfo>("GET", "/api/info");
+  }
+
+  /** `GET /api/rooms` with the admin key (or an admin token): rooms in use on that node. */
+  async rooms(adminKey: string): Promise<RoomSummary[]> {
+    const body = await this.call<{ rooms?: RoomSummary[] }>("GET", "/api/rooms", { bearer: adminKey });
+    return body.rooms ?? [];
   }
 
   /** `GET /api/rooms/{room}/messages`, paged like the `history` frame. */
@@ -107,15 +155,20 @@ export class RoomcastHttp {
 
   /**
    * Second step of an upload: `PUT` the bytes to the `upload_url` the server
-   * authorized, with the one-time `upload_token`. Answers 201 `{file}`.
+   * authorized, with the one-time `upload_token`. Answers 201 `{file, message}`
+   * (the message that shares it in the room); resolves with the file.
    */
   async upload(authorized: FileUploadAuthorizedFrame, body: Blob, contentType: string): Promise<FileInfo> {
-    const answer = await this.call<{ file: FileInfo }>(authorized.method || "PUT", authorized.upload_url, {
+    return (await this.uploadShared(authorized, body, contentType)).file;
+  }
+
+  /** Like `upload`, resolving with the whole answer: `{file, message}`. */
+  uploadShared(authorized: FileUploadAuthorizedFrame, body: Blob, contentType: string): Promise<UploadResult> {
+    return this.call<UploadResult>(authorized.method || "PUT", authorized.upload_url, {
       bearer: authorized.upload_token,
       body,
       headers: { "Content-Type": contentType || "application/octet-stream" },
     });
-    return answer.file;
   }
 
   /** `GET /api/files/{id}` with the user's token: the file's bytes. */

@@ -17,7 +17,7 @@ export type {
   WebSocketLike,
 } from "./client.js";
 export { AiStream } from "./ai.js";
-export { RoomcastHttp } from "./http.js";
+export { contentTypeFor, RoomcastHttp } from "./http.js";
 export type { FetchLike, HistoryQuery, HttpOptions } from "./http.js";
 export { backoffDelay, DEFAULT_BACKOFF } from "./backoff.js";
 export type { BackoffOptions } from "./backoff.js";

@@ -442,6 +442,47 @@ export interface RoomStats {
   users: User[];
   connection_count: number;
   created_at: string;
+  private?: boolean;
+  owner_id?: string | null;
+}
+
+/** One entry of `GET /api/rooms` (admin): a room with connections on that node. */
+export interface RoomSummary {
+  name: string;
+  /** Members online in the room (on every node). */
+  member_count: number;
+  /** This node's connections in the room. */
+  connection_count: number;
+}
+
+/** `GET /api/info` (anyone): what the server offers, for deciding what to show. */
+export interface ServerInfo {
+  server: { name: string; version: string };
+  features: {
+    /** `POST /api/users` is open (`--open-registration`). */
+    registration: boolean;
+    /** Named guests may connect and chat (`--guest-chat`). */
+    guest_chat: boolean;
+    /** The assistant (`ai_query`) is configured. */
+    ai: boolean;
+    /** File sharing (`file_upload_request`) is on. */
+    files: boolean;
+  };
+  limits: {
+    max_message_chars: number;
+    max_frame_bytes: number;
+    /** `null` when files are off. */
+    max_upload_bytes: number | null;
+    /** Content types an upload may declare (empty when files are off). */
+    upload_types: string[];
+  };
+  [extra: string]: unknown;
+}
+
+/** `201` answer to the upload `PUT`: the stored file and the message that shares it. */
+export interface UploadResult {
+  file: FileInfo;
+  message?: Message;
 }
 
 export interface RoomInfo {

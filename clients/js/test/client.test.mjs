@@ -8,6 +8,8 @@ import {
   ConnectionClosedError,
   backoffDelay,
   DEFAULT_BACKOFF,
+  RoomcastHttp,
+  contentTypeFor,
 } from "../dist/index.js";
 import { FakeServer } from "./fake-server.mjs";
 
@@ -617,6 +619,58 @@ test("uploadFile asks for an upload, PUTs the bytes with the upload token, and r
   assert.equal(calls[1].init.headers.Authorization, "Bearer good", "downloads carry the user's token");
   await assert.rejects(client.downloadFile("/api/files/nope"), (e) => e.name === "HttpError" && e.status === 404 && e.code === "not_found");
   client.close();
+});
+
+test("an upload declares a type guessed from the name when the blob has none", async () => {
+  assert.equal(contentTypeFor("notes.TXT"), "text/plain");
+  assert.equal(contentTypeFor("pixel.png", ""), "image/png");
+  assert.equal(contentTypeFor("photo.jpeg"), "image/jpeg");
+  assert.equal(contentTypeFor("x.png", "Image/PNG; charset=binary"), "image/png", "a given type wins, without parameters");
+  assert.equal(contentTypeFor("README"), "application/octet-stream");
+  const server = new FakeServer();
+  server.intercept = (sock, frame) => {
+    if (frame.type !== "file_upload_request") return false;
+    sock.push({ type: "file_upload_authorized", upload_id: "u", upload_url: "/api/uploads/u", method: "PUT", upload_token: "t", expires_at: "", max_size: 10, ref: frame.ref });
+    return true;
+  };
+  const file = { id: "f2", name: "p.png", size: 3, content_type: "image/png", url: "/api/files/f2", sha256: "x" };
+  const message = { id: 7, room: "dev", content: "p.png", attachment: file };
+  let put = null;
+  const fakeFetch = async (url, init = {}) => {
+    put = init;
+    return new Response(JSON.stringify({ file, message }), { status: 201 });
+  };
+  const { client } = makeClient(server, { fetch: fakeFetch, guestName: undefined, token: "good" });
+  await client.connect();
+  assert.deepEqual(await client.uploadFile("dev", new Blob([new Uint8Array([1, 2, 3])]), { filename: "p.png" }), file);
+  assert.equal(server.framesOfType("file_upload_request")[0].content_type, "image/png");
+  assert.equal(put.headers["Content-Type"], "image/png");
+  client.close();
+});
+
+test("RoomcastHttp.info and .rooms read GET /api/info and GET /api/rooms", async () => {
+  const info = {
+    server: { name: "roomcast", version: "0.1.0" },
+    features: { registration: false, guest_chat: true, ai: false, files: true },
+    limits: { max_message_chars: 4000, max_frame_bytes: 65536, max_upload_bytes: 100, upload_types: ["text/plain"] },
+  };
+  const rooms = [{ name: "dev", member_count: 2, connection_count: 3 }];
+  const calls = [];
+  const http = new RoomcastHttp({
+    baseUrl: "http://fake.test/",
+    fetch: async (url, init = {}) => {
+      calls.push({ url, init });
+      if (url.endsWith("/api/info")) return new Response(JSON.stringify(info), { status: 200 });
+      if (init.headers?.Authorization !== "Bearer admin") return new Response(JSON.stringify({ error_code: "auth_failed", message: "no" }), { status: 401 });
+      return new Response(JSON.stringify({ rooms }), { status: 200 });
+    },
+  });
+  assert.deepEqual(await http.info(), info);
+  assert.equal(calls[0].url, "http://fake.test/api/info");
+  assert.equal(calls[0].init.headers.Authorization, undefined, "info needs no credentials");
+  assert.deepEqual(await http.rooms("admin"), rooms);
+  assert.equal(calls[1].url, "http://fake.test/api/rooms");
+  await assert.rejects(http.rooms("wrong"), (e) => e.name === "HttpError" && e.status === 401 && e.code === "auth_failed");
 });
 
 test("a closed client rejects joinRoom instead of waiting forever", async () => {

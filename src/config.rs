@@ -58,7 +58,8 @@ pub struct ServeArgs {
 
     /// How broadcasts reach other nodes: `local` (one process) or
     /// `redis://HOST:PORT[/DB]` to run several nodes on one Redis and one
-    /// PostgreSQL [default: local].
+    /// PostgreSQL, or `redis-cluster://HOST:PORT[,HOST:PORT...]` on a Redis
+    /// Cluster [default: local].
     #[arg(long, env = "ROOMCAST_BROKER")]
     pub broker: Option<String>,
 
@@ -505,7 +506,8 @@ pub enum LogFormat {
 pub enum BrokerLocation {
     /// One process: broadcasts stay in it.
     Local,
-    /// Several nodes on one Redis (`redis://...`).
+    /// Several nodes on one Redis (`redis://...`) or a Redis Cluster
+    /// (`redis-cluster://...`).
     Redis(String),
 }
 
@@ -519,14 +521,19 @@ impl std::fmt::Debug for BrokerLocation {
 }
 
 impl BrokerLocation {
-    /// Reads `local` or `redis://...` / `rediss://...`.
+    /// Reads `local`, `redis://...` / `rediss://...` or `redis-cluster://...`.
     pub fn parse(text: &str) -> Result<BrokerLocation, String> {
         if text == "local" {
             Ok(BrokerLocation::Local)
-        } else if text.starts_with("redis://") || text.starts_with("rediss://") {
+        } else if text.starts_with("redis://")
+            || text.starts_with("rediss://")
+            || text.starts_with(crate::broker::CLUSTER_SCHEME)
+        {
             Ok(BrokerLocation::Redis(text.to_owned()))
         } else {
-            Err("must be `local` or a `redis://HOST:PORT[/DB]` URL".into())
+            Err("must be `local`, a `redis://HOST:PORT[/DB]` URL, or \
+                 `redis-cluster://HOST:PORT[,HOST:PORT...]` for a Redis Cluster"
+                .into())
         }
     }
 }

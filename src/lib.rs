@@ -117,7 +117,8 @@ pub async fn serve(
         BrokerLocation::Local => (Arc::new(LocalBroker::new(hub.clone())), None),
         BrokerLocation::Redis(url) => {
             let (broker, tasks) =
-                RedisBroker::connect(url, &config.broker_namespace, hub.clone(), store.clone())?;
+                RedisBroker::connect(url, &config.broker_namespace, hub.clone(), store.clone())
+                    .await?;
             tracing::info!(broker = ?config.broker, "broadcasts reach the other nodes through Redis");
             (Arc::new(broker), Some(tasks))
         }

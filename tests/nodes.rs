@@ -963,3 +963,249 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
         );
     }
 }
+
+/// A Redis Cluster of three shards (no replicas) of the test's own.
+struct Cluster {
+    ports: Vec<u16>,
+    children: Vec<std::process::Child>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Cluster {
+    /// `None` (and a visible skip, or a failure under CI) without
+    /// `redis-server` and `redis-cli`.
+    async fn start(test: &str) -> Option<Cluster> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Ports whose cluster bus port (+10000) is free too.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|listener| listener.local_addr())
+                .map(|addr| addr.port())
+                .expect("free port");
+            if port < 55_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+                ports.push(port);
+            }
+        }
+        let mut children = Vec::new();
+        for port in &ports {
+            let config = dir.path().join(format!("nodes-{port}.conf"));
+            let child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+                .arg(&config)
+                .args(["--save", "", "--appendonly", "no"])
+                .current_dir(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn();
+            match child {
+                Ok(child) => children.push(child),
+                Err(_) => {
+                    support::skipped(test, "a redis-server binary", "PATH");
+                    return None;
+                }
+            }
+        }
+        let cluster = Cluster {
+            ports,
+            children,
+            _dir: dir,
+        };
+        for port in &cluster.ports {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while tokio::net::TcpStream::connect(("127.0.0.1", *port))
+                .await
+                .is_err()
+            {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "redis-server did not start"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let nodes: Vec<String> = cluster
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        let created = std::process::Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&nodes)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        match created {
+            Ok(status) => assert!(status.success(), "redis-cli --cluster create failed"),
+            Err(_) => {
+                support::skipped(test, "a redis-cli binary", "PATH");
+                return None;
+            }
+        }
+        // Every shard agrees the cluster is up.
+        for port in &cluster.ports {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+            loop {
+                let info: String = redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query_async(&mut cluster.shard(*port).await)
+                    .await
+                    .unwrap_or_default();
+                if info.contains("cluster_state:ok") {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the cluster did not come up"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Some(cluster)
+    }
+
+    fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .ports
+            .iter()
+            .map(|p| format!("127.0.0.1:{p}"))
+            .collect();
+        format!("redis-cluster://{}", seeds.join(","))
+    }
+
+    async fn shard(&self, port: u16) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("shard connection")
+    }
+
+    /// Subscriptions to `channel` over all shards: shard (`SSUBSCRIBE`)
+    /// and classic (`SUBSCRIBE`) ones.
+    async fn listeners(&self, channel: &str) -> (i64, i64) {
+        let (mut sharded, mut classic) = (0, 0);
+        for port in &self.ports {
+            let mut shard = self.shard(*port).await;
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("SHARDNUMSUB")
+                .arg(channel)
+                .query_async(&mut shard)
+                .await
+                .expect("PUBSUB SHARDNUMSUB");
+            sharded += counts.first().map_or(0, |(_, n)| *n);
+            let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channel)
+                .query_async(&mut shard)
+                .await
+                .expect("PUBSUB NUMSUB");
+            classic += counts.first().map_or(0, |(_, n)| *n);
+        }
+        (sharded, classic)
+    }
+}
+
+#[tokio::test]
+async fn two_nodes_on_a_redis_cluster_use_shard_channels_for_rooms() {
+    let test = "redis_cluster";
+    let Some(cluster) = Cluster::start(test).await else {
+        return;
+    };
+    let Some(schema) = PgSchema::create(test).await else {
+        return;
+    };
+    let namespace = format!("rc-test-{}-{test}", std::process::id());
+    let url = cluster.url();
+    let flags = [
+        "--database",
+        schema.url.as_str(),
+        "--broker",
+        url.as_str(),
+        "--broker-namespace",
+        namespace.as_str(),
+        "--jwt-secret",
+        SECRET,
+        "--admin-key",
+        ADMIN_KEY,
+    ];
+    let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
+    a.ready().await;
+    b.ready().await;
+    let control = format!("{namespace}:control");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster.listeners(&control).await.1 < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nodes did not subscribe"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let mut alice = a.user("alice").await;
+    let mut bob = b.user("bob").await;
+    join(&mut alice, "dev").await;
+    let joined = join(&mut bob, "dev").await;
+    assert_eq!(joined["member_count"], 2, "{joined}");
+    let room = format!("{namespace}:room:dev");
+    assert_eq!(
+        cluster.listeners(&room).await,
+        (2, 0),
+        "a shard channel per node, no classic one"
+    );
+
+    for n in 0..20 {
+        let (sender, text) = if n % 2 == 0 {
+            (&mut alice, "a")
+        } else {
+            (&mut bob, "b")
+        };
+        sender
+            .send(json!({"type": "chat_message", "room": "dev", "content": format!("{text}{n}")}))
+            .await;
+    }
+    let mut seen = [Vec::new(), Vec::new()];
+    for (reader, seen) in [&mut alice, &mut bob].into_iter().zip(seen.iter_mut()) {
+        while seen.len() < 20 {
+            let frame = reader.recv_type("chat_message").await;
+            seen.push(frame["message"]["id"].as_i64().expect("id"));
+        }
+    }
+    assert_eq!(seen[0], seen[1], "both nodes deliver one order");
+    assert!(
+        seen[0].windows(2).all(|pair| pair[0] < pair[1]),
+        "in id order"
+    );
+
+    // Global chat crosses on a classic channel.
+    bob.send(json!({"type": "chat_message", "content": "to everyone"}))
+        .await;
+    let global = alice.recv_type("chat_message").await;
+    assert_eq!(global["message"]["room"], "global");
+
+    // Leaving a room leaves its shard channel.
+    alice
+        .send(json!({"type": "room_leave", "room": "dev", "ref": "l"}))
+        .await;
+    bob.send(json!({"type": "room_leave", "room": "dev", "ref": "l"}))
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while cluster.listeners(&room).await != (0, 0) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the nodes kept the room's channel"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -5,9 +5,11 @@
 //! [`RedisBroker`] spans nodes: it delivers to the local hub and forwards the
 //! same bytes to the other nodes (see [`envelope`]), which deliver to theirs.
 
+mod connection;
 pub mod envelope;
 mod local;
 mod redis;
+pub use connection::CLUSTER_SCHEME;
 mod sequencer;
 
 pub use local::LocalBroker;

@@ -8,22 +8,22 @@
 //! `roomcast:online` (online announcements), which every node subscribes
 //! to. One Redis message per broadcast, however many nodes and recipients.
 //!
-//! Classic pub/sub, not sharded (`SSUBSCRIBE`): redis-rs 1.8 sends
-//! `SSUBSCRIBE` on a standalone connection but not `SUNSUBSCRIBE` (its
-//! confirmation is not matched to the request, redis-rs issue 2533), and a
-//! node must leave a room's channel when its last member leaves. On a
-//! single Redis the two behave the same; on a Redis Cluster classic
-//! messages reach every shard.
+//! On a Redis Cluster (`redis-cluster://...`) a room's channel is a shard
+//! channel (`SSUBSCRIBE`/`SPUBLISH`), which lives on the shard that owns
+//! it; the channels every node hears are classic ones. On one Redis rooms
+//! use classic channels too (see [`super::connection`]). Every key carries
+//! the namespace as a hash tag, so the keys a script or pipeline touches
+//! together are on one shard.
 
 use super::Broker;
+use super::connection::{Connection, describe};
 use super::envelope::{self, Envelope};
 use super::sequencer::{Sequencer, Stored};
 use crate::hub::{Audience, Hub, OutFrame, RoomInterest};
 use crate::store::BoxFuture;
 use crate::store::MessageStore;
 use bytes::Bytes;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ProtocolVersion, PushInfo, PushKind, Value};
+use redis::{PushInfo, PushKind, Value};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -197,8 +197,10 @@ struct Announcement {
 
 /// What the publishing task sends to Redis, in order.
 enum Outgoing {
-    /// A broadcast or a request for a channel.
+    /// A broadcast or a request for a channel every node hears.
     Publish(String, Bytes),
+    /// A broadcast for a room's channel.
+    PublishRoom(String, Bytes),
     /// A record that goes before the broadcasts after it (the members of
     /// rooms).
     Command(redis::Cmd),
@@ -282,7 +284,7 @@ pub struct RedisBroker {
     sequencer: Arc<Sequencer>,
     kicks: Arc<Mutex<Kicks>>,
     /// For reading the other nodes' reports.
-    reader: ConnectionManager,
+    reader: Connection,
     /// Online announcements on their way to be counted, in order.
     announcements: mpsc::UnboundedSender<Announcement>,
     /// Encoded broadcasts on their way to Redis, in publish order.
@@ -312,27 +314,18 @@ impl RedisBroker {
     /// node hears, and starts following the hub's rooms. Redis being
     /// unreachable does not stop the start: the node serves its own
     /// connections and keeps trying.
-    pub fn connect(
+    pub async fn connect(
         url: &str,
         namespace: &str,
         hub: Arc<Hub>,
         store: Arc<dyn MessageStore>,
     ) -> Result<(RedisBroker, RedisTasks), BrokerError> {
         let sequencer = Sequencer::new(hub.clone(), store);
-        let client = client(url)?;
         let (pushes, push_receiver) = mpsc::unbounded_channel::<PushInfo>();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(5)))
-            .set_response_timeout(Some(Duration::from_secs(5)))
-            .set_max_delay(Duration::from_secs(2))
-            .set_number_of_retries(2);
-        let subscriber = ConnectionManager::new_lazy_with_config(
-            client.clone(),
-            config.clone().set_push_sender(pushes),
-        )
-        .map_err(|err| BrokerError(describe(&err)))?;
-        let publisher = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|err| BrokerError(describe(&err)))?;
+        let subscriber = Connection::open(url, Some(pushes))
+            .await
+            .map_err(BrokerError)?;
+        let publisher = Connection::open(url, None).await.map_err(BrokerError)?;
         let interest = hub
             .watch_rooms()
             .ok_or_else(|| BrokerError("the hub already has a broker".into()))?;
@@ -407,24 +400,20 @@ impl RedisBroker {
 
 impl Broker for RedisBroker {
     fn publish(&self, audience: Audience, frame: OutFrame, except: Option<&str>) {
-        let channel = match &audience {
-            Audience::Room(room) => self.channels.room(room),
-            Audience::Everyone => self.channels.everyone(),
-            Audience::Watchers { .. } => self.channels.online(),
-        };
         if let Some(bytes) = envelope::encode(self.hub.node_id(), &audience, except, None, &frame) {
+            let outgoing = match &audience {
+                Audience::Room(room) => Outgoing::PublishRoom(self.channels.room(room), bytes),
+                Audience::Everyone => Outgoing::Publish(self.channels.everyone(), bytes),
+                Audience::Watchers { .. } => Outgoing::Publish(self.channels.online(), bytes),
+            };
             // The task is gone only at shutdown.
-            let _ = self.outgoing.send(Outgoing::Publish(channel, bytes));
+            let _ = self.outgoing.send(outgoing);
         }
         self.hub.broadcast(&audience, &frame, except);
     }
 
     fn publish_stored(&self, message: Stored) {
         let audience = super::sequencer::audience(&message.room);
-        let channel = match &audience {
-            Audience::Everyone => self.channels.everyone(),
-            _ => self.channels.room(&message.room),
-        };
         let sequence = Some((message.id, message.previous));
         if let Some(bytes) = envelope::encode(
             self.hub.node_id(),
@@ -433,7 +422,11 @@ impl Broker for RedisBroker {
             sequence,
             &message.frame,
         ) {
-            let _ = self.outgoing.send(Outgoing::Publish(channel, bytes));
+            let outgoing = match &audience {
+                Audience::Everyone => Outgoing::Publish(self.channels.everyone(), bytes),
+                _ => Outgoing::PublishRoom(self.channels.room(&message.room), bytes),
+            };
+            let _ = self.outgoing.send(outgoing);
         }
         self.sequencer.offer(message);
     }
@@ -625,35 +618,12 @@ fn lock_kicks(kicks: &Mutex<Kicks>) -> std::sync::MutexGuard<'_, Kicks> {
     kicks.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A Redis client for `url`, speaking RESP3 (subscriptions and commands on
-/// one connection).
-fn client(url: &str) -> Result<redis::Client, BrokerError> {
-    use redis::IntoConnectionInfo;
-    let info = url
-        .into_connection_info()
-        .map_err(|err| BrokerError(describe(&err)))?;
-    let settings = info
-        .redis_settings()
-        .clone()
-        .set_protocol(ProtocolVersion::RESP3);
-    redis::Client::open(info.set_redis_settings(settings))
-        .map_err(|err| BrokerError(describe(&err)))
-}
-
-/// An error without the URL it may carry (and its password).
-fn describe(err: &redis::RedisError) -> String {
-    match err.kind() {
-        redis::ErrorKind::Io => "Redis is unreachable".into(),
-        _ => format!("{:?}", err.kind()),
-    }
-}
-
 /// Counts users online across nodes and announces their arrivals and
 /// departures to every node's watchers when they change whether the user
 /// is online anywhere.
 #[derive(Clone)]
 struct Presence {
-    connection: ConnectionManager,
+    connection: Connection,
     hub: Arc<Hub>,
     channels: Channels,
     outgoing: mpsc::UnboundedSender<Outgoing>,
@@ -853,7 +823,7 @@ impl Presence {
                     joined: false,
                 };
                 if let Ok(text) = serde_json::to_vec(&member) {
-                    let _ = self.outgoing.send(Outgoing::Publish(
+                    let _ = self.outgoing.send(Outgoing::PublishRoom(
                         self.channels.room(&room),
                         Bytes::from(text),
                     ));
@@ -870,7 +840,7 @@ impl Presence {
 /// Reports this node's figures every few seconds, and counts off the users
 /// of nodes that stopped (see [`Broker::cluster`]): a node silent for 15 s
 /// is dead, its users announced gone within 20 s of its death.
-async fn report(mut connection: ConnectionManager, mut presence: Presence) {
+async fn report(mut connection: Connection, mut presence: Presence) {
     let hub = presence.hub.clone();
     let channels = presence.channels.clone();
     let node = hub.node_id().to_owned();
@@ -912,7 +882,7 @@ async fn report(mut connection: ConnectionManager, mut presence: Presence) {
 /// Answers logins' questions of their user's connections on other nodes:
 /// those waiting together with one round trip.
 async fn answer_connection_queries(
-    mut connection: ConnectionManager,
+    mut connection: Connection,
     channels: Channels,
     node: String,
     mut queries: mpsc::UnboundedReceiver<ConnectionQuery>,
@@ -982,7 +952,7 @@ const MAX_WAITING: usize = 100_000;
 /// Publishes broadcasts in order, as many as are waiting in one pipeline.
 /// While Redis is unreachable the pipeline is tried again, with a growing
 /// pause (up to a second), so that what was said meanwhile still goes out.
-async fn publish(mut connection: ConnectionManager, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
+async fn publish(mut connection: Connection, mut queue: mpsc::UnboundedReceiver<Outgoing>) {
     let mut failing = false;
     let mut waiting = Vec::new();
     while queue.recv_many(&mut waiting, 512).await > 0 {
@@ -996,14 +966,22 @@ async fn publish(mut connection: ConnectionManager, mut queue: mpsc::UnboundedRe
                         .arg(bytes.as_ref())
                         .ignore();
                 }
+                Outgoing::PublishRoom(channel, bytes) => {
+                    pipeline
+                        .cmd(connection.room_publish())
+                        .arg(channel)
+                        .arg(bytes.as_ref())
+                        .ignore();
+                }
                 Outgoing::Command(command) => {
                     pipeline.add_command(command).ignore();
                 }
             }
         }
+        let mut done = 0;
         let mut pause = Duration::from_millis(50);
         loop {
-            match pipeline.query_async::<()>(&mut connection).await {
+            match connection.run_in_order(&pipeline, done).await {
                 Ok(()) => {
                     if failing {
                         tracing::info!("publishing to Redis again");
@@ -1011,7 +989,8 @@ async fn publish(mut connection: ConnectionManager, mut queue: mpsc::UnboundedRe
                     }
                     break;
                 }
-                Err(err) => {
+                Err((sent, err)) => {
+                    done += sent;
                     if !failing {
                         tracing::error!(
                             error = describe(&err),
@@ -1066,13 +1045,16 @@ fn record_member(
         joined,
     };
     if let Ok(text) = serde_json::to_vec(&member) {
-        let _ = outgoing.send(Outgoing::Publish(channels.room(room), Bytes::from(text)));
+        let _ = outgoing.send(Outgoing::PublishRoom(
+            channels.room(room),
+            Bytes::from(text),
+        ));
     }
 }
 
 /// The members `room` has on other nodes, as Redis has them.
 async fn members_elsewhere(
-    connection: &mut ConnectionManager,
+    connection: &mut Connection,
     channels: &Channels,
     hub: &Hub,
     room: &str,
@@ -1133,7 +1115,7 @@ struct Follower {
     /// For recording this node's online users again after Redis is back.
     announcements: mpsc::UnboundedSender<Announcement>,
     following: Arc<Mutex<Following>>,
-    connection: ConnectionManager,
+    connection: Connection,
     /// The connection was lost: subscriptions are to be made again.
     lost: bool,
 }
@@ -1174,9 +1156,9 @@ impl Follower {
         }
         let channel = self.channels.room(&room);
         let result = if open {
-            self.connection.subscribe(channel).await
+            self.connection.follow(channel).await
         } else {
-            self.connection.unsubscribe(channel).await
+            self.connection.unfollow(channel).await
         };
         match result {
             Ok(_) if open => {
@@ -1224,7 +1206,7 @@ impl Follower {
             });
         }
         for room in self.hub.room_names() {
-            self.connection.subscribe(self.channels.room(&room)).await?;
+            self.connection.follow(self.channels.room(&room)).await?;
             // Redis may have lost the room's members (a restart): this
             // node's are recorded again, and the others' read as they are
             // now, the differences told as events.

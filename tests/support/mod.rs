@@ -232,6 +232,15 @@ impl Client {
         self.recv().await
     }
 
+    /// Asserts that no frame of type `kind` arrives for a short while
+    /// (frames of other types may).
+    pub async fn expect_none_of(&mut self, kind: &str) {
+        let deadline = tokio::time::Instant::now() + SILENCE;
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, self.next_text()).await {
+            assert_ne!(frame["type"], kind, "expected no {kind}, got {frame}");
+        }
+    }
+
     /// Asserts that no text frame arrives for a short while.
     pub async fn expect_silence(&mut self) {
         if let Ok(Some(frame)) = tokio::time::timeout(SILENCE, self.next_text()).await {

@@ -376,7 +376,10 @@ test("two people chat in the browser, through a restart, and an admin kicks one"
     await alice.locator("[data-testid=message-item][data-pending=false]", { hasText: "written while the server was down" }).waitFor({ timeout: 30000 });
     await until(async () => (await bob.locator("[data-testid=message-item][data-pending=true]").count()) === 0, "bob's pending message acknowledged", 30000);
     await say(alice, "after the restart");
-    await bob.locator("[data-testid=message-item]", { hasText: "after the restart" }).waitFor();
+    // Delivered on both pages (on alice's, acknowledged: no longer pending).
+    for (const page of [alice, bob]) {
+      await page.locator("[data-testid=message-item][data-pending=false]", { hasText: "after the restart" }).waitFor();
+    }
     const a = await messageIds(alice);
     const b = await messageIds(bob);
     assert.deepEqual(a, b, "both pages show the same messages");

@@ -116,6 +116,44 @@ function pngImage(w, h) {
 
 const ALL_ON = ["--open-registration", "--guest-chat"];
 
+/**
+ * A TCP proxy in front of the server, for one browser: `cut()` drops every
+ * connection through it and refuses new ones (a network drop: the server
+ * keeps running), `restore()` lets them through again.
+ */
+async function tcpProxy(targetPort) {
+  const sockets = new Set();
+  let open = true;
+  const proxy = net.createServer((client) => {
+    if (!open) return client.destroy();
+    const upstream = net.connect(targetPort, "127.0.0.1");
+    for (const s of [client, upstream]) {
+      sockets.add(s);
+      s.on("close", () => sockets.delete(s));
+      s.on("error", () => {});
+    }
+    client.pipe(upstream);
+    upstream.pipe(client);
+    client.on("close", () => upstream.destroy());
+    upstream.on("close", () => client.destroy());
+  });
+  await new Promise((r) => proxy.listen(0, "127.0.0.1", r));
+  return {
+    url: `http://127.0.0.1:${proxy.address().port}`,
+    cut() {
+      open = false;
+      for (const s of sockets) s.destroy();
+    },
+    restore() {
+      open = true;
+    },
+    close() {
+      for (const s of sockets) s.destroy();
+      proxy.close();
+    },
+  };
+}
+
 class Server {
   /** `flags`: the features to turn on (ALL_ON and the assistant by default). */
   constructor(dir, port, aiUrl, flags = ALL_ON) {
@@ -229,10 +267,13 @@ test("two people chat in the browser, through a restart, and an admin kicks one"
   const ai = await fakeAi();
   const server = new Server(dir, await freePort(), `http://127.0.0.1:${ai.address().port}/v1`);
   let browser = null;
+  let proxy = null;
   try {
     await server.start();
-    // The pages embedded in the binary.
+    // The pages embedded in the binary; bob reaches them through a proxy
+    // that can cut his network.
     const base = server.url;
+    proxy = await tcpProxy(server.port);
     const rootRes = await fetch(base + "/");
     const root = rootRes.ok ? await rootRes.text() : "";
     assert.ok(root.includes("/assets/app.js"), "the server serves the chat page at /");
@@ -255,7 +296,7 @@ test("two people chat in the browser, through a restart, and an admin kicks one"
     assert.ok(await alice.getByTestId("ai-panel").isVisible(), "the assistant is shown");
     const accept = await alice.getByTestId("upload-input").getAttribute("accept");
     assert.deepEqual(accept.split(",").sort(), [...info.limits.upload_types].sort(), "the file input accepts the server's types");
-    await bob.goto(base + "/");
+    await bob.goto(proxy.url + "/");
     await register(bob, "bob");
 
     // Presence: each sees the other online.
@@ -387,6 +428,25 @@ test("two people chat in the browser, through a restart, and an admin kicks one"
     assert.deepEqual([...a].sort((x, y) => x - y), a, "in order");
     assert.equal((await alice.locator("[data-testid=message-item]", { hasText: "written while the server was down" }).count()), 1);
 
+    // A network drop (the server keeps running): bob writes while cut off,
+    // alice writes meanwhile; once back, each message is on both pages once.
+    proxy.cut();
+    await until(async () => /Reconnecting/.test(await bob.getByTestId("connection-status").textContent()), "bob sees the network drop");
+    await say(bob, "written while cut off");
+    await bob.locator("[data-testid=message-item][data-pending=true]", { hasText: "written while cut off" }).waitFor();
+    await say(alice, "said while bob was away");
+    await alice.locator("[data-testid=message-item][data-pending=false]", { hasText: "said while bob was away" }).waitFor();
+    proxy.restore();
+    for (const page of [alice, bob]) {
+      for (const text of ["written while cut off", "said while bob was away"]) {
+        await page.locator("[data-testid=message-item][data-pending=false]", { hasText: text }).waitFor({ timeout: 30000 });
+      }
+    }
+    const afterDrop = [await messageIds(alice), await messageIds(bob)];
+    assert.deepEqual(afterDrop[0], afterDrop[1], "both pages show the same messages after the drop");
+    assert.equal(new Set(afterDrop[1]).size, afterDrop[1].length, "no message twice after the drop");
+    assert.equal(await bob.locator("[data-testid=message-item]", { hasText: "written while cut off" }).count(), 1);
+
     // Admin: see both connections, kick bob.
     const admin = await (await browser.newContext({ viewport: { width: 1200, height: 900 } })).newPage();
     watch(admin, "admin");
@@ -421,6 +481,7 @@ test("two people chat in the browser, through a restart, and an admin kicks one"
     await shot(bob, "kicked-phone");
     assert.deepEqual(cspViolations, [], "nothing on the pages is blocked by the Content-Security-Policy");
   } finally {
+    proxy?.close();
     await browser?.close();
     await server.stop();
     ai.close();

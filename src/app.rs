@@ -63,20 +63,11 @@ impl App {
     /// or as `file_shared` when it carries a file.
     pub fn publish_stored(&self, appended: &crate::store::Appended) {
         let message = &appended.message;
-        let told = match &message.attachment {
-            Some(file) => ServerMessage::FileShared {
-                file,
-                room: &message.room,
-                user: &message.user,
-                message,
-            },
-            None => ServerMessage::ChatMessage { message },
-        };
         self.broker.publish_stored(crate::broker::Stored {
             room: message.room.clone(),
             id: message.id,
             previous: appended.previous,
-            frame: OutFrame::from(told.encode(None)),
+            frame: OutFrame::from(ServerMessage::stored(message).encode(None)),
         });
     }
 

@@ -28,10 +28,7 @@ pub async fn welcome(app: &App, connection: &Connection) -> OutFrame {
     OutFrame::from(
         ServerMessage::Welcome {
             connection_id: &connection.id,
-            server: ServerInfo {
-                name: "roomcast",
-                version: env!("CARGO_PKG_VERSION"),
-            },
+            server: ServerInfo::THIS,
             heartbeat_interval_ms: u64::try_from(app.config.heartbeat_interval.as_millis())
                 .unwrap_or(u64::MAX),
             authenticated: connection.is_authenticated(),

@@ -15,11 +15,7 @@ mod server;
 mod time;
 mod types;
 
-pub use client::{
-    AiCancel, AiRequest, Authentication, ChatMessage, ClientMessage, Envelope, FileUploadRequest,
-    History, Limits, MessageType, Presence, PresenceSubscribe, ProjectUpdate, Rejection, RoomJoin,
-    RoomLeave, TicketUpdate, UserJoin, UserTyping, validate_room_name,
-};
+pub use client::*;
 pub use error::{CloseReason, ErrorCode};
 pub use server::{Frame, PresenceEvent, ServerInfo, ServerMessage, ServerType, WelcomeLimits};
 pub use time::{Timestamp, format_rfc3339_ms};

@@ -15,6 +15,14 @@ pub struct ServerInfo {
     pub version: &'static str,
 }
 
+impl ServerInfo {
+    /// This server.
+    pub const THIS: ServerInfo = ServerInfo {
+        name: "roomcast",
+        version: env!("CARGO_PKG_VERSION"),
+    };
+}
+
 /// `limits` object of the welcome frame.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct WelcomeLimits {
@@ -198,9 +206,23 @@ struct Envelope<'a> {
     reference: Option<&'a str>,
 }
 
-impl ServerMessage<'_> {
+impl<'a> ServerMessage<'a> {
     pub fn kind(&self) -> ServerType {
         ServerType::from(self)
+    }
+
+    /// What a room is told of a newly stored message: `chat_message`, or
+    /// `file_shared` when it carries a file.
+    pub fn stored(message: &'a Message) -> ServerMessage<'a> {
+        match &message.attachment {
+            Some(file) => ServerMessage::FileShared {
+                file,
+                room: &message.room,
+                user: &message.user,
+                message,
+            },
+            None => ServerMessage::ChatMessage { message },
+        }
     }
 
     /// Encodes the frame with the current time and the optional `ref`.

@@ -129,7 +129,7 @@ fn connection_entry(connection: &Connection) -> Value {
 pub async fn info(State(app): State<Arc<App>>) -> Json<Value> {
     let config = &app.config;
     Json(json!({
-        "server": { "name": "roomcast", "version": env!("CARGO_PKG_VERSION") },
+        "server": crate::protocol::ServerInfo::THIS,
         "features": {
             "registration": config.open_registration,
             "guest_chat": config.guest_chat,

@@ -46,16 +46,7 @@ pub fn message_entries(routes: &WebhookRoutes, message: &Message) -> Vec<OutboxE
     if wanting.peek().is_none() {
         return Vec::new();
     }
-    let told = match &message.attachment {
-        Some(file) => ServerMessage::FileShared {
-            file,
-            room: &message.room,
-            user: &message.user,
-            message,
-        },
-        None => ServerMessage::ChatMessage { message },
-    };
-    let frame = told.encode(None);
+    let frame = ServerMessage::stored(message).encode(None);
     let kind = frame.kind.as_str();
     wanting
         .map(|webhook| OutboxEntry {

@@ -89,25 +89,15 @@ impl Flusher {
         }
         true
     }
-
-    /// Runs a storage commit's callbacks (acknowledgements, broadcasts) for
-    /// `messages` messages on the flusher's task, after the callbacks of
-    /// earlier commits: the thread that queues a frame is then the one that
-    /// writes it, and the storage thread goes on to the next commit. Without
-    /// a flusher (`None`, or its task not running) they run here, at once,
-    /// their frames written as one batch.
-    pub fn deliver(flusher: Option<&Arc<Flusher>>, messages: usize, callbacks: Callbacks) {
-        match flusher {
-            Some(flusher) => CommitSink::deliver(&**flusher, messages, callbacks),
-            None => {
-                let _writes = Batch::start();
-                callbacks();
-            }
-        }
-    }
 }
 
 impl CommitSink for Flusher {
+    /// Runs a storage commit's callbacks (acknowledgements, broadcasts) for
+    /// `messages` messages on the flusher's task, after the callbacks of
+    /// earlier commits: the thread that queues a frame is then the one that
+    /// writes it, and the storage thread goes on to the next commit. When
+    /// the task does not run they run here, at once, their frames written
+    /// as one batch.
     fn deliver(&self, messages: usize, callbacks: Callbacks) {
         let mut here = Some(callbacks);
         self.add(|waiting| {
@@ -196,15 +186,19 @@ fn run_callbacks(callbacks: Callbacks) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hub::outbox::released;
     use bytes::Bytes;
 
-    /// An outbox without a socket, past its welcome, holding no slots.
-    fn released() -> Arc<Outbox> {
-        let outbox = Outbox::new(None, 1024);
-        outbox.release(Bytes::from_static(b"welcome"));
-        outbox.take_queued();
-        outbox.trim();
-        outbox
+    /// Starts the flusher's task and waits until it runs.
+    async fn running(flusher: &Arc<Flusher>) -> tokio::task::JoinHandle<()> {
+        let task = tokio::spawn({
+            let flusher = flusher.clone();
+            async move { flusher.run().await }
+        });
+        while !flusher.is_running() {
+            tokio::task::yield_now().await;
+        }
+        task
     }
 
     fn pushing(outbox: &Arc<Outbox>, frame: &'static [u8]) -> Callbacks {
@@ -217,11 +211,11 @@ mod tests {
     #[test]
     fn without_a_flusher_callbacks_run_at_once() {
         let outbox = released();
-        Flusher::deliver(None, 1, pushing(&outbox, b"a"));
-        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"a")]);
         // A flusher whose task does not run is no flusher.
-        let idle = Arc::new(Flusher::default());
-        Flusher::deliver(Some(&idle), 2, pushing(&outbox, b"b"));
+        let idle = Flusher::default();
+        idle.deliver(1, pushing(&outbox, b"a"));
+        assert_eq!(outbox.take_queued(), [Bytes::from_static(b"a")]);
+        idle.deliver(2, pushing(&outbox, b"b"));
         assert_eq!(outbox.take_queued(), [Bytes::from_static(b"b")]);
     }
 
@@ -235,13 +229,7 @@ mod tests {
         let outbox = released();
         let (ran_on, threads) = std::sync::mpsc::channel();
         runtime.block_on(async {
-            let task = tokio::spawn({
-                let flusher = flusher.clone();
-                async move { flusher.run().await }
-            });
-            while !flusher.is_running() {
-                tokio::task::yield_now().await;
-            }
+            let task = running(&flusher).await;
             let storage = std::thread::spawn({
                 let (flusher, outbox) = (flusher.clone(), outbox.clone());
                 move || {
@@ -252,7 +240,7 @@ mod tests {
                             let _ = ran_on.send(std::thread::current().id());
                             push();
                         });
-                        Flusher::deliver(Some(&flusher), messages, callbacks);
+                        flusher.deliver(messages, callbacks);
                     }
                 }
             });
@@ -266,7 +254,7 @@ mod tests {
         let frames: Vec<Bytes> = outbox.take_queued();
         assert_eq!(frames, [&b"1"[..], b"2", b"3"].map(Bytes::from_static));
         // Its task gone, the flusher no longer takes callbacks to run later.
-        Flusher::deliver(Some(&flusher), 1, pushing(&outbox, b"4"));
+        flusher.deliver(1, pushing(&outbox, b"4"));
         assert_eq!(outbox.take_queued(), [Bytes::from_static(b"4")]);
         let here = std::thread::current().id();
         assert!(
@@ -283,16 +271,10 @@ mod tests {
         let flusher = Arc::new(Flusher::default());
         let outbox = released();
         runtime.block_on(async {
-            let task = tokio::spawn({
-                let flusher = flusher.clone();
-                async move { flusher.run().await }
-            });
-            while !flusher.is_running() {
-                tokio::task::yield_now().await;
-            }
+            let task = running(&flusher).await;
             // Queued for the task, which stops before it takes them (this
             // thread does not yield in between).
-            Flusher::deliver(Some(&flusher), 1, pushing(&outbox, b"1"));
+            flusher.deliver(1, pushing(&outbox, b"1"));
             task.abort();
             let _ = task.await;
         });
@@ -308,15 +290,9 @@ mod tests {
         let flusher = Arc::new(Flusher::default());
         let outbox = released();
         runtime.block_on(async {
-            let task = tokio::spawn({
-                let flusher = flusher.clone();
-                async move { flusher.run().await }
-            });
-            while !flusher.is_running() {
-                tokio::task::yield_now().await;
-            }
-            Flusher::deliver(Some(&flusher), 1, Box::new(|| panic!("a bug")));
-            Flusher::deliver(Some(&flusher), 1, pushing(&outbox, b"2"));
+            let task = running(&flusher).await;
+            flusher.deliver(1, Box::new(|| panic!("a bug")));
+            flusher.deliver(1, pushing(&outbox, b"2"));
             while outbox.is_empty() {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }

@@ -424,6 +424,16 @@ impl crate::wire::HoldsStream for Outbox {
     }
 }
 
+/// An outbox without a socket, past its welcome, holding no slots.
+#[cfg(test)]
+pub(super) fn released() -> Arc<Outbox> {
+    let outbox = Outbox::new(None, 1024);
+    outbox.release(Bytes::from_static(b"welcome"));
+    outbox.take_queued();
+    outbox.trim();
+    outbox
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,15 +441,6 @@ mod tests {
 
     fn slots(outbox: &Outbox) -> usize {
         outbox.lock().frames.capacity()
-    }
-
-    /// An outbox without a socket, past its welcome, holding no slots.
-    fn released() -> Arc<Outbox> {
-        let outbox = Outbox::new(None, 1024);
-        outbox.release(Bytes::from_static(b"welcome"));
-        outbox.take_queued();
-        outbox.trim();
-        outbox
     }
 
     #[test]

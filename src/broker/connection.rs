@@ -12,7 +12,8 @@ use redis::{Cmd, Pipeline, ProtocolVersion, PushInfo, RedisFuture, RedisResult, 
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// The scheme of a cluster's seed list: `redis-cluster://HOST:PORT[,HOST:PORT...]`.
+/// The scheme of a cluster's seed list:
+/// `redis-cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]`.
 pub const CLUSTER_SCHEME: &str = "redis-cluster://";
 
 /// A connection to one Redis or to a Redis Cluster.
@@ -35,11 +36,16 @@ impl Connection {
         pushes: Option<mpsc::UnboundedSender<PushInfo>>,
     ) -> Result<Connection, String> {
         if let Some(seeds) = url.strip_prefix(CLUSTER_SCHEME) {
+            // Credentials before the first host are every shard's.
+            let (credentials, seeds) = match seeds.split_once('@') {
+                Some((credentials, hosts)) => (format!("{credentials}@"), hosts),
+                None => (String::new(), seeds),
+            };
             let seeds: Vec<String> = seeds
                 .trim_end_matches('/')
                 .split(',')
                 .filter(|seed| !seed.is_empty())
-                .map(|seed| format!("redis://{seed}"))
+                .map(|seed| format!("redis://{credentials}{seed}"))
                 .collect();
             let mut builder = redis::cluster::ClusterClientBuilder::new(seeds)
                 .use_protocol(ProtocolVersion::RESP3)

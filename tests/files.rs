@@ -34,18 +34,6 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-/// Sends `frame` and returns the frame that answers its `ref`.
-async fn ask(client: &mut Client, frame: Value) -> Value {
-    let reference = frame["ref"].clone();
-    client.send(frame).await;
-    loop {
-        let reply = client.recv().await;
-        if reply["ref"] == reference {
-            return reply;
-        }
-    }
-}
-
 /// Asks for an upload and returns `file_upload_authorized`.
 async fn authorize(
     client: &mut Client,
@@ -54,14 +42,12 @@ async fn authorize(
     content_type: &str,
     room: &str,
 ) -> Value {
-    let reply = ask(
-        client,
-        json!({
+    let reply = client
+        .reply_to(json!({
             "type": "file_upload_request", "ref": "up",
             "filename": name, "size": size, "content_type": content_type, "room": room,
-        }),
-    )
-    .await;
+        }))
+        .await;
     assert_eq!(reply["type"], "file_upload_authorized", "{reply}");
     assert_eq!(reply["ref"], "up");
     reply
@@ -249,23 +235,27 @@ async fn requests_outside_the_rules_are_refused_over_the_websocket() {
         ),
         (request(0, "image/png", "team"), "validation_error"),
         (request(10, "image/png", "elsewhere"), "forbidden"),
+        // Protocol rule 1: an invalid field before the room check.
+        (request(0, "image/png", "elsewhere"), "validation_error"),
         (
             json!({"type": "file_upload_request", "ref": "r", "size": 10, "content_type": "image/png"}),
             "validation_error",
         ),
     ];
     for (frame, code) in cases {
-        let reply = ask(&mut alice, frame.clone()).await;
+        let reply = alice.reply_to(frame.clone()).await;
         assert_eq!(reply["type"], "error", "{frame}: {reply}");
         assert_eq!(reply["error_code"], code, "{frame}: {reply}");
         assert_eq!(reply["ref"], "r");
     }
     // Parameters and case of the type do not matter.
-    let reply = ask(&mut alice, request(10, "Text/Plain; charset=utf-8", "team")).await;
+    let reply = alice
+        .reply_to(request(10, "Text/Plain; charset=utf-8", "team"))
+        .await;
     assert_eq!(reply["type"], "file_upload_authorized", "{reply}");
     // An unnamed guest may not upload.
     let mut guest = server.guest().await;
-    let reply = ask(&mut guest, request(10, "image/png", "team")).await;
+    let reply = guest.reply_to(request(10, "image/png", "team")).await;
     assert_eq!(reply["error_code"], "not_authenticated", "{reply}");
     alice.assert_alive().await;
     server.stop().await;
@@ -457,11 +447,9 @@ async fn files_whose_message_retention_deleted_are_deleted() {
     let blob = dir.path().join("files").join(&id);
     assert!(blob.exists());
     // A newer message pushes the file's message out of the room.
-    ask(
-        &mut alice,
-        json!({"type": "chat_message", "ref": "m", "room": "team", "content": "later"}),
-    )
-    .await;
+    alice
+        .reply_to(json!({"type": "chat_message", "ref": "m", "room": "team", "content": "later"}))
+        .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while blob.exists() && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -483,12 +471,12 @@ async fn file_sharing_can_be_turned_off() {
     let (server, _dir) = server_with(|args| args.upload_types = Some(vec!["none".into()])).await;
     let mut alice = server.user("alice").await;
     join(&mut alice, "team").await;
-    let reply = ask(
-        &mut alice,
-        json!({"type": "file_upload_request", "ref": "r", "filename": "a.png",
+    let reply = alice
+        .reply_to(
+            json!({"type": "file_upload_request", "ref": "r", "filename": "a.png",
                "size": 10, "content_type": "image/png", "room": "team"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(reply["error_code"], "file_type_not_allowed", "{reply}");
     server.stop().await;
 }
@@ -502,11 +490,11 @@ async fn a_user_cannot_pile_up_upload_authorizations() {
                          "size": 5, "content_type": "text/plain", "room": "team"});
     for _ in 0..roomcast::files::UPLOADS_PER_USER_PER_MINUTE {
         assert_eq!(
-            ask(&mut alice, request.clone()).await["type"],
+            alice.reply_to(request.clone()).await["type"],
             "file_upload_authorized"
         );
     }
-    let refused = ask(&mut alice, request).await;
+    let refused = alice.reply_to(request).await;
     assert_eq!(refused["error_code"], "rate_limited", "{refused}");
     assert!(refused["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0));
     server.stop().await;

@@ -98,24 +98,13 @@ fn pairs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> 
         .collect()
 }
 
-async fn reply_to(client: &mut Client, frame: Value) -> Value {
-    let reference = frame["ref"].clone();
-    client.send(frame).await;
-    loop {
-        let reply = client.recv().await;
-        if reply["ref"] == reference {
-            return reply;
-        }
-    }
-}
-
 async fn authorize(client: &mut Client, size: usize) -> Value {
-    let reply = reply_to(
-        client,
-        json!({"type": "file_upload_request", "ref": "up", "filename": "notes.txt",
+    let reply = client
+        .reply_to(
+            json!({"type": "file_upload_request", "ref": "up", "filename": "notes.txt",
                "size": size, "content_type": "text/plain", "room": "team"}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(reply["type"], "file_upload_authorized", "{reply}");
     reply
 }

@@ -341,6 +341,21 @@ async fn stats_give_this_node_and_the_cluster_totals() {
     }
 }
 
+/// Waits until something listens on `port` (a server the test started).
+async fn listening(port: u16, what: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what} did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A Redis server of the test's own, which it may stop and start again.
 struct PrivateRedis {
     port: u16,
@@ -392,17 +407,7 @@ impl PrivateRedis {
     }
 
     async fn ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        listening(self.port, "redis-server").await;
     }
 
     /// Subscribers of `channel` (connections, one per node).
@@ -896,17 +901,8 @@ async fn a_rolling_restart_under_load_loses_no_acknowledged_message() {
     let Some(schema) = PgSchema::create(test).await else {
         return;
     };
-    let namespace = format!("rc-test-{}-{test}", std::process::id());
-    let flags = [
-        "--database",
-        schema.url.as_str(),
-        "--broker",
-        redis.as_str(),
-        "--broker-namespace",
-        namespace.as_str(),
-        "--jwt-secret",
-        SECRET,
-    ];
+    let namespace = support::nodes::namespace(test);
+    let flags = support::nodes::node_flags(&schema, &redis, &namespace);
     let url = |node: &Process| format!("ws://{}/ws", node.addr());
     let mut node_a = Process::start(&flags, &[]);
     let mut node_b = Process::start(&flags, &[]);
@@ -1022,18 +1018,9 @@ impl Cluster {
             _dir: dir,
         };
         for port in &cluster.ports {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-            while tokio::net::TcpStream::connect(("127.0.0.1", *port))
-                .await
-                .is_err()
-            {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "redis-server did not start"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            listening(*port, "redis-server").await;
         }
+
         let nodes: Vec<String> = cluster
             .ports
             .iter()
@@ -1126,23 +1113,10 @@ async fn two_nodes_on_a_redis_cluster_use_shard_channels_for_rooms() {
     let Some(schema) = PgSchema::create(test).await else {
         return;
     };
-    let namespace = format!("rc-test-{}-{test}", std::process::id());
+    let namespace = support::nodes::namespace(test);
     let url = cluster.url();
-    let flags = [
-        "--database",
-        schema.url.as_str(),
-        "--broker",
-        url.as_str(),
-        "--broker-namespace",
-        namespace.as_str(),
-        "--jwt-secret",
-        SECRET,
-        "--admin-key",
-        ADMIN_KEY,
-    ];
-    let (a, b) = (Process::start(&flags, &[]), Process::start(&flags, &[]));
-    a.ready().await;
-    b.ready().await;
+    let flags = support::nodes::node_flags(&schema, &url, &namespace);
+    let (a, b) = support::nodes::start_two(&flags, &[]).await;
     let control = format!("{namespace}:control");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while cluster.listeners(&control).await.1 < 2 {

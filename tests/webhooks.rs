@@ -124,23 +124,10 @@ fn chrono_free_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-async fn reply_to(client: &mut Client, frame: Value) -> Value {
-    let reference = frame["ref"].clone();
-    client.send(frame).await;
-    loop {
-        let reply = client.recv().await;
-        if reply["ref"] == reference {
-            return reply;
-        }
-    }
-}
-
 async fn say(client: &mut Client, room: &str, content: &str) -> i64 {
-    let ack = reply_to(
-        client,
-        json!({"type": "chat_message", "ref": content, "room": room, "content": content}),
-    )
-    .await;
+    let ack = client
+        .reply_to(json!({"type": "chat_message", "ref": content, "room": room, "content": content}))
+        .await;
     assert_eq!(ack["type"], "message_ack", "{ack}");
     ack["message_id"].as_i64().expect("id")
 }
@@ -168,18 +155,16 @@ async fn every_event_arrives_signed_after_the_receiver_failed_timed_out_and_reco
         ids.insert(say(&mut alice, "support", &format!("help {n}")).await);
     }
     say(&mut alice, "other", "not for the webhook").await;
-    let event = reply_to(
-        &mut alice,
-        json!({"type": "project_update", "ref": "p", "project_id": "p1", "changes": {"status": "done"}}),
+    let event = alice.reply_to(json!({"type": "project_update", "ref": "p", "project_id": "p1", "changes": {"status": "done"}}),
     )
     .await;
     assert_eq!(event["type"], "project_updated", "{event}");
-    let grant = reply_to(
-        &mut alice,
-        json!({"type": "file_upload_request", "ref": "f", "filename": "log.txt", "size": 5,
+    let grant = alice
+        .reply_to(
+            json!({"type": "file_upload_request", "ref": "f", "filename": "log.txt", "size": 5,
                "content_type": "text/plain", "room": "support"}),
-    )
-    .await;
+        )
+        .await;
     let response = reqwest::Client::new()
         .put(format!(
             "http://{}{}",
@@ -341,12 +326,12 @@ async fn two_nodes_on_postgresql_deliver_each_event_once() {
         ids.insert(say(&mut alice, "team", &format!("a{n}")).await);
         ids.insert(say(&mut bob, "team", &format!("b{n}")).await);
     }
-    let event = reply_to(
-        &mut bob,
-        json!({"type": "ticket_update", "ref": "t", "ticket_id": "T-1", "project_id": "p1",
+    let event = bob
+        .reply_to(
+            json!({"type": "ticket_update", "ref": "t", "ticket_id": "T-1", "project_id": "p1",
                "changes": {"state": "open"}}),
-    )
-    .await;
+        )
+        .await;
     assert_eq!(
         event["type"], "error",
         "bob has not joined project:p1: {event}"

@@ -227,6 +227,19 @@ impl Client {
     }
 
     /// Sends a frame and returns the next frame received.
+    /// Sends `frame` (which carries a `ref`) and returns the frame that
+    /// answers it, passing over anything else that arrives meanwhile.
+    pub async fn reply_to(&mut self, frame: Value) -> Value {
+        let reference = frame["ref"].clone();
+        self.send(frame).await;
+        loop {
+            let reply = self.recv().await;
+            if reply["ref"] == reference {
+                return reply;
+            }
+        }
+    }
+
     pub async fn request(&mut self, frame: Value) -> Value {
         self.send(frame).await;
         self.recv().await

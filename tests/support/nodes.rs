@@ -13,9 +13,39 @@ pub fn redis_url(test: &str) -> Option<String> {
     url
 }
 
+/// A channel namespace of the test's own (tests run side by side on one
+/// Redis).
+pub fn namespace(test: &str) -> String {
+    format!("rc-test-{}-{test}", std::process::id())
+}
+
+/// The flags of a node on `schema`'s PostgreSQL and the broker `broker`.
+pub fn node_flags<'a>(schema: &'a PgSchema, broker: &'a str, namespace: &'a str) -> Vec<&'a str> {
+    vec![
+        "--database",
+        schema.url.as_str(),
+        "--broker",
+        broker,
+        "--broker-namespace",
+        namespace,
+        "--jwt-secret",
+        SECRET,
+        "--admin-key",
+        ADMIN_KEY,
+    ]
+}
+
+/// Two nodes with `flags` and `env`, returned once both answer.
+pub async fn start_two(flags: &[&str], env: &[(&str, &str)]) -> (Process, Process) {
+    let (a, b) = (Process::start(flags, env), Process::start(flags, env));
+    a.ready().await;
+    b.ready().await;
+    (a, b)
+}
+
 /// Two nodes on one PostgreSQL schema and one Redis, with a channel
-/// namespace of their own (tests run side by side on one Redis), started
-/// with `extra` flags and `env`; returned once both hear each other.
+/// namespace of their own, started with `extra` flags and `env`; returned
+/// once both hear each other.
 pub async fn two_nodes_with(
     test: &str,
     extra: &[&str],
@@ -23,23 +53,10 @@ pub async fn two_nodes_with(
 ) -> Option<(Process, Process, PgSchema, String, String)> {
     let redis = redis_url(test)?;
     let schema = PgSchema::create(test).await?;
-    let namespace = format!("rc-test-{}-{test}", std::process::id());
-    let mut flags = vec![
-        "--database",
-        schema.url.as_str(),
-        "--broker",
-        redis.as_str(),
-        "--broker-namespace",
-        namespace.as_str(),
-        "--jwt-secret",
-        SECRET,
-        "--admin-key",
-        ADMIN_KEY,
-    ];
+    let namespace = namespace(test);
+    let mut flags = node_flags(&schema, &redis, &namespace);
     flags.extend_from_slice(extra);
-    let (a, b) = (Process::start(&flags, env), Process::start(&flags, env));
-    a.ready().await;
-    b.ready().await;
+    let (a, b) = start_two(&flags, env).await;
     // Ready to hear each other: both nodes subscribed (they subscribe just
     // after they start listening).
     let client = redis::Client::open(redis.as_str()).expect("redis url");

@@ -22,31 +22,12 @@ import { join } from "node:path";
 import http from "node:http";
 import net from "node:net";
 import zlib from "node:zlib";
+import { CI, freePort, sleep, until } from "../test-support/wait.mjs";
 
 const BIN = process.env.ROOMCAST_BIN;
 const CHROMIUM = process.env.CHROMIUM ?? "/usr/bin/chromium";
 const SHOTS = process.env.E2E_SCREENSHOTS;
 const ADMIN_KEY = "e2e-admin-key";
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
-
-async function until(cond, what, timeoutMs = 15000) {
-  const start = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - start > timeoutMs) throw new Error("timed out waiting for " + what);
-    await sleep(50);
-  }
-}
 
 /** An OpenAI-compatible /v1/chat/completions that streams its answer slowly. */
 function fakeAi() {
@@ -257,7 +238,6 @@ async function say(page, text) {
   await page.getByTestId("composer-input").press("Enter");
 }
 
-const CI = !["", "0", "false", undefined].includes(process.env.CI);
 const missing = (!BIN && "set ROOMCAST_BIN") || (!existsSync(CHROMIUM) && `no browser at ${CHROMIUM}`);
 if (missing && CI) throw new Error(`CI is set, so the browser test may not be skipped: ${missing}`);
 

@@ -8,31 +8,11 @@ import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import net from "node:net";
 import { RoomcastClient, RoomcastHttp, HttpError } from "../dist/index.js";
+import { CI, freePort, sleep, until } from "../test-support/wait.mjs";
 
 const BIN = process.env.ROOMCAST_BIN;
 const ADMIN_KEY = "integration-admin-key";
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(cond, what, timeoutMs = 15000) {
-  const start = Date.now();
-  while (!(await cond())) {
-    if (Date.now() - start > timeoutMs) throw new Error("timed out waiting for " + what);
-    await sleep(20);
-  }
-}
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, "127.0.0.1", () => {
-      const { port } = srv.address();
-      srv.close(() => resolve(port));
-    });
-    srv.on("error", reject);
-  });
-}
 
 class Server {
   constructor(dir, port, database = null) {
@@ -101,7 +81,6 @@ function assertExactly(got, stored, who) {
   assert.deepEqual(ids, stored.map((m) => m.id), `${who}: delivered ids differ from the stored ones`);
 }
 
-const CI = !["", "0", "false", undefined].includes(process.env.CI);
 if (!BIN && CI) throw new Error("CI is set, so the server tests may not be skipped: set ROOMCAST_BIN");
 
 test("two clients chat, survive a server restart without loss or duplication, and an admin kicks one", { skip: !BIN && "set ROOMCAST_BIN to the server binary" }, async () => {
